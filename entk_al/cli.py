@@ -1,0 +1,154 @@
+"""Command-line interface: ``entk-al run | strategies | ...``.
+
+User errors (:class:`~entk_al.errors.EntkAlError`) print one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .errors import ConfigError, EntkAlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Look-ahead active learning with empirical neural tangent kernels (pNTK).")
+
+RUN_FILES = ("config.json", "rounds.jsonl", "curve.png", "checkpoint.pt", "summary.json")
+
+
+def fail(message: str) -> None:
+    """Print a one-line error on stderr and exit with code 2."""
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    raise typer.Exit(2)
+
+
+def resolve_config(config_file: Optional[Path], flags: dict[str, Any], resume_dir: Optional[Path] = None):
+    """Defaults < saved config of a resumed run < TOML file < explicitly given CLI flags."""
+    import json
+
+    from .config import RunConfig, load_toml
+
+    data: dict[str, Any] = {}
+    if resume_dir is not None:
+        saved = resume_dir / "config.json"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {resume_dir}: no config.json there; is it a run directory?")
+        try:
+            data.update(json.loads(saved.read_text()))
+        except json.JSONDecodeError:
+            raise ConfigError(f"{saved} is corrupted (not JSON)") from None
+    if config_file is not None:
+        data.update(load_toml(config_file))
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return RunConfig.from_dict(data, source=str(config_file or "options")).validate()
+
+
+@app.command()
+def run(
+    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy name, module:Class or file.py:Class [default: lookahead]."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset name [default: digits]."),
+    model: Optional[str] = typer.Option(None, help="Model: mlp or cnn [default: mlp]."),
+    width: Optional[int] = typer.Option(None, help="Model width (hidden units / first conv channels)."),
+    initial: Optional[int] = typer.Option(None, help="Size of the seeded random initial labeled set [default: 20]."),
+    query: Optional[int] = typer.Option(None, help="Labels queried per round [default: 10]."),
+    rounds: Optional[int] = typer.Option(None, help="Number of query rounds [default: 10]."),
+    subset: Optional[int] = typer.Option(None, help="Random candidate subset of the pool per round [default: 4000]."),
+    seed: Optional[int] = typer.Option(None, help="Run seed [default: 0]."),
+    out: Optional[Path] = typer.Option(None, help="Run directory [default: runs/STRATEGY-DATASET-seedSEED]."),
+    retrain: Optional[str] = typer.Option(None, help="warm (continue from last round) or scratch [default: warm]."),
+    loss: Optional[str] = typer.Option(None, help="mse (one-hot squared loss) or ce [default: mse]."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs over the labeled set per round [default: 20]."),
+    min_steps: Optional[int] = typer.Option(None, help="Minimum optimizer steps per round [default: 200]."),
+    batch_size: Optional[int] = typer.Option(None, help="Training batch size [default: 64]."),
+    lr: Optional[float] = typer.Option(None, help="OneCycle max learning rate [default: 0.05]."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N] [default: auto]."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder holding dataset files."),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow torchvision downloads."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Strategy option key=value (repeatable)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these options."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Run pool-based active learning and write config.json, rounds.jsonl and curve.png."""
+    from .config import parse_options
+    from .loop import CHECKPOINT, ActiveLearningLoop
+
+    flags = dict(strategy=strategy, dataset=dataset, model=model, width=width, initial=initial, query=query,
+                 rounds=rounds, subset=subset, seed=seed, retrain=retrain, loss=loss, epochs=epochs,
+                 min_steps=min_steps, batch_size=batch_size, lr=lr, device=device, data_dir=data_dir,
+                 download=download)
+    if option:
+        flags["strategy_options"] = parse_options(option)
+    cfg = resolve_config(config, flags, resume)
+    out_dir = resume or out or Path("runs") / f"{Path(cfg.strategy).stem.replace(':', '-')}-{cfg.dataset.replace(':', '-').replace('/', '_')}-seed{cfg.seed}"
+    if resume is None and (out_dir / CHECKPOINT).exists():
+        if not overwrite:
+            raise ConfigError(f"{out_dir} already holds a run; pass --resume {out_dir} to continue it or "
+                              f"--overwrite to start over")
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+    loop = ActiveLearningLoop(cfg, out_dir)
+    records = _run_with_progress(loop, resume is not None, quiet)
+    last = records[-1]
+    typer.echo(f"done: {last['n_labeled']} labels, test accuracy {100 * last['test_accuracy']:.2f}% "
+               f"(round 0: {100 * records[0]['test_accuracy']:.2f}%); results in {out_dir}")
+
+
+def _run_with_progress(loop, resume: bool, quiet: bool) -> list[dict]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if quiet:
+        return loop.run(resume=resume)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False) as progress:
+        task = progress.add_task(f"{loop.cfg.strategy} on {loop.cfg.dataset}", total=loop.cfg.rounds + 1, status="")
+
+        def on_round(rec: dict) -> None:
+            progress.update(task, completed=rec["round"] + 1,
+                            status=f"{rec['n_labeled']} labels, acc {100 * rec['test_accuracy']:.1f}%")
+
+        return loop.run(resume=resume, on_round=on_round)
+
+
+@app.command("strategies")
+def list_strategies() -> None:
+    """List the registered query strategies with a one-line description each."""
+    from .plugins import available_strategies
+
+    items = available_strategies()
+    width = max(len(n) for n in items)
+    for name, (origin, desc) in sorted(items.items()):
+        typer.echo(f"{name:<{width}}  {desc}" + ("" if origin == "built-in" else f"  [{origin}]"))
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except EntkAlError as exc:
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Run configuration: one dataclass, filled from defaults, a TOML file, then CLI flags."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a run. Saved as ``config.json`` in the run directory.
+
+    Budget: ``initial + query * rounds`` labels. Round r = 0..rounds trains on
+    ``initial + r * query`` labels and evaluates on the test split; rounds < ``rounds`` then
+    query ``query`` new labels.
+    """
+
+    strategy: str = "lookahead"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    model: str = "mlp"
+    width: int | None = None
+    initial: int = 20
+    query: int = 10
+    rounds: int = 10
+    subset: int = 4000
+    seed: int = 0
+    retrain: str = "warm"
+    loss: str = "mse"
+    epochs: int = 20
+    min_steps: int = 200
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 1e-4
+    device: str = "auto"
+    oracle: str = "simulated"
+
+    def validate(self) -> "RunConfig":
+        """Check value ranges (not dataset-dependent ones). Raises ConfigError."""
+        positive = {"query": self.query, "subset": self.subset, "epochs": self.epochs,
+                    "batch_size": self.batch_size}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.initial < 2:
+            raise ConfigError(f"--initial must be >= 2, got {self.initial}")
+        if self.rounds < 0 or self.min_steps < 0:
+            raise ConfigError("--rounds and --min-steps must be >= 0")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.retrain not in ("warm", "scratch"):
+            raise ConfigError(f"--retrain must be 'warm' or 'scratch', got {self.retrain!r}")
+        if self.loss not in ("mse", "ce"):
+            raise ConfigError(f"--loss must be 'mse' or 'ce', got {self.loss!r}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.width is not None and self.width < 1:
+            raise ConfigError(f"--width must be >= 1, got {self.width}")
+        return self
+
+    @property
+    def budget(self) -> int:
+        return self.initial + self.query * self.rounds
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
+        """Build from a mapping; unknown keys raise ConfigError naming the source."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file (keys as in :class:`RunConfig`, dashes allowed).
+
+    Raises:
+        ConfigError: missing file or invalid TOML.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strategy options; values are Python literals when they parse.
+
+    Raises:
+        ConfigError: an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in pairs:
+        if "=" not in item:
+            raise ConfigError(f"strategy option {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value: Any = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out[key.strip().replace("-", "_")] = value
+    return out

@@ -1,0 +1,30 @@
+"""User-facing error classes.
+
+Every error a user can cause by bad input derives from :class:`EntkAlError`. The CLI
+catches it, prints its message on one line to stderr and exits with code 2; anything
+else is a bug and keeps its traceback.
+"""
+
+
+class EntkAlError(Exception):
+    """Base class of every user-facing error (bad input, missing data, bad config)."""
+
+
+class ConfigError(EntkAlError, ValueError):
+    """An option or configuration value is invalid (unknown name, budget too large, ...)."""
+
+
+class DataNotFoundError(EntkAlError, FileNotFoundError):
+    """A dataset's files are not where the configuration says they are."""
+
+
+class StrategyError(EntkAlError, RuntimeError):
+    """A query strategy could not be loaded, or returned invalid pool ids."""
+
+
+class CheckpointError(EntkAlError, RuntimeError):
+    """A checkpoint or run directory is corrupted or does not match the configuration."""
+
+
+class LabelError(EntkAlError, ValueError):
+    """Labels given by a human annotator are invalid (unknown ids or classes, bad CSV)."""

@@ -1,0 +1,238 @@
+"""Closed-form look-ahead: outputs of the network retrained on L ∪ {(x', y')}.
+
+Source: Mohamadi, Bae & Sutherland, "Making Look-Ahead Active Learning Strategies Feasible
+with Neural Tangent Kernels", NeurIPS 2022 (arXiv 2206.12569), Eq. 11–12. The network is
+linearized at its trained weights θ_L, and the eNTK is approximated by pNTK ⊗ I_O
+(arXiv 2206.12543), so every kernel here is N×N and the O outputs share it.
+
+Notation (all kernels pNTK):
+    K = k(X_L, X_L) (n, n)        A = k(U, X_L) (m, n)        B = k(U, U) (m, m)
+    R = Y_L − f(X_L) (n, O)
+    base = f(U) + A (K + λI)⁻¹ R                                     (m, O)
+    M = B − A (K + λI)⁻¹ Aᵀ                                           (m, m)
+Adding candidate j (a position in U) with target y gives, for every i in U,
+    f_{L+j}(U_i) = base_i + M_ij / (M_jj + λ) · (y − base_j)           (block inverse, Eq. 12)
+which equals the direct kernel regression f(U) + k(U, X⁺)(k(X⁺, X⁺) + λI)⁻¹(Y⁺ − f(X⁺)),
+X⁺ = X_L ∪ {U_j}. One Cholesky of K + λI serves every candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+#: Jitter ladder, relative to the mean diagonal of K, tried when the Cholesky fails.
+JITTER_LADDER = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
+
+
+def cholesky_with_jitter(k: torch.Tensor, ridge: float = 0.0) -> tuple[torch.Tensor, float]:
+    """Lower Cholesky factor of ``k + (ridge + jitter)·I`` in float64.
+
+    Jitter is 0 when ``k + ridge·I`` factors; otherwise it climbs :data:`JITTER_LADDER`
+    (times the mean diagonal of ``k``) until the factorization succeeds.
+
+    Args:
+        k: (n, n) symmetric kernel matrix, any float dtype and device.
+        ridge: absolute diagonal ridge λ ≥ 0.
+
+    Returns:
+        (L, jitter): L (n, n) float64 on ``k``'s device; jitter the absolute value added.
+
+    Raises:
+        ValueError: ``k`` is not square, ridge < 0, or ``k`` is not finite.
+        torch.linalg.LinAlgError: no jitter on the ladder makes it positive definite.
+    """
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"kernel must be square, got shape {tuple(k.shape)}")
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    k = k.to(torch.float64)
+    if not torch.isfinite(k).all():
+        raise ValueError("kernel has non-finite entries")
+    k = 0.5 * (k + k.T)
+    eye = torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
+    scale = float(k.diagonal().abs().mean()) if k.numel() else 1.0
+    scale = scale if scale > 0 else 1.0
+    for rel in (0.0, *JITTER_LADDER):
+        jitter = rel * scale
+        chol, info = torch.linalg.cholesky_ex(k + (ridge + jitter) * eye)
+        if int(info) == 0:
+            return chol, jitter
+    raise torch.linalg.LinAlgError(
+        f"kernel is not positive definite even with jitter {JITTER_LADDER[-1]}×mean diagonal")
+
+
+@dataclass
+class LookaheadSystem:
+    """The per-round quantities shared by every candidate (one factorization).
+
+    All tensors are float64 on the kernels' device. ``m`` evaluation points, ``n`` labeled,
+    ``O`` outputs.
+
+    Attributes:
+        base: (m, O) linearized prediction at U from the labeled set alone.
+        f_u: (m, O) current network outputs at U.
+        k_ul: (m, n) A.
+        k_uu: (m, m) B, or None when only columns are supplied later.
+        w: (n, m) (K + λI)⁻¹ Aᵀ.
+        m_diag: (m,) diagonal of M.
+        ridge: λ.
+        jitter: extra diagonal added to make K + λI factor (0 when none was needed).
+    """
+
+    base: torch.Tensor
+    f_u: torch.Tensor
+    k_ul: torch.Tensor
+    k_uu: torch.Tensor | None
+    w: torch.Tensor
+    m_diag: torch.Tensor
+    ridge: float
+    jitter: float
+
+    @property
+    def num_eval(self) -> int:
+        return self.base.shape[0]
+
+    def m_columns(self, cols: torch.Tensor, k_uu_cols: torch.Tensor | None = None) -> torch.Tensor:
+        """Columns ``cols`` of M = B − A (K+λI)⁻¹ Aᵀ, shape (m, len(cols)), float64.
+
+        ``k_uu_cols`` (m, C) supplies B[:, cols] when the system holds no full B.
+        """
+        if k_uu_cols is None:
+            if self.k_uu is None:
+                raise ValueError("this system holds no k_uu; pass k_uu_cols")
+            k_uu_cols = self.k_uu[:, cols]
+        return k_uu_cols.to(torch.float64) - self.k_ul @ self.w[:, cols]
+
+    def denominators(self, cols: torch.Tensor) -> torch.Tensor:
+        """Schur complements plus ridge, M_jj + λ, for candidates ``cols`` (C,)."""
+        return self.m_diag[cols] + self.ridge
+
+
+def fit_lookahead(k_ll: torch.Tensor, k_ul: torch.Tensor, f_l: torch.Tensor, y_l: torch.Tensor,
+                  f_u: torch.Tensor, k_uu: torch.Tensor | None = None, *, k_uu_diag: torch.Tensor | None = None,
+                  ridge: float = 0.0) -> LookaheadSystem:
+    """Factor K + λI once and precompute base, (K+λI)⁻¹Aᵀ and diag(M).
+
+    Args:
+        k_ll: (n, n) K = k(X_L, X_L).
+        k_ul: (m, n) A = k(U, X_L).
+        f_l: (n, O) network outputs on the labeled set.
+        y_l: (n, O) targets (one-hot) of the labeled set.
+        f_u: (m, O) network outputs on U.
+        k_uu: (m, m) B = k(U, U), or None if ``k_uu_diag`` is given and columns come later.
+        k_uu_diag: (m,) diagonal of B, needed only when ``k_uu`` is None.
+        ridge: absolute ridge λ ≥ 0 on the (augmented) kernel system.
+
+    Returns:
+        A :class:`LookaheadSystem` (float64, on ``k_ll``'s device).
+
+    Raises:
+        ValueError: inconsistent shapes or a negative ridge.
+    """
+    n, m = k_ll.shape[0], k_ul.shape[0]
+    if k_ul.shape != (m, n) or f_l.shape[0] != n or y_l.shape != f_l.shape or f_u.shape != (m, f_l.shape[1]):
+        raise ValueError(
+            f"inconsistent shapes: k_ll {tuple(k_ll.shape)}, k_ul {tuple(k_ul.shape)}, f_l {tuple(f_l.shape)}, "
+            f"y_l {tuple(y_l.shape)}, f_u {tuple(f_u.shape)}")
+    if k_uu is None and k_uu_diag is None:
+        raise ValueError("pass k_uu or k_uu_diag")
+    if k_uu is not None and k_uu.shape != (m, m):
+        raise ValueError(f"k_uu must be ({m}, {m}), got {tuple(k_uu.shape)}")
+    dev = k_ll.device
+    f64 = dict(dtype=torch.float64, device=dev)
+    a = k_ul.to(**f64)
+    chol, jitter = cholesky_with_jitter(k_ll, ridge)
+    resid = y_l.to(**f64) - f_l.to(**f64)
+    rhs = torch.cat([resid, a.T], dim=1) if n else torch.zeros(0, resid.shape[1] + m, **f64)
+    sol = torch.cholesky_solve(rhs, chol) if n else rhs
+    alpha, w = sol[:, :resid.shape[1]], sol[:, resid.shape[1]:]
+    f_u64 = f_u.to(**f64)
+    base = f_u64 + a @ alpha
+    diag_b = (k_uu.diagonal() if k_uu is not None else k_uu_diag).to(**f64)
+    m_diag = diag_b - (a * w.T).sum(dim=1)
+    return LookaheadSystem(base=base, f_u=f_u64, k_ul=a, k_uu=None if k_uu is None else k_uu,
+                           w=w, m_diag=m_diag, ridge=float(ridge) + jitter, jitter=jitter)
+
+
+def lookahead_outputs(k_ll: torch.Tensor, k_ul: torch.Tensor, k_uu: torch.Tensor, f_l: torch.Tensor,
+                      y_l: torch.Tensor, f_u: torch.Tensor, cand: torch.Tensor, y_cand: torch.Tensor,
+                      ridge: float = 0.0) -> torch.Tensor:
+    """Predicted outputs at every U_i of the network retrained on L ∪ {(U_cand_j, y_cand_j)}.
+
+    Eq. 11–12 of arXiv 2206.12569 with eNTK ≈ pNTK ⊗ I_O:
+    ``out[j, i] = base_i + M_{i,c_j} / (M_{c_j,c_j} + λ) · (y_cand_j − base_{c_j})``, which equals
+    ``f_u + k(U, X⁺)(k(X⁺, X⁺) + λI)⁻¹(Y⁺ − f(X⁺))`` for X⁺ = X_L ∪ {U_{c_j}}.
+
+    Args:
+        k_ll: (n, n) K; k_ul: (m, n) A; k_uu: (m, m) B.
+        f_l, y_l: (n, O) outputs and one-hot targets of the labeled set.
+        f_u: (m, O) outputs on U.
+        cand: (C,) int64 positions in U.
+        y_cand: (C, O) target assumed for each candidate.
+        ridge: absolute ridge λ ≥ 0 on the augmented system (K⁺ + λI).
+
+    Returns:
+        (C, m, O) float64 tensor on ``k_ll``'s device. It materializes C·m·O numbers; for
+        scores over many candidates use :func:`mlmoc_scores`, which streams.
+
+    Raises:
+        ValueError: inconsistent shapes, or ``cand`` out of range.
+    """
+    cand = torch.as_tensor(cand, dtype=torch.long, device=k_ll.device)
+    sysm = fit_lookahead(k_ll, k_ul, f_l, y_l, f_u, k_uu, ridge=ridge)
+    _check_cand(cand, y_cand, sysm)
+    coef = sysm.m_columns(cand) / sysm.denominators(cand)  # (m, C)
+    delta = y_cand.to(sysm.base) - sysm.base[cand]  # (C, O)
+    return sysm.base.unsqueeze(0) + coef.T.unsqueeze(-1) * delta.unsqueeze(1)
+
+
+def _check_cand(cand: torch.Tensor, y_cand: torch.Tensor, sysm: LookaheadSystem) -> None:
+    if cand.ndim != 1 or (cand.numel() and (int(cand.min()) < 0 or int(cand.max()) >= sysm.num_eval)):
+        raise ValueError(f"cand must be 1-D positions in [0, {sysm.num_eval})")
+    if y_cand.shape != (cand.numel(), sysm.base.shape[1]):
+        raise ValueError(f"y_cand must be ({cand.numel()}, {sysm.base.shape[1]}), got {tuple(y_cand.shape)}")
+
+
+def block_size_for(num_eval: int, budget_bytes: int, per_entry_bytes: int = 32) -> int:
+    """Candidates per block so that the (m × block) float64 work arrays fit ``budget_bytes``."""
+    return max(1, int(budget_bytes // max(1, num_eval * per_entry_bytes)))
+
+
+def mlmoc_scores(sysm: LookaheadSystem, cand: torch.Tensor, y_cand: torch.Tensor, *,
+                 exclude_self: bool = False, memory_budget: int = 256 * 2**20) -> torch.Tensor:
+    """MLMOC score of each candidate, streamed: Σ_i ‖f_{L+j}(U_i) − f(U_i)‖₂.
+
+    Source: Eq. 13 of arXiv 2206.12569 ("most likely model output change"), with y_cand the
+    one-hot predicted class. With g_i = base_i − f(U_i), δ_j = y_j − base_j and
+    c_ij = M_ij/(M_jj+λ): ‖g_i + c_ij δ_j‖² = ‖g_i‖² + 2 c_ij g_i·δ_j + c_ij²‖δ_j‖², so only
+    (m × block) matrices are formed, never the (C, m, O) tensor.
+
+    Args:
+        sysm: the round's :class:`LookaheadSystem` (with ``k_uu``).
+        cand: (C,) int64 positions in U.
+        y_cand: (C, O) pseudo-label per candidate.
+        exclude_self: leave i = j (the candidate itself) out of its own sum.
+        memory_budget: bytes for the per-block work arrays.
+
+    Returns:
+        (C,) float64 scores on the system's device (units: output-space L2 norm summed over U).
+    """
+    cand = torch.as_tensor(cand, dtype=torch.long, device=sysm.base.device)
+    _check_cand(cand, y_cand, sysm)
+    g = sysm.base - sysm.f_u
+    g_sq = (g * g).sum(dim=1, keepdim=True)  # (m, 1)
+    y_cand = y_cand.to(sysm.base)
+    out = torch.empty(cand.numel(), dtype=torch.float64, device=cand.device)
+    step = block_size_for(sysm.num_eval, memory_budget)
+    for s in range(0, cand.numel(), step):
+        cb = cand[s:s + step]
+        coef = sysm.m_columns(cb) / sysm.denominators(cb)  # (m, c)
+        delta = y_cand[s:s + step] - sysm.base[cb]  # (c, O)
+        sq = g_sq + 2.0 * coef * (g @ delta.T) + coef.square() * (delta * delta).sum(dim=1)
+        norms = sq.clamp_min_(0.0).sqrt_()
+        if exclude_self:
+            norms[cb, torch.arange(cb.numel(), device=cb.device)] = 0.0
+        out[s:s + step] = norms.sum(dim=0)
+    return out

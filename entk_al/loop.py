@@ -1,0 +1,252 @@
+"""The pool-based active-learning loop, in one global id space, checkpointed every round.
+
+Round r = 0..R: (re)train on the labeled set, evaluate on the held-out test split (never the
+pool; no model selection on test), draw this round's random candidate subset, let the
+strategy select ``query`` ids, label them with the oracle, checkpoint. Every random choice
+derives from (seed, round, component) (:mod:`entk_al.seeding`), so a resumed run ends with
+the same results as an uninterrupted one on the CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .context import RoundContext
+from .data import ALDataset, load_dataset
+from .errors import CheckpointError, ConfigError, StrategyError
+from .models import build_model, predict
+from .ntk import pntk
+from .plugins import load_strategy
+from .pool import PoolState, validate_selection
+from .results import aubc, plot_curve, write_json, write_jsonl
+from .seeding import int_seed, numpy_rng, torch_generator
+from .train import TrainConfig, train_model
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+#: Options that may differ between a checkpoint and a resumed run.
+RESUMABLE_CHANGES = {"rounds", "device", "data_dir", "download"}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU. Raises ConfigError for missing CUDA."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+class SimulatedOracle:
+    """Answers queries with the ground-truth train labels (simulation)."""
+
+    def __init__(self, y_train: torch.Tensor):
+        self._y = y_train.cpu().numpy().astype(np.int64)
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        return self._y[np.asarray(ids, dtype=np.int64)]
+
+
+@dataclass
+class LoopState:
+    """What a checkpoint restores: the round to run next, the model, the pool and the log."""
+
+    next_round: int
+    model_state: dict | None
+    pool: PoolState
+    records: list[dict]
+
+
+class ActiveLearningLoop:
+    """Runs one configuration into ``out_dir``; see the module docstring for a round.
+
+    Args:
+        cfg: the run configuration (validated here).
+        out_dir: run directory (created). Holds config.json, rounds.jsonl, curve.png,
+            checkpoint.pt and, once finished, summary.json.
+        strategy: a strategy object; default: ``load_strategy(cfg.strategy, cfg.strategy_options)``.
+        dataset: a loaded dataset; default: ``load_dataset(cfg.dataset, ...)``.
+        oracle: ``oracle(ids) -> labels``; default: :class:`SimulatedOracle`.
+        kernel_fn: pNTK implementation handed to strategies; default :func:`entk_al.ntk.pntk`.
+
+    Raises:
+        ConfigError: invalid options, or a budget larger than the pool.
+        StrategyError: the strategy cannot be loaded or returns invalid ids.
+        DataNotFoundError: the dataset's files are missing.
+    """
+
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, *, strategy: Any = None,
+                 dataset: ALDataset | None = None, oracle: Callable[[np.ndarray], np.ndarray] | None = None,
+                 kernel_fn: Callable[..., torch.Tensor] | None = None):
+        self.cfg = cfg.validate()
+        self.out_dir = Path(out_dir)
+        self.strategy = strategy if strategy is not None else load_strategy(cfg.strategy, cfg.strategy_options)
+        self.data = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+        if cfg.budget > self.data.pool_size:
+            raise ConfigError(f"budget initial + query*rounds = {cfg.budget} exceeds the pool of "
+                              f"{self.data.pool_size} {cfg.dataset} training points")
+        self.oracle = oracle if oracle is not None else SimulatedOracle(self.data.y_train)
+        self.kernel_fn = kernel_fn or (lambda model, x1, x2=None: pntk(model, x1, x2))
+        self.device = resolve_device(cfg.device)
+        self.train_cfg = TrainConfig(loss=cfg.loss, epochs=cfg.epochs, min_steps=cfg.min_steps,
+                                     batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    # -- state ---------------------------------------------------------------------
+    def fresh_state(self) -> LoopState:
+        pool = PoolState(self.data.pool_size)
+        first = numpy_rng(self.cfg.seed, -1, "initial").choice(self.data.pool_size, self.cfg.initial, replace=False)
+        first.sort()
+        pool.add(first, self.oracle(first), PoolState.INITIAL)
+        return LoopState(next_round=0, model_state=None, pool=pool, records=[])
+
+    def load_state(self) -> LoopState:
+        """Restore from ``out_dir/checkpoint.pt``. Raises CheckpointError if corrupt/mismatched."""
+        path = self.out_dir / CHECKPOINT
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint in {self.out_dir}; nothing to resume")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            version, saved_cfg = ckpt["version"], ckpt["config"]
+            state = LoopState(next_round=int(ckpt["next_round"]), model_state=ckpt["model"],
+                              pool=PoolState.from_state_dict(ckpt["pool"]), records=list(ckpt["records"]))
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({type(exc).__name__})") from None
+        if version != CHECKPOINT_VERSION:
+            raise CheckpointError(f"checkpoint {path} has version {version}, expected {CHECKPOINT_VERSION}")
+        now = self.cfg.to_dict()
+        diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved_cfg.get(k) != now[k])
+        if diff:
+            raise CheckpointError(f"checkpoint {path} was made with different options: {', '.join(diff)}")
+        if state.pool.size != self.data.pool_size:
+            raise CheckpointError(f"checkpoint {path} has a pool of {state.pool.size}, dataset has {self.data.pool_size}")
+        return state
+
+    def save_state(self, state: LoopState, model: torch.nn.Module) -> None:
+        ckpt = {"version": CHECKPOINT_VERSION, "config": self.cfg.to_dict(), "next_round": state.next_round,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "pool": state.pool.state_dict(), "records": state.records}
+        from .results import atomic_write
+
+        atomic_write(self.out_dir / CHECKPOINT, lambda p: torch.save(ckpt, p))
+
+    # -- the loop --------------------------------------------------------------------
+    def new_model(self, round_idx: int) -> torch.nn.Module:
+        init_round = round_idx if self.cfg.retrain == "scratch" else -1
+        model = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes, self.cfg.width,
+                            seed=int_seed(self.cfg.seed, init_round, "init"))
+        return model.to(self.device)
+
+    def run(self, *, resume: bool = False, on_round: Callable[[dict], None] | None = None) -> list[dict]:
+        """Run (or resume) to completion; returns the per-round records.
+
+        ``on_round(record)`` is called after each round (for progress display).
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = self.load_state() if resume else self.fresh_state()
+        write_json(self.out_dir / "config.json", self.cfg.to_dict())
+        model = self.new_model(0)
+        if state.model_state is not None:
+            model.load_state_dict(state.model_state)
+        for r in range(state.next_round, self.cfg.rounds + 1):
+            if r > 0 and self.cfg.retrain == "scratch":
+                model = self.new_model(r)
+            record = self.run_round(r, model, state.pool)
+            state.records.append(record)
+            state.next_round = r + 1
+            self.write_results(state.records)
+            self.save_state(state, model)
+            if on_round:
+                on_round(record)
+        write_json(self.out_dir / "summary.json", self.summary(state.records))
+        return state.records
+
+    def run_round(self, r: int, model: torch.nn.Module, pool: PoolState) -> dict:
+        cfg = self.cfg
+        # Global torch RNG (dropout, user code) is re-seeded per round for resumability.
+        torch.manual_seed(int_seed(cfg.seed, r, "torch-global"))
+        lab = pool.labeled_ids()
+        t0 = time.perf_counter()
+        stats = train_model(model, self.data.x_train[lab], self.data.y_train.new_tensor(pool.labels[lab]),
+                            self.train_cfg, torch_generator(cfg.seed, r, "train"))
+        train_s = time.perf_counter() - t0
+        acc = self.evaluate(model)
+        record: dict[str, Any] = {"round": r, "n_labeled": int(len(lab)), "test_accuracy": acc,
+                                  "train_seconds": train_s, "train_steps": stats["steps"],
+                                  "train_loss": stats["final_loss"], "queried": [], "select_seconds": 0.0}
+        if r < cfg.rounds:
+            t1 = time.perf_counter()
+            queried, labels, info = self.select(r, model, pool)
+            record["select_seconds"] = time.perf_counter() - t1
+            pool.add(queried, labels, r)
+            record["queried"] = queried.tolist()
+            if info:
+                record["strategy_info"] = info
+        return record
+
+    def select(self, r: int, model: torch.nn.Module, pool: PoolState) -> tuple[np.ndarray, np.ndarray, dict]:
+        cfg = self.cfg
+        unl = pool.unlabeled_ids()
+        cand = unl
+        if len(unl) > cfg.subset:
+            cand = np.sort(numpy_rng(cfg.seed, r, "subset").choice(unl, cfg.subset, replace=False))
+        answers: dict[int, int] = {}
+
+        def ask(ids: np.ndarray) -> np.ndarray:
+            ids = np.asarray(ids, dtype=np.int64)
+            if pool.labeled_mask[ids].any():
+                raise StrategyError(f"strategy {self.strategy.name!r} asked the oracle for an already-labeled id")
+            got = self.oracle(ids)
+            answers.update(zip(ids.tolist(), np.asarray(got).tolist()))
+            return got
+
+        lab = pool.labeled_ids()
+        ctx = RoundContext(round=r, seed=cfg.seed, model=model, device=self.device, x_pool=self.data.x_train,
+                           num_classes=self.data.num_classes, labeled_ids=lab, labeled_targets=pool.labels[lab],
+                           unlabeled_ids=unl, candidate_ids=cand, rng=numpy_rng(cfg.seed, r, "strategy"),
+                           torch_generator=torch_generator(cfg.seed, r, "strategy"), oracle=ask,
+                           kernel_fn=self.kernel_fn)
+        model.eval()
+        k = min(cfg.query, len(unl))
+        queried = validate_selection(self.strategy.name, self.strategy.select(ctx, k), k, pool)
+        stray = set(answers) - set(queried.tolist())
+        if stray:
+            raise StrategyError(f"strategy {self.strategy.name!r} asked the oracle for ids it did not select")
+        missing = np.array([i for i in queried.tolist() if i not in answers], dtype=np.int64)
+        if missing.size:
+            answers.update(zip(missing.tolist(), np.asarray(self.oracle(missing)).tolist()))
+        labels = np.array([answers[i] for i in queried.tolist()], dtype=np.int64)
+        return queried, labels, ctx.info
+
+    def evaluate(self, model: torch.nn.Module) -> float:
+        """Accuracy (fraction in [0, 1]) on the held-out test split."""
+        logits = predict(model, self.data.x_test, device=self.device)
+        return float((logits.argmax(dim=1).cpu() == self.data.y_test).double().mean())
+
+    # -- outputs -----------------------------------------------------------------------
+    def write_results(self, records: list[dict]) -> None:
+        write_jsonl(self.out_dir / "rounds.jsonl", records)
+        plot_curve(records, self.out_dir / "curve.png",
+                   title=f"{self.cfg.strategy} on {self.cfg.dataset} (seed {self.cfg.seed})")
+
+    def summary(self, records: list[dict]) -> dict:
+        return {"strategy": self.cfg.strategy, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
+                "rounds": len(records), "final_n_labeled": records[-1]["n_labeled"] if records else 0,
+                "final_test_accuracy": records[-1]["test_accuracy"] if records else float("nan"),
+                "first_test_accuracy": records[0]["test_accuracy"] if records else float("nan"),
+                "aubc": aubc(r["test_accuracy"] for r in records),
+                "train_seconds": sum(r["train_seconds"] for r in records),
+                "select_seconds": sum(r["select_seconds"] for r in records)}
+
+
+def run_experiment(cfg: RunConfig, out_dir: str | Path, **kwargs: Any) -> list[dict]:
+    """Convenience: ``ActiveLearningLoop(cfg, out_dir, ...).run()``."""
+    resume = kwargs.pop("resume", False)
+    on_round = kwargs.pop("on_round", None)
+    return ActiveLearningLoop(cfg, out_dir, **kwargs).run(resume=resume, on_round=on_round)

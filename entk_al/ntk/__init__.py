@@ -1,0 +1,89 @@
+"""Empirical neural tangent kernels of PyTorch models.
+
+Public API: :func:`pntk`, :func:`entk`, :func:`kernel`.
+
+Definitions (Jacot et al. 2018; Mohamadi, Bae & Sutherland 2022, arXiv 2206.12543):
+    eNTK   Theta(x, x') = J(x) J(x')^T, an O x O block per pair, J = d f / d theta.
+    pNTK   pNTK(x, x') = <grad s(x), grad s(x')>, s(x) = sum_k f_k(x) / sqrt(O)
+                        = (1/O) 1^T Theta(x, x') 1                         (their eq. 3).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import common, reference
+from .tiling import tiled_kernel
+
+__all__ = ["pntk", "entk", "kernel"]
+
+
+def kernel(
+    model: nn.Module,
+    x1,
+    x2=None,
+    *,
+    kind: str = "pntk",
+    method: str = "auto",
+    batch_size: int | None = None,
+    tile_size: int | None = None,
+) -> torch.Tensor:
+    """Empirical NTK-type kernel between two sets of inputs, over all ``requires_grad`` parameters.
+
+    Args:
+        model: maps (N, *F) to (N, O) outputs (trailing output dims are flattened into O).
+            Evaluated in eval mode (BatchNorm running stats, no dropout); each submodule's
+            train/eval flag is restored afterwards.
+        x1: (N1, *F) inputs. Floating inputs are cast to the model dtype; integer inputs (token
+            ids) keep their dtype. Both are moved to the model device.
+        x2: (N2, *F) inputs or None for x2 = x1 (symmetric; only upper tiles are computed).
+        kind: "pntk" (N1, N2); "entk" (N1, N2, O, O); "first_logit" Theta_11 (N1, N2);
+            "trace" (1/O) sum_k Theta_kk (N1, N2); "block_diag" Theta_kk (N1, N2, O).
+        method: "jacobian" (torch.func per-sample gradients, J J^T), "gram" (layer-wise hook
+            engine, exact, falls back to torch.func per parameter for unsupported modules),
+            "auto" (= "gram").
+        batch_size: samples per vmap chunk in torch.func computations (None: whole tile).
+        tile_size: samples per tile along N1 and N2; peak memory is O(K^2 N1 N2 + tile features).
+            Default: 512 for "gram"; for "jacobian" the largest tile whose per-sample gradients
+            fit in 512 MiB (at most 512).
+    Returns:
+        Tensor in the model dtype on the model device (float64 for float64 models).
+    Raises:
+        ValueError: unknown kind/method, bad sizes, empty input, x1/x2 feature-shape mismatch,
+            model without trainable parameters.
+    """
+    common.check_kind_method(kind, method)
+    common.check_sizes(batch_size, tile_size)
+    x1, x2 = common.prepare_inputs(model, x1, x2)
+    device, dtype = common.model_device_dtype(model)
+    params = common.trainable(model)
+    with common.eval_mode(model):
+        n_out = common.n_outputs(model, x1)
+        V, full = common.directions(kind, n_out, device, dtype)
+        if method in ("auto", "gram"):
+            from . import gram
+
+            blocks = gram.gram_blocks(model, params, x1, x2, V, full, batch_size, tile_size)
+        else:
+            P = sum(p.numel() for p in params.values())
+            tile = tile_size or reference.default_tile(P, V.shape[0], V.element_size())
+            feats = reference.make_features(model, params, V, batch_size)
+            blocks = tiled_kernel(
+                feats, lambda a, b: reference.pair_materialized(a, b, full), x1, x2, tile, full)
+    return common.finish(blocks, kind)
+
+
+def pntk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int | None = None,
+         tile_size: int | None = None) -> torch.Tensor:
+    """Sum-of-logits pseudo-NTK, shape (N1, N2): (1/O) 1^T Theta(x, x') 1
+    (Mohamadi et al. 2022, arXiv 2206.12543, eq. 3). See :func:`kernel` for arguments/errors."""
+    return kernel(model, x1, x2, kind="pntk", method=method, batch_size=batch_size,
+                  tile_size=tile_size)
+
+
+def entk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int | None = None,
+         tile_size: int | None = None) -> torch.Tensor:
+    """Full empirical NTK, shape (N1, N2, O, O): Theta(x, x')_{kl} = <grad f_k(x), grad f_l(x')>
+    (Jacot et al. 2018, eq. 3). See :func:`kernel` for arguments/errors."""
+    return kernel(model, x1, x2, kind="entk", method=method, batch_size=batch_size,
+                  tile_size=tile_size)

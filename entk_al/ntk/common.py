@@ -1,0 +1,122 @@
+"""Argument checking, eval-mode handling and output "directions" shared by both kernel engines.
+
+Every kernel kind is expressed through a direction matrix ``V`` of shape (K, O): the engines
+compute, for each direction k, per-sample gradients of ``V_k . f(x)`` and the kernel block
+``<grad V_k.f(x), grad V_l.f(x')> = V_k Theta(x, x') V_l^T`` where Theta is the eNTK
+(Jacot et al. 2018, eq. 3; empirical form Theta = J(x) J(x')^T).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import torch
+from torch import nn
+
+KINDS = ("pntk", "entk", "first_logit", "trace", "block_diag")
+METHODS = ("auto", "gram", "jacobian")
+
+
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the first floating parameter (float32 if none is floating)."""
+    device, dtype = None, torch.float32
+    for p in model.parameters():
+        device = p.device if device is None else device
+        if p.is_floating_point():
+            return p.device, p.dtype
+    return (device or torch.device("cpu")), dtype
+
+
+def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Named parameters with ``requires_grad`` (shared parameters appear once)."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("model has no parameters with requires_grad=True; the NTK is empty")
+    return params
+
+
+def prepare_inputs(model: nn.Module, x1, x2) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Move inputs to the model device (floating inputs also to the model dtype) and check shapes.
+
+    Raises:
+        ValueError: empty input, 0-d input, or ``x1.shape[1:] != x2.shape[1:]``.
+    """
+    device, dtype = model_device_dtype(model)
+
+    def conv(x, name):
+        x = torch.as_tensor(x)
+        if x.dim() == 0:
+            raise ValueError(f"{name} must have a leading sample dimension, got a 0-d tensor")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); need at least one sample")
+        return x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+
+    x1 = conv(x1, "x1")
+    if x2 is None:
+        return x1, None
+    x2 = conv(x2, "x2")
+    if x1.shape[1:] != x2.shape[1:]:
+        raise ValueError(
+            f"feature shapes of x1 {tuple(x1.shape[1:])} and x2 {tuple(x2.shape[1:])} differ")
+    return x1, x2
+
+
+def check_kind_method(kind: str, method: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown kernel kind {kind!r}; expected one of {KINDS}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def check_sizes(batch_size, tile_size) -> None:
+    for name, v in (("batch_size", batch_size), ("tile_size", tile_size)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {v!r}")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode and restore each one's own flag afterwards
+    (a model may mix modes, e.g. a frozen BatchNorm inside a training model)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, t in modes:
+            m.training = t
+
+
+def directions(kind: str, n_out: int, device, dtype) -> tuple[torch.Tensor, bool]:
+    """Direction matrix V (K, O) and whether the full K x K block (True) or only the
+    diagonal (False) is needed.
+
+    pntk: V = 1^T / sqrt(O) (Mohamadi et al. 2022, arXiv 2206.12543, eq. 3: pNTK =
+    (1/O) 1^T Theta 1); first_logit: V = e_1^T; entk / trace / block_diag: V = I_O.
+    """
+    if kind == "pntk":
+        return torch.full((1, n_out), 1.0 / math.sqrt(n_out), device=device, dtype=dtype), True
+    if kind == "first_logit":
+        v = torch.zeros(1, n_out, device=device, dtype=dtype)
+        v[0, 0] = 1.0
+        return v, True
+    eye = torch.eye(n_out, device=device, dtype=dtype)
+    return eye, kind == "entk"
+
+
+def finish(blocks: torch.Tensor, kind: str) -> torch.Tensor:
+    """Turn engine output (K, K, N1, N2) [full] or (K, N1, N2) [diag] into the public shape."""
+    if kind in ("pntk", "first_logit"):
+        return blocks[0, 0]
+    if kind == "entk":
+        return blocks.permute(2, 3, 0, 1).contiguous()
+    if kind == "block_diag":
+        return blocks.permute(1, 2, 0).contiguous()
+    return blocks.mean(0)  # trace: (1/O) sum_k Theta_kk
+
+
+def n_outputs(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        out = model(x[:1])
+    return out.reshape(1, -1).shape[1]

@@ -1,0 +1,115 @@
+"""Resolve a ``--strategy`` spec to a strategy object.
+
+Accepted specs, tried in order:
+1. a built-in name from :data:`strategies.REGISTRY`;
+2. a name registered by an installed package under the entry-point group
+   ``entk_al.strategies``;
+3. ``package.module:ClassName``;
+4. ``path/to/file.py:ClassName``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from strategies import REGISTRY
+
+from .errors import StrategyError
+
+ENTRY_POINT_GROUP = "entk_al.strategies"
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_strategies() -> dict[str, tuple[str, str]]:
+    """name -> (origin, one-line description) for built-ins and installed plugins."""
+    out = {name: ("built-in", _describe(cls)) for name, cls in REGISTRY.items()}
+    for name, ep in _entry_points().items():
+        if name in out:
+            continue
+        try:
+            desc = _describe(ep.load())
+        except Exception as exc:  # a broken plugin must not break the listing
+            desc = f"(failed to load: {exc})"
+        out[name] = (f"plugin {ep.value}", desc)
+    return out
+
+
+def _describe(cls: Any) -> str:
+    desc = getattr(cls, "description", "") or (inspect.getdoc(cls) or "").split("\n")[0]
+    return desc.strip()
+
+
+def resolve_strategy_class(spec: str) -> Any:
+    """The class (or factory) named by ``spec``.
+
+    Raises:
+        StrategyError: nothing matches, or the module/file/class cannot be loaded.
+    """
+    if spec in REGISTRY:
+        return REGISTRY[spec]
+    eps = _entry_points()
+    if spec in eps:
+        try:
+            return eps[spec].load()
+        except Exception as exc:
+            raise StrategyError(f"strategy plugin {spec!r} failed to load: {exc}") from None
+    if ":" not in spec:
+        names = ", ".join(sorted(set(REGISTRY) | set(eps)))
+        raise StrategyError(f"unknown strategy {spec!r}; choose from {names}, or give module:Class "
+                            f"or path/file.py:Class")
+    where, _, attr = spec.rpartition(":")
+    if where.endswith(".py"):
+        module = _load_file(Path(where), spec)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as exc:
+            raise StrategyError(f"strategy {spec!r}: cannot import module {where!r} ({exc})") from None
+    if not hasattr(module, attr):
+        raise StrategyError(f"strategy {spec!r}: {where} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def _load_file(path: Path, spec: str):
+    if not path.is_file():
+        raise StrategyError(f"strategy {spec!r}: file {path} does not exist")
+    mod_name = f"entk_al_user_strategy_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(mod_name, None)
+        raise StrategyError(f"strategy {spec!r}: executing {path} failed ({type(exc).__name__}: {exc})") from None
+    return module
+
+
+def load_strategy(spec: str, options: dict[str, Any] | None = None) -> Any:
+    """Instantiate the strategy named by ``spec`` with keyword ``options``.
+
+    Raises:
+        StrategyError: unknown spec, a bad option, or an object without ``select``.
+    """
+    cls = resolve_strategy_class(spec)
+    try:
+        obj = cls(**(options or {}))
+    except (TypeError, ValueError) as exc:
+        raise StrategyError(f"strategy {spec!r}: bad option(s) {options or {}}: {exc}") from None
+    if not callable(getattr(obj, "select", None)):
+        raise StrategyError(f"strategy {spec!r} has no select(ctx, k) method")
+    if not getattr(obj, "name", None):
+        try:
+            obj.name = spec
+        except AttributeError:
+            pass
+    return obj

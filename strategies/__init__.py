@@ -1,0 +1,21 @@
+"""Built-in query strategies, written against the same protocol as a user's own.
+
+A strategy is any object with a ``name`` and ``select(ctx, k) -> np.ndarray`` of global pool
+ids (see :class:`entk_al.context.QueryStrategy`). :data:`REGISTRY` maps names to classes.
+"""
+
+from __future__ import annotations
+
+from .lookahead import LookaheadSampling
+from .random_sampling import RandomSampling
+from .scoring import ScoreStrategy, top_k
+from .uncertainty import EntropySampling, LeastConfidence, MarginSampling
+
+#: strategy name -> class; constructing with keyword options gives a strategy object.
+REGISTRY: dict[str, type] = {
+    cls.name: cls
+    for cls in (RandomSampling, EntropySampling, MarginSampling, LeastConfidence, LookaheadSampling)
+}
+
+__all__ = ["REGISTRY", "ScoreStrategy", "top_k", "RandomSampling", "EntropySampling", "MarginSampling",
+           "LeastConfidence", "LookaheadSampling"]

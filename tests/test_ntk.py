@@ -1,0 +1,264 @@
+"""Exactness of the NTK engines against an independent torch.func brute force (float64)."""
+import pytest
+import torch
+from torch import nn
+
+from entk_al.ntk import entk, kernel, pntk
+from entk_al.ntk import gram, layers
+
+from ntk_brute import brute_entk
+
+RTOL = 1e-10
+
+
+def close(a, b, rtol=RTOL):
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = b.abs().max().item()
+    err = (a - b).abs().max().item()
+    assert err <= rtol * max(scale, 1e-300), f"max err {err:.3e} vs scale {scale:.3e}"
+
+
+def check_all(model, x1, x2=None, methods=("gram", "jacobian"), tile=None):
+    ref = brute_entk(model, x1, x2)
+    O = ref.shape[-1]
+    for method in methods:
+        e = entk(model, x1, x2, method=method, tile_size=tile)
+        close(e, ref)
+        close(pntk(model, x1, x2, method=method, tile_size=tile), ref.sum((2, 3)) / O)
+        diag = torch.diagonal(ref, dim1=2, dim2=3)
+        close(kernel(model, x1, x2, kind="block_diag", method=method, tile_size=tile), diag)
+        close(kernel(model, x1, x2, kind="trace", method=method, tile_size=tile), diag.mean(-1))
+        close(kernel(model, x1, x2, kind="first_logit", method=method, tile_size=tile),
+              ref[..., 0, 0])
+    return ref
+
+
+@pytest.fixture
+def force_exact(monkeypatch):
+    """Route every linear-family layer to the factored (exact) form."""
+    monkeypatch.setattr(layers, "MATERIALIZE_BUDGET_BYTES", -1)
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 8), nn.ReLU(),
+                         nn.Linear(8, 3)).double()
+
+
+def test_mlp_symmetric_cross_and_tiling():
+    m = mlp()
+    x1, x2 = torch.randn(7, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+    check_all(m, x1, tile=3)  # 7 = 3 + 3 + 1: tile boundaries, symmetric fill
+    check_all(m, x1, x2, tile=2)
+    ref = brute_entk(m, x1)
+    close(pntk(m, x1), ref.sum((2, 3)) / 3)  # defaults (auto)
+    k = pntk(m, x1)
+    assert k.dtype == torch.float64 and torch.equal(k, k.T)
+
+
+def test_pntk_is_mean_of_entk_and_auto_equals_gram():
+    m = mlp()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    e = entk(m, x, method="gram")
+    close(pntk(m, x, method="auto"), e.sum((2, 3)) / e.shape[-1])
+
+
+class BNCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+            nn.Dropout(0.5), nn.Conv2d(4, 6, 3, stride=2), nn.BatchNorm2d(6),
+            nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(6 * 3 * 3, 12), nn.BatchNorm1d(12),
+            nn.Tanh(), nn.Linear(12, 4))
+
+    def forward(self, x):
+        return self.f(x)
+
+
+def test_cnn_batchnorm_eval_mode_and_mode_restored():
+    torch.manual_seed(1)
+    m = BNCNN().double()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    m.train()
+    for _ in range(3):
+        opt.zero_grad()
+        m(torch.randn(16, 2, 8, 8, dtype=torch.float64) * 2 + 1).pow(2).mean().backward()
+        opt.step()
+    assert m.f[1].running_mean.abs().sum() > 0
+    x1, x2 = torch.randn(5, 2, 8, 8, dtype=torch.float64), torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    check_all(m, x1, tile=2)
+    check_all(m, x1, x2)
+    assert m.training and all(mod.training for mod in m.modules())
+    m.f[3].eval()  # mixed modes are restored per module
+    pntk(m, x1)
+    assert m.training and not m.f[3].training
+    m.eval()
+    pntk(m, x1)
+    assert not m.training
+
+
+def conv_model():
+    torch.manual_seed(2)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv1d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2)
+            self.c1b = nn.Conv1d(6, 6, 3, padding="same", padding_mode="circular", bias=False)
+            self.c2 = nn.Conv2d(6, 8, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+            self.c3 = nn.Conv2d(8, 4, 3, padding="same", padding_mode="reflect", groups=4)
+            self.head = nn.Linear(4 * 5 * 8, 3)
+
+        def forward(self, x):  # x (N, 4, 10)
+            h = torch.tanh(self.c1b(torch.tanh(self.c1(x))))  # (N, 6, 6)
+            h = h.unsqueeze(-1) * torch.ones(8, dtype=h.dtype)  # (N, 6, 6, 8)
+            h = torch.tanh(self.c3(torch.tanh(self.c2(h))))  # (N, 4, 3, 10) -> see head
+            return self.head(h[..., :5, :8].reshape(len(x), -1) if h.shape[-2] >= 5 else
+                             nn.functional.pad(h, (0, 0, 0, 5 - h.shape[-2]))[..., :8].reshape(len(x), -1))
+
+    return M().double()
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_grouped_dilated_strided_padded_convs(exact, monkeypatch):
+    if exact:
+        monkeypatch.setattr(layers, "MATERIALIZE_BUDGET_BYTES", -1)
+    m = conv_model()
+    x1, x2 = torch.randn(5, 4, 10, dtype=torch.float64), torch.randn(2, 4, 10, dtype=torch.float64)
+    check_all(m, x1, tile=3, methods=("gram",))
+    check_all(m, x1, x2, methods=("gram",))
+    plan = _plan(m, x1)
+    assert not plan.fallback and len(plan.layers) == 5
+    assert all(lp.exact == (exact or lp.mod is m.head) for lp in plan.layers)
+
+
+def _plan(m, x, kind="pntk"):
+    from entk_al.ntk import common
+    with common.eval_mode(m):
+        V, full = common.directions(kind, m(x[:1]).shape[-1], "cpu", torch.float64)
+        return gram.build_plan(m, common.trainable(m), x, V, 512, full)
+
+
+class SeqModel(nn.Module):
+    """Embedding -> Linear on (N, T, d) -> LayerNorm -> GroupNorm -> pooled head."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 6, padding_idx=0)
+        self.lin = nn.Linear(6, 8)
+        self.ln = nn.LayerNorm(8)
+        self.gn = nn.GroupNorm(2, 4)
+        self.ln2 = nn.LayerNorm((4, 8), bias=False)
+        self.proj = nn.Linear(8, 4 * 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids):  # (N, T)
+        h = torch.tanh(self.ln(self.lin(self.emb(ids))))  # (N, T, 8)
+        z = self.proj(h.mean(1)).reshape(len(ids), 4, 8)
+        z = torch.tanh(self.ln2(self.gn(z)))
+        return self.head(z.mean(1)) + self.head(h[:, 0]) * 0 if False else self.head(z.mean(1) + h[:, 0])
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_layernorm_groupnorm_embedding(exact, monkeypatch):
+    if exact:
+        monkeypatch.setattr(layers, "MATERIALIZE_BUDGET_BYTES", -1)
+    torch.manual_seed(3)
+    m = SeqModel().double()
+    with torch.no_grad():
+        for mod in (m.ln, m.gn, m.ln2):
+            mod.weight.normal_()
+    x1 = torch.randint(0, 11, (5, 7))
+    x1[0, :3] = 0  # padding_idx gets no gradient
+    x2 = torch.randint(0, 11, (3, 7))
+    check_all(m, x1, tile=2, methods=("gram",))
+    check_all(m, x1, x2, methods=("gram", "jacobian"))
+    plan = _plan(m, x1)
+    assert not plan.fallback and len(plan.layers) == 7
+
+
+class Scale(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, d))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+class Custom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(5, 6)
+        self.s = Scale(6)
+        self.shift = nn.Parameter(torch.randn(6))  # on a module that has children
+        self.shared = nn.Linear(6, 6)  # called twice: weight sharing
+        self.frozen = nn.Linear(6, 6)
+        self.frozen.weight.requires_grad_(False)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.s(self.a(x)) + self.shift)
+        h = torch.tanh(self.shared(torch.tanh(self.shared(h))))
+        h = torch.tanh(self.frozen(h))
+        return self.out(h)
+
+
+def test_custom_parameters_weight_sharing_and_frozen():
+    torch.manual_seed(4)
+    m = Custom().double()
+    x1, x2 = torch.randn(6, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    check_all(m, x1, tile=4)
+    check_all(m, x1, x2, methods=("gram",))
+    plan = _plan(m, x1)
+    assert set(plan.fallback) == {"s.scale", "shift", "shared.weight", "shared.bias"}
+    assert {id(lp.mod) for lp in plan.layers} == {id(m.a), id(m.frozen), id(m.out)}
+    assert [lp.names for lp in plan.layers if lp.mod is m.frozen] == [["bias"]]
+
+
+class Tied(nn.Module):
+    """Output layer reuses the embedding matrix functionally: the hook on the embedding alone
+    misses that use, which the probe's gradient check must detect."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, ids):
+        h = torch.tanh(self.lin(self.emb(ids).mean(1)))
+        return nn.functional.linear(h, self.emb.weight)
+
+
+def test_functional_weight_reuse_goes_to_fallback():
+    torch.manual_seed(5)
+    m = Tied().double()
+    x1 = torch.randint(0, 7, (5, 3))
+    check_all(m, x1, tile=2, methods=("gram",))
+    assert set(_plan(m, x1).fallback) == {"emb.weight"}
+
+
+def test_float32_model_casts_inputs():
+    torch.manual_seed(6)
+    m = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))
+    x = torch.randn(6, 4, dtype=torch.float64)
+    k = pntk(m, x)
+    assert k.dtype == torch.float32 and k.shape == (6, 6)
+    ref = brute_entk(m.double(), x).sum((2, 3)) / 2
+    close(k.double(), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x: kernel(m, x, kind="nope"),
+    lambda m, x: pntk(m, x, method="fast"),
+    lambda m, x: pntk(m, x, torch.randn(3, 5)),
+    lambda m, x: pntk(m, x[:0]),
+    lambda m, x: pntk(m, x, tile_size=0),
+    lambda m, x: entk(m, x, batch_size=-2),
+    lambda m, x: pntk(m.requires_grad_(False), x),
+])
+def test_bad_args_raise_value_error(call):
+    m = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(ValueError):
+        call(m, torch.randn(3, 4))
