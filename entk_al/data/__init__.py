@@ -1,6 +1,7 @@
 """Datasets: a pool (train split) and a held-out test split, in memory.
 
-``load_dataset(spec)`` resolves a dataset name from :data:`DATASETS`.
+``load_dataset(spec)`` resolves a name from :data:`DATASETS`, or a ``numpy:PATH.npz`` /
+``folder:PATH`` spec for your own data.
 """
 
 from __future__ import annotations
@@ -10,31 +11,54 @@ from typing import Callable
 from ..errors import ConfigError
 from .base import ALDataset
 from .digits import load_digits_dataset
+from .folder import load_folder_dataset
 from .idx import load_idx_dataset, read_idx
+from .numpy import load_numpy_dataset
+from .torchvision_sets import load_cifar, load_svhn
 
 #: name -> loader(data_dir, download) -> ALDataset
 DATASETS: dict[str, Callable[[str | None, bool], ALDataset]] = {
     "digits": lambda data_dir, download: load_digits_dataset(),
     "fashion-mnist": lambda data_dir, download: load_idx_dataset("fashion-mnist", data_dir, download=download),
     "mnist": lambda data_dir, download: load_idx_dataset("mnist", data_dir, download=download),
+    "cifar10": lambda data_dir, download: load_cifar("cifar10", data_dir, download=download),
+    "cifar100": lambda data_dir, download: load_cifar("cifar100", data_dir, download=download),
+    "svhn": lambda data_dir, download: load_svhn(data_dir, download=download),
 }
+#: Other spellings accepted on the command line (torchvision class names and the like).
+ALIASES = {"fashionmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "cifar-10": "cifar10",
+           "cifar-100": "cifar100"}
+#: ``prefix:PATH`` specs for your own data.
+PREFIXES: dict[str, Callable[[str], ALDataset]] = {"numpy": load_numpy_dataset, "folder": load_folder_dataset}
 
 
 def load_dataset(spec: str, data_dir: str | None = None, download: bool = False) -> ALDataset:
-    """Load a dataset by name.
+    """Load a dataset by name or by ``numpy:PATH.npz`` / ``folder:PATH``.
 
     Args:
-        spec: a name from :data:`DATASETS`.
-        data_dir: folder to search for files (datasets that read from disk).
+        spec: a name from :data:`DATASETS` (case-insensitive; torchvision class names such
+            as ``FashionMNIST`` work too), or ``numpy:PATH.npz`` (arrays x_train, y_train,
+            x_test, y_test), or ``folder:PATH`` (ImageFolder layout).
+        data_dir: folder to search for files (named datasets that read from disk).
         download: allow fetching with torchvision when the files are missing.
 
     Raises:
-        ConfigError: unknown dataset name.
+        ConfigError: unknown dataset name or prefix.
         DataNotFoundError: the dataset's files are missing.
+        DataFormatError: the files exist but are malformed.
     """
-    if spec not in DATASETS:
-        raise ConfigError(f"unknown dataset {spec!r}; choose from {', '.join(sorted(DATASETS))}")
-    return DATASETS[spec](data_dir, download)
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in PREFIXES:
+        if not rest:
+            raise ConfigError(f"--dataset {spec}: give a path after '{prefix}:'")
+        return PREFIXES[prefix](rest)
+    name = spec.lower()
+    name = ALIASES.get(name, name)
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {spec!r}; choose from {', '.join(sorted(DATASETS))}, "
+                          f"or give numpy:PATH.npz or folder:PATH")
+    return DATASETS[name](data_dir, download)
 
 
-__all__ = ["ALDataset", "DATASETS", "load_dataset", "read_idx", "load_idx_dataset", "load_digits_dataset"]
+__all__ = ["ALDataset", "DATASETS", "load_dataset", "read_idx", "load_idx_dataset", "load_digits_dataset",
+           "load_numpy_dataset", "load_folder_dataset", "load_cifar", "load_svhn"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataNotFoundError
+from ..errors import DataFormatError, DataNotFoundError
 from .base import ALDataset
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -30,21 +30,24 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     Format: LeCun et al., "THE MNIST DATABASE" file format (magic = 0, 0, dtype, ndim).
 
     Raises:
-        ValueError: the file is not a well-formed IDX file.
+        DataFormatError: (a ValueError) the file is not a well-formed IDX file.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataFormatError(f"{path}: unreadable ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+        raise DataFormatError(f"{path}: not an IDX file (bad magic number)")
     ndim = raw[3]
     header = 4 + 4 * ndim
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(f"{path}: IDX payload is {len(raw) - header} bytes, header says {expected}")
+        raise DataFormatError(f"{path}: IDX payload is {len(raw) - header} bytes, header says {expected}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
 
@@ -76,9 +79,12 @@ def load_idx_dataset(name: str, data_dir: str | None, *, download: bool = False)
 
     Raises:
         DataNotFoundError: no directory holds all four files (the message says how to get them).
-        ValueError: a file is not a valid IDX file or the shapes disagree.
+        DataFormatError: (a ValueError) a file is not a valid IDX file or the shapes disagree.
     """
     sub = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}[name]
+    if data_dir is not None and not Path(data_dir).exists() and not download:
+        raise DataNotFoundError(f"{name}: --data-dir {data_dir} does not exist; point it at a folder with the "
+                                f"four IDX files, or pass --download")
     roots = _candidate_roots(data_dir, sub)
     if name == "fashion-mnist":
         roots.append(DEBIAN_FASHION_MNIST)
@@ -88,10 +94,7 @@ def load_idx_dataset(name: str, data_dir: str | None, *, download: bool = False)
             return _from_files(name, found)
     if download:
         return _download(name, data_dir or "data")
-    if data_dir is not None and not Path(data_dir).exists():
-        where = f"--data-dir {data_dir} does not exist"
-    else:
-        where = "no IDX files found in " + ", ".join(str(r) for r in roots)
+    where = "no IDX files found in " + ", ".join(str(r) for r in roots)
     hint = ("install the Debian package (apt-get install -y dataset-fashion-mnist), "
             if name == "fashion-mnist" else "")
     raise DataNotFoundError(
@@ -103,7 +106,7 @@ def _from_files(name: str, files: dict[str, Path]) -> ALDataset:
     arr = {k: read_idx(p) for k, p in files.items()}
     for split in ("train", "test"):
         if len(arr[f"x_{split}"]) != len(arr[f"y_{split}"]):
-            raise ValueError(f"{name}: {split} images and labels differ in count")
+            raise DataFormatError(f"{name}: {split} images and labels differ in count")
     x_train = arr["x_train"].astype(np.float32) / 255.0
     x_test = arr["x_test"].astype(np.float32) / 255.0
     mean, std = float(x_train.mean()), float(x_train.std())
