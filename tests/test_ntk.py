@@ -2,13 +2,33 @@
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call, jacrev
 
-from entk_al.ntk import entk, kernel, pntk
-from entk_al.ntk import gram, layers
-
-from ntk_brute import brute_entk
+from entk_al.ntk import entk, gram, kernel, layers, pntk
 
 RTOL = 1e-10
+
+
+def brute_entk(model, x1, x2=None):
+    """Independent brute force: jacrev of the whole batch output w.r.t. all trainable
+    parameters flattened, Theta = J J^T (Jacot et al. 2018, eq. 3).
+    Returns the (N1, N2, O, O) eNTK in eval mode; restores model.training."""
+    was = model.training
+    model.eval()
+    try:
+        params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+        def jac(x):
+            j = jacrev(lambda p: functional_call(model, p, (x,)))(params)
+            n = x.shape[0]
+            # j[k]: (N, O, *param_shape) -> (N, O, P)
+            return torch.cat([j[k].reshape(n, -1, params[k].numel()) for k in params], dim=2)
+
+        j1 = jac(x1)
+        j2 = j1 if x2 is None else jac(x2)
+        return torch.einsum("nkp,mlp->nmkl", j1, j2)
+    finally:
+        model.train(was)
 
 
 def close(a, b, rtol=RTOL):
@@ -31,12 +51,6 @@ def check_all(model, x1, x2=None, methods=("gram", "jacobian"), tile=None):
         close(kernel(model, x1, x2, kind="first_logit", method=method, tile_size=tile),
               ref[..., 0, 0])
     return ref
-
-
-@pytest.fixture
-def force_exact(monkeypatch):
-    """Route every linear-family layer to the factored (exact) form."""
-    monkeypatch.setattr(layers, "MATERIALIZE_BUDGET_BYTES", -1)
 
 
 def mlp():
@@ -108,29 +122,27 @@ def conv_model():
             self.c1b = nn.Conv1d(6, 6, 3, padding="same", padding_mode="circular", bias=False)
             self.c2 = nn.Conv2d(6, 8, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
             self.c3 = nn.Conv2d(8, 4, 3, padding="same", padding_mode="reflect", groups=4)
-            self.head = nn.Linear(4 * 5 * 8, 3)
+            self.head = nn.Linear(4 * 3 * 10, 3)
 
         def forward(self, x):  # x (N, 4, 10)
-            h = torch.tanh(self.c1b(torch.tanh(self.c1(x))))  # (N, 6, 6)
-            h = h.unsqueeze(-1) * torch.ones(8, dtype=h.dtype)  # (N, 6, 6, 8)
-            h = torch.tanh(self.c3(torch.tanh(self.c2(h))))  # (N, 4, 3, 10) -> see head
-            return self.head(h[..., :5, :8].reshape(len(x), -1) if h.shape[-2] >= 5 else
-                             nn.functional.pad(h, (0, 0, 0, 5 - h.shape[-2]))[..., :8].reshape(len(x), -1))
+            h = torch.tanh(self.c1b(torch.tanh(self.c1(x))))  # (N, 6, 5)
+            h = h.unsqueeze(-1) * torch.linspace(-1, 1, 8, dtype=h.dtype)  # (N, 6, 5, 8)
+            h = torch.tanh(self.c3(torch.tanh(self.c2(h))))  # (N, 4, 3, 10)
+            return self.head(h.flatten(1))
 
     return M().double()
 
 
-@pytest.mark.parametrize("exact", [False, True])
-def test_grouped_dilated_strided_padded_convs(exact, monkeypatch):
-    if exact:
-        monkeypatch.setattr(layers, "MATERIALIZE_BUDGET_BYTES", -1)
+@pytest.mark.parametrize("form", ["exact", "materialized"])
+def test_grouped_dilated_strided_padded_convs(form, monkeypatch):
+    monkeypatch.setattr(layers, "FORCE_FORM", form)
     m = conv_model()
     x1, x2 = torch.randn(5, 4, 10, dtype=torch.float64), torch.randn(2, 4, 10, dtype=torch.float64)
     check_all(m, x1, tile=3, methods=("gram",))
     check_all(m, x1, x2, methods=("gram",))
     plan = _plan(m, x1)
     assert not plan.fallback and len(plan.layers) == 5
-    assert all(lp.exact == (exact or lp.mod is m.head) for lp in plan.layers)
+    assert all(lp.exact == (form == "exact") for lp in plan.layers)
 
 
 def _plan(m, x, kind="pntk"):
@@ -157,13 +169,12 @@ class SeqModel(nn.Module):
         h = torch.tanh(self.ln(self.lin(self.emb(ids))))  # (N, T, 8)
         z = self.proj(h.mean(1)).reshape(len(ids), 4, 8)
         z = torch.tanh(self.ln2(self.gn(z)))
-        return self.head(z.mean(1)) + self.head(h[:, 0]) * 0 if False else self.head(z.mean(1) + h[:, 0])
+        return self.head(z.mean(1) + h[:, 0])
 
 
-@pytest.mark.parametrize("exact", [False, True])
-def test_layernorm_groupnorm_embedding(exact, monkeypatch):
-    if exact:
-        monkeypatch.setattr(layers, "MATERIALIZE_BUDGET_BYTES", -1)
+@pytest.mark.parametrize("form", ["exact", "materialized", None])
+def test_layernorm_groupnorm_embedding(form, monkeypatch):
+    monkeypatch.setattr(layers, "FORCE_FORM", form)
     torch.manual_seed(3)
     m = SeqModel().double()
     with torch.no_grad():
@@ -262,3 +273,20 @@ def test_bad_args_raise_value_error(call):
     m = nn.Sequential(nn.Linear(4, 2))
     with pytest.raises(ValueError):
         call(m, torch.randn(3, 4))
+
+
+@pytest.mark.slow
+def test_resnet18_cifar_shape():
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(7)
+    m = tv.models.resnet18(num_classes=10).double()
+    m.train()
+    with torch.no_grad():
+        m(torch.randn(8, 3, 32, 32, dtype=torch.float64))  # non-trivial running stats
+    x1, x2 = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    ref = brute_entk(m, x1, x2)
+    close(entk(m, x1, x2, method="gram"), ref)
+    close(pntk(m, x1, x2), ref.sum((2, 3)) / 10)
+    plan = _plan(m, x1)
+    assert not plan.fallback
+    assert m.training

@@ -46,7 +46,11 @@ def _run_hooked(model, mods, x, V, with_params=()):
 
     def make(i):
         def hook(mod, args, out):
-            calls[i] += 1
+            # a call without a positional input (kwargs only) is not understood: mark it
+            # as shared so the probe routes the module to the fallback
+            calls[i] += 1 if args and isinstance(out, torch.Tensor) else 2
+            if not args or not isinstance(out, torch.Tensor):
+                return None
             saved[i] = (args[0].detach(), out)
             # downstream in-place ops (ReLU(inplace=True), +=) must not rebase ``out``
             return out.clone()
@@ -155,7 +159,7 @@ def build_plan(model: nn.Module, params: dict, x: torch.Tensor, V: torch.Tensor,
             di = A.shape[-1] if A is not None else 1
             n_emb = lp.mod.num_embeddings if ids is not None else None
             lp.fold_bias = "bias" in lp.names
-            lp.exact = L.linear_use_exact(None, T, g, di + lp.fold_bias, do, V.shape[0], tile,
+            lp.exact = L.linear_use_exact(T, g, di + lp.fold_bias, do, V.shape[0], tile,
                                           V.element_size(), full, n_emb)
         plan.layers.append(lp)
         covered.update(id(getattr(lp.mod, n)) for n in lp.names)
