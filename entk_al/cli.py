@@ -17,6 +17,8 @@ from .errors import ConfigError, EntkAlError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Look-ahead active learning with empirical neural tangent kernels (pNTK).")
 
+#: Run-command keys a TOML config may hold that are not part of RunConfig.
+TOML_CLI_ONLY = {"out", "quiet", "overwrite"}
 RUN_FILES = ("config.json", "rounds.jsonl", "curve.png", "checkpoint.pt", "summary.json")
 
 
@@ -42,7 +44,7 @@ def resolve_config(config_file: Optional[Path], flags: dict[str, Any], resume_di
         except json.JSONDecodeError:
             raise ConfigError(f"{saved} is corrupted (not JSON)") from None
     if config_file is not None:
-        data.update(load_toml(config_file))
+        data.update({k: v for k, v in load_toml(config_file).items() if k not in TOML_CLI_ONLY})
     data.update({k: v for k, v in flags.items() if v is not None})
     return RunConfig.from_dict(data, source=str(config_file or "options")).validate()
 
@@ -68,6 +70,7 @@ def run(
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N] [default: auto]."),
     data_dir: Optional[str] = typer.Option(None, help="Folder holding dataset files."),
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow torchvision downloads."),
+    oracle: Optional[str] = typer.Option(None, help="simulated (ground truth) or files (you label queries/round_XXX.csv) [default: simulated]."),
     option: list[str] = typer.Option([], "--option", "-o", help="Strategy option key=value (repeatable)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these options."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
@@ -81,10 +84,17 @@ def run(
     flags = dict(strategy=strategy, dataset=dataset, model=model, width=width, initial=initial, query=query,
                  rounds=rounds, subset=subset, seed=seed, retrain=retrain, loss=loss, epochs=epochs,
                  min_steps=min_steps, batch_size=batch_size, lr=lr, device=device, data_dir=data_dir,
-                 download=download)
+                 download=download, oracle=oracle)
     if option:
         flags["strategy_options"] = parse_options(option)
     cfg = resolve_config(config, flags, resume)
+    if config is not None and resume is None:
+        from .config import load_toml
+
+        extra = load_toml(config)
+        out = out or (Path(extra["out"]) if extra.get("out") else None)
+        quiet = quiet or bool(extra.get("quiet", False))
+        overwrite = overwrite or bool(extra.get("overwrite", False))
     out_dir = resume or out or Path("runs") / f"{Path(cfg.strategy).stem.replace(':', '-')}-{cfg.dataset.replace(':', '-').replace('/', '_')}-seed{cfg.seed}"
     if resume is None and (out_dir / CHECKPOINT).exists():
         if not overwrite:
@@ -92,8 +102,15 @@ def run(
                               f"--overwrite to start over")
         for name in RUN_FILES:
             (out_dir / name).unlink(missing_ok=True)
+        for sub in ("queries", "labels"):  # human-in-the-loop files of the old run
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
     loop = ActiveLearningLoop(cfg, out_dir)
     records = _run_with_progress(loop, resume is not None, quiet)
+    if loop.waiting_for is not None:
+        typer.echo(f"waiting for labels: fill in the 'label' column of {loop.waiting_for} (class name or "
+                   f"index), then run: entk-al label {out_dir} --from {loop.waiting_for} && "
+                   f"entk-al run --resume {out_dir}")
+        return
     last = records[-1]
     typer.echo(f"done: {last['n_labeled']} labels, test accuracy {100 * last['test_accuracy']:.2f}% "
                f"(round 0: {100 * records[0]['test_accuracy']:.2f}%); results in {out_dir}")
@@ -129,7 +146,8 @@ def list_strategies() -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode typer *returns* exit codes (typer.Exit, Ctrl-C -> 130).
+        code = app(args=argv, standalone_mode=False)
     except EntkAlError as exc:
         typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
         sys.exit(2)
@@ -139,16 +157,27 @@ def main(argv: Optional[list[str]] = None) -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # click usage errors and the like
+        # typer >= 0.16 vendors click as typer._click, so match both exception hierarchies.
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        vendored = getattr(typer, "_click", click).exceptions
+        if isinstance(exc, (click.exceptions.ClickException, vendored.ClickException)):
             typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
             sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, (click.exceptions.Abort, vendored.Abort)):
             sys.exit(130)
         raise
-    sys.exit(0)
+    if code == 130:
+        typer.echo("interrupted", err=True)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's app: the cli_* modules imported below register their
+    # commands on entk_al.cli.app, not on this __main__ copy.
+    from entk_al.cli import main as _main
+
+    _main()
+from . import cli_label  # noqa: E402,F401  (registers commands)
+from . import cli_bench  # noqa: E402,F401  (registers commands)
+from . import cli_fidelity  # noqa: E402,F401  (registers commands)

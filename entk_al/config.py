@@ -69,6 +69,8 @@ class RunConfig:
             raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.width is not None and self.width < 1:
             raise ConfigError(f"--width must be >= 1, got {self.width}")
+        if self.oracle not in ("simulated", "files"):
+            raise ConfigError(f"--oracle must be 'simulated' or 'files', got {self.oracle!r}")
         return self
 
     @property

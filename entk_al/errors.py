@@ -28,3 +28,7 @@ class CheckpointError(EntkAlError, RuntimeError):
 
 class LabelError(EntkAlError, ValueError):
     """Labels given by a human annotator are invalid (unknown ids or classes, bad CSV)."""
+
+
+class DataFormatError(EntkAlError, ValueError):
+    """A dataset file exists but its contents are malformed (bad keys, shapes, labels, images)."""

@@ -20,9 +20,10 @@ import torch
 from .config import RunConfig
 from .context import RoundContext
 from .data import ALDataset, load_dataset
-from .errors import CheckpointError, ConfigError, StrategyError
+from .errors import CheckpointError, ConfigError, LabelError, StrategyError
 from .models import build_model, predict
 from .ntk import pntk
+from .oracle import FileOracle, SimulatedOracle, query_path, recorded_labels, write_queries
 from .plugins import load_strategy
 from .pool import PoolState, validate_selection
 from .results import aubc, plot_curve, write_json, write_jsonl
@@ -44,16 +45,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class SimulatedOracle:
-    """Answers queries with the ground-truth train labels (simulation)."""
-
-    def __init__(self, y_train: torch.Tensor):
-        self._y = y_train.cpu().numpy().astype(np.int64)
-
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        return self._y[np.asarray(ids, dtype=np.int64)]
-
-
 @dataclass
 class LoopState:
     """What a checkpoint restores: the round to run next, the model, the pool and the log."""
@@ -62,6 +53,9 @@ class LoopState:
     model_state: dict | None
     pool: PoolState
     records: list[dict]
+    #: queries waiting for human labels (``--oracle files``): {"round": r, "ids": [...]};
+    #: round -2 is the seeded initial set.
+    pending: dict | None = None
 
 
 class ActiveLearningLoop:
@@ -73,13 +67,18 @@ class ActiveLearningLoop:
             checkpoint.pt and, once finished, summary.json.
         strategy: a strategy object; default: ``load_strategy(cfg.strategy, cfg.strategy_options)``.
         dataset: a loaded dataset; default: ``load_dataset(cfg.dataset, ...)``.
-        oracle: ``oracle(ids) -> labels``; default: :class:`SimulatedOracle`.
+        oracle: ``oracle(ids) -> labels``; default: :class:`~entk_al.oracle.SimulatedOracle`, or
+            :class:`~entk_al.oracle.FileOracle` for ``cfg.oracle == "files"``. A ``deferred``
+            oracle makes :meth:`run` stop after writing ``queries/round_XXX.csv`` (see
+            :attr:`waiting_for`) and resume once ``entk-al label`` recorded the answers.
         kernel_fn: pNTK implementation handed to strategies; default :func:`entk_al.ntk.pntk`.
 
     Raises:
         ConfigError: invalid options, or a budget larger than the pool.
         StrategyError: the strategy cannot be loaded or returns invalid ids.
         DataNotFoundError: the dataset's files are missing.
+        CheckpointError: (run, resume) the checkpoint is corrupted or was made with other options.
+        LabelError: (run, resume) the labels for pending human queries are missing or invalid.
     """
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, *, strategy: Any = None,
@@ -92,7 +91,15 @@ class ActiveLearningLoop:
         if cfg.budget > self.data.pool_size:
             raise ConfigError(f"budget initial + query*rounds = {cfg.budget} exceeds the pool of "
                               f"{self.data.pool_size} {cfg.dataset} training points")
-        self.oracle = oracle if oracle is not None else SimulatedOracle(self.data.y_train)
+        if oracle is None:
+            oracle = FileOracle() if cfg.oracle == "files" else SimulatedOracle(self.data.y_train)
+        self.oracle = oracle
+        if getattr(oracle, "deferred", False) and getattr(self.strategy, "mode", "batch") in ("sequential", "hybrid"):
+            # Fail before training rather than mid-selection (FileOracle also refuses at call time).
+            raise ConfigError(f"strategy {self.strategy.name!r} in {self.strategy.mode} mode needs labels during "
+                              f"selection, which --oracle files cannot give; use mode=batch or --oracle simulated")
+        #: set when the run stopped to wait for human labels: the queries CSV to fill in.
+        self.waiting_for: Path | None = None
         self.kernel_fn = kernel_fn or (lambda model, x1, x2=None: pntk(model, x1, x2))
         self.device = resolve_device(cfg.device)
         self.train_cfg = TrainConfig(loss=cfg.loss, epochs=cfg.epochs, min_steps=cfg.min_steps,
@@ -103,6 +110,9 @@ class ActiveLearningLoop:
         pool = PoolState(self.data.pool_size)
         first = numpy_rng(self.cfg.seed, -1, "initial").choice(self.data.pool_size, self.cfg.initial, replace=False)
         first.sort()
+        if getattr(self.oracle, "deferred", False):
+            return LoopState(next_round=0, model_state=None, pool=pool, records=[],
+                             pending={"round": PoolState.INITIAL, "ids": first.tolist()})
         pool.add(first, self.oracle(first), PoolState.INITIAL)
         return LoopState(next_round=0, model_state=None, pool=pool, records=[])
 
@@ -115,7 +125,8 @@ class ActiveLearningLoop:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
             version, saved_cfg = ckpt["version"], ckpt["config"]
             state = LoopState(next_round=int(ckpt["next_round"]), model_state=ckpt["model"],
-                              pool=PoolState.from_state_dict(ckpt["pool"]), records=list(ckpt["records"]))
+                              pool=PoolState.from_state_dict(ckpt["pool"]), records=list(ckpt["records"]),
+                              pending=ckpt.get("pending"))
         except Exception as exc:
             raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({type(exc).__name__})") from None
         if version != CHECKPOINT_VERSION:
@@ -131,7 +142,8 @@ class ActiveLearningLoop:
     def save_state(self, state: LoopState, model: torch.nn.Module) -> None:
         ckpt = {"version": CHECKPOINT_VERSION, "config": self.cfg.to_dict(), "next_round": state.next_round,
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "pool": state.pool.state_dict(), "records": state.records}
+                "pool": state.pool.state_dict(), "records": state.records, "pending": state.pending,
+                "classes": list(self.data.classes)}
         from .results import atomic_write
 
         atomic_write(self.out_dir / CHECKPOINT, lambda p: torch.save(ckpt, p))
@@ -154,12 +166,24 @@ class ActiveLearningLoop:
         model = self.new_model(0)
         if state.model_state is not None:
             model.load_state_dict(state.model_state)
+        if state.pending is not None and not self.take_pending_labels(state, model, fresh=not resume):
+            return state.records
+        last = state.records[-1] if state.records else None
+        if last is not None and not last["queried"] and last["round"] < self.cfg.rounds:
+            # A finished run resumed with more --rounds: its last round trained but did not
+            # query; query now with the same model and seeds, as an uninterrupted run would.
+            if self.query_round(state, last, model):
+                return state.records
         for r in range(state.next_round, self.cfg.rounds + 1):
             if r > 0 and self.cfg.retrain == "scratch":
                 model = self.new_model(r)
             record = self.run_round(r, model, state.pool)
             state.records.append(record)
             state.next_round = r + 1
+            if r < self.cfg.rounds and self.query_round(state, record, model):
+                if on_round:
+                    on_round(record)
+                return state.records
             self.write_results(state.records)
             self.save_state(state, model)
             if on_round:
@@ -180,17 +204,63 @@ class ActiveLearningLoop:
         record: dict[str, Any] = {"round": r, "n_labeled": int(len(lab)), "test_accuracy": acc,
                                   "train_seconds": train_s, "train_steps": stats["steps"],
                                   "train_loss": stats["final_loss"], "queried": [], "select_seconds": 0.0}
-        if r < cfg.rounds:
-            t1 = time.perf_counter()
-            queried, labels, info = self.select(r, model, pool)
-            record["select_seconds"] = time.perf_counter() - t1
-            pool.add(queried, labels, r)
-            record["queried"] = queried.tolist()
-            if info:
-                record["strategy_info"] = info
         return record
 
-    def select(self, r: int, model: torch.nn.Module, pool: PoolState) -> tuple[np.ndarray, np.ndarray, dict]:
+    def query_round(self, state: LoopState, record: dict, model: torch.nn.Module) -> bool:
+        """Select this round's queries and label them; True if the run now waits for a human.
+
+        With a deferred oracle (``--oracle files``) the queries are written to
+        ``queries/round_XXX.csv`` and the checkpoint records them as pending.
+        """
+        r = record["round"]
+        t1 = time.perf_counter()
+        queried, labels, info = self.select(r, model, state.pool)
+        record["select_seconds"] = time.perf_counter() - t1
+        record["queried"] = queried.tolist()
+        if info:
+            record["strategy_info"] = info
+        if labels is None:
+            state.pending = {"round": r, "ids": queried.tolist()}
+            self.request_labels(state, model)
+            return True
+        state.pool.add(queried, labels, r)
+        return False
+
+    def request_labels(self, state: LoopState, model: torch.nn.Module | None) -> None:
+        """Write the pending queries CSV, then checkpoint (in that order, so a crash in between
+        only repeats the round), and remember which file the person must fill in."""
+        ids = np.asarray(state.pending["ids"], dtype=np.int64)
+        guesses = None
+        if state.pending["round"] != PoolState.INITIAL and model is not None:
+            pred = predict(model, self.data.x_train[torch.from_numpy(ids)], device=self.device).argmax(dim=1)
+            guesses = [self.data.classes[int(c)] for c in pred.cpu()]
+        self.waiting_for = write_queries(self.out_dir, state.pending["round"], ids,
+                                         [self.data.source_of(int(i)) for i in ids], guesses)
+        if state.records:
+            self.write_results(state.records)
+        self.save_state(state, model)
+
+    def take_pending_labels(self, state: LoopState, model: torch.nn.Module, fresh: bool) -> bool:
+        """Add the labels recorded for the pending queries; False if the run must stop to wait.
+
+        Raises:
+            LabelError: resuming, but no labels were recorded for the pending queries.
+        """
+        rnd, ids = state.pending["round"], np.asarray(state.pending["ids"], dtype=np.int64)
+        labels = None if fresh else recorded_labels(self.out_dir, rnd, ids.tolist(), self.data.classes)
+        if labels is None:
+            if not fresh:
+                raise LabelError(f"{self.out_dir} waits for labels of {len(ids)} queries in "
+                                 f"{query_path(self.out_dir, rnd)}; fill in the label column and run "
+                                 f"'entk-al label {self.out_dir} --from FILE.csv' before resuming")
+            self.request_labels(state, model)
+            return False
+        state.pool.add(ids, labels, rnd)
+        state.pending = None
+        self.save_state(state, model)
+        return True
+
+    def select(self, r: int, model: torch.nn.Module, pool: PoolState) -> tuple[np.ndarray, np.ndarray | None, dict]:
         cfg = self.cfg
         unl = pool.unlabeled_ids()
         cand = unl
@@ -206,6 +276,9 @@ class ActiveLearningLoop:
             answers.update(zip(ids.tolist(), np.asarray(got).tolist()))
             return got
 
+        # Re-seeded here too, so that a selection resumed on its own (more --rounds) draws
+        # the same global numbers as one that followed training in the same process.
+        torch.manual_seed(int_seed(cfg.seed, r, "torch-select"))
         lab = pool.labeled_ids()
         ctx = RoundContext(round=r, seed=cfg.seed, model=model, device=self.device, x_pool=self.data.x_train,
                            num_classes=self.data.num_classes, labeled_ids=lab, labeled_targets=pool.labels[lab],
@@ -218,6 +291,8 @@ class ActiveLearningLoop:
         stray = set(answers) - set(queried.tolist())
         if stray:
             raise StrategyError(f"strategy {self.strategy.name!r} asked the oracle for ids it did not select")
+        if getattr(self.oracle, "deferred", False):
+            return queried, None, ctx.info
         missing = np.array([i for i in queried.tolist() if i not in answers], dtype=np.int64)
         if missing.size:
             answers.update(zip(missing.tolist(), np.asarray(self.oracle(missing)).tolist()))

@@ -47,8 +47,12 @@ def standardize_images(x_train: np.ndarray, x_test: np.ndarray) -> tuple[torch.T
             torch.from_numpy(((x_test - mean) / std).astype(np.float32)))
 
 
-def check_labels(y: np.ndarray, what: str, num_classes: int | None = None) -> np.ndarray:
-    """Labels as (N,) int64 in [0, num_classes). Raises DataFormatError otherwise."""
+def check_labels(y: np.ndarray, what: str, num_classes: int | None = None, allow_unknown: bool = False) -> np.ndarray:
+    """Labels as (N,) int64 in [0, num_classes); -1 (unknown) too if ``allow_unknown``.
+
+    Raises:
+        DataFormatError: not 1-D integers, or out of range.
+    """
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataFormatError(f"{what}: labels must be 1-D, got shape {y.shape}")
@@ -58,8 +62,9 @@ def check_labels(y: np.ndarray, what: str, num_classes: int | None = None) -> np
         else:
             raise DataFormatError(f"{what}: labels must be integers, got dtype {y.dtype}")
     y = y.astype(np.int64)
-    if y.size and y.min() < 0:
-        raise DataFormatError(f"{what}: labels must be >= 0, found {int(y.min())}")
+    low = -1 if allow_unknown else 0
+    if y.size and y.min() < low:
+        raise DataFormatError(f"{what}: labels must be >= {low}, found {int(y.min())}")
     if num_classes is not None and y.size and y.max() >= num_classes:
         raise DataFormatError(f"{what}: label {int(y.max())} is out of range for {num_classes} classes")
     return y

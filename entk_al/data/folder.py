@@ -86,11 +86,14 @@ def load_folder_dataset(path: str | Path) -> ALDataset:
     unknown = sorted({c for _, c in test} - set(classes))
     if unknown:
         raise DataFormatError(f"image folder {root}: test class(es) {', '.join(unknown)} have no train images")
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     def single_band(p: Path) -> bool:
-        with Image.open(p) as im:
-            return im.mode in ("L", "1", "I;16", "I", "F")
+        try:
+            with Image.open(p) as im:
+                return im.mode in ("L", "1", "I;16", "I", "F")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataFormatError(f"{p}: not a readable image ({exc})") from None
 
     mode = "L" if all(single_band(p) for p, _ in train + test) else "RGB"
     x_train, x_test = _read(train, mode, root), _read(test, mode, root)

@@ -19,7 +19,8 @@ def load_numpy_dataset(path: str | Path) -> ALDataset:
     """Load a pool and a test split from one ``.npz`` file.
 
     Required arrays: ``x_train`` (N, ...) and ``x_test`` (N_test, ...) numeric inputs with the
-    same per-item shape; ``y_train`` (N,) and ``y_test`` (N_test,) integer labels >= 0.
+    same per-item shape; ``y_train`` (N,) and ``y_test`` (N_test,) integer labels >= 0; ``y_train`` may hold -1 for
+    items nobody has labeled yet (usable only with ``--oracle files``).
     Optional: ``classes`` (O,) class names; ``sources`` (N,) strings shown to annotators.
 
     Inputs are used as given (cast to float32), except that uint8 arrays are scaled to
@@ -51,13 +52,16 @@ def load_numpy_dataset(path: str | Path) -> ALDataset:
     if x_train.ndim == 3:  # (N, H, W) grayscale images
         x_train, x_test = x_train[:, None], x_test[:, None]
     classes = [str(c) for c in arrays["classes"].tolist()] if "classes" in arrays else None
-    y_train = check_labels(arrays["y_train"], f"{path} y_train", len(classes) if classes else None)
+    y_train = check_labels(arrays["y_train"], f"{path} y_train", len(classes) if classes else None,
+                           allow_unknown=True)
     y_test = check_labels(arrays["y_test"], f"{path} y_test", len(classes) if classes else None)
     if len(y_train) != len(x_train) or len(y_test) != len(x_test):
         raise DataFormatError(f"{path}: {len(x_train)}/{len(x_test)} inputs but {len(y_train)}/{len(y_test)} labels")
     if len(y_train) == 0:
         raise DataFormatError(f"{path}: x_train is empty")
     num_classes = len(classes) if classes else int(max(y_train.max(), y_test.max(initial=0))) + 1
+    if num_classes < 2:
+        raise DataFormatError(f"{path}: need at least 2 classes (give a 'classes' array when y_train is unknown)")
     sources = None
     if "sources" in arrays:
         sources = [str(s) for s in arrays["sources"].tolist()]

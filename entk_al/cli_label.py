@@ -1,0 +1,59 @@
+"""``entk-al label RUN_DIR --from answers.csv``: record a person's answers to pending queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .cli import app
+from .errors import CheckpointError, LabelError
+
+
+def pending_queries(run_dir: Path) -> tuple[int, list[int], list[str]]:
+    """(round, pending ids, class names) of the run waiting in ``run_dir``.
+
+    Raises:
+        CheckpointError: no readable checkpoint in ``run_dir``.
+        LabelError: the run is not waiting for labels.
+    """
+    import torch
+
+    from .loop import CHECKPOINT
+
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} holds no run (no {CHECKPOINT}); start one with "
+                              f"'entk-al run --oracle files --out {run_dir}'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        pending, classes = ckpt.get("pending"), ckpt.get("classes")
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({type(exc).__name__})") from None
+    if not pending:
+        raise LabelError(f"{run_dir} is not waiting for labels (no pending queries); "
+                         f"labels are asked for by 'entk-al run --oracle files'")
+    if not classes:
+        raise CheckpointError(f"checkpoint {path} does not list the class names; it predates --oracle files")
+    return int(pending["round"]), [int(i) for i in pending["ids"]], [str(c) for c in classes]
+
+
+@app.command("label")
+def label(
+    run_dir: Path = typer.Argument(..., help="Run directory waiting for labels (made by run --oracle files)."),
+    answers: Path = typer.Option(..., "--from", help="CSV with columns id and label (the filled-in queries file)."),
+) -> None:
+    """Record labels for the queries a run with --oracle files is waiting for.
+
+    Every row is checked first (ids must be exactly the pending queries, labels known class
+    names or indices); nothing is recorded unless all are valid.
+    """
+    from .oracle import label_path, record_labels
+
+    rnd, ids, classes = pending_queries(run_dir)
+    replaced = label_path(run_dir, rnd).is_file()
+    labels = record_labels(run_dir, rnd, ids, classes, answers)
+    counts = {classes[c]: int((labels == c).sum()) for c in sorted(set(labels.tolist()))}
+    summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
+    typer.echo(f"recorded {len(ids)} labels ({summary}) in {label_path(run_dir, rnd)}"
+               f"{' (replacing earlier ones)' if replaced else ''}; continue with: entk-al run --resume {run_dir}")

@@ -1,0 +1,111 @@
+"""Every user-facing error class through the CLI: one line on stderr, exit 2, no traceback,
+and no half-written result file."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import entk_al.errors as errors
+from entk_al.cli import main
+
+FAST = ["--initial", "10", "--query", "5", "--rounds", "1", "--epochs", "1", "--min-steps", "3", "-q"]
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "users.md"
+
+
+def user_error_classes():
+    out, todo = [], [errors.EntkAlError]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo += cls.__subclasses__()
+    return {c.__name__ for c in out if c.__module__ == "entk_al.errors"}
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    return (exc.value.code, *capsys.readouterr())
+
+
+def assert_clean_failure(code, err, needle, run_dir=None):
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and needle in err, err
+    if run_dir is not None and Path(run_dir).exists():
+        leftovers = [p.name for p in Path(run_dir).rglob(".*")]
+        assert not leftovers, leftovers  # atomic writes leave no temp files
+        if (Path(run_dir) / "rounds.jsonl").exists():
+            [json.loads(x) for x in (Path(run_dir) / "rounds.jsonl").read_text().splitlines()]
+        for name in ("config.json", "summary.json"):
+            if (Path(run_dir) / name).exists():
+                json.loads((Path(run_dir) / name).read_text())
+
+
+def _bad_strategy(tmp_path):
+    path = tmp_path / "bad_strategy.py"
+    path.write_text("class TwiceTheSame:\n    name = 'twice'\n"
+                    "    def select(self, ctx, k):\n        return [int(ctx.candidate_ids[0])] * k\n")
+    return f"{path}:TwiceTheSame"
+
+
+def _npz_without_test(tmp_path):
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((30, 4)), y_train=np.arange(30) % 2)
+    return f"numpy:{tmp_path / 'd.npz'}"
+
+
+CASES = {
+    "ConfigError": lambda t: (["run", "--rounds", "-1"], "--rounds"),
+    "ConfigError/oracle": lambda t: (["run", "--oracle", "mail"], "--oracle"),
+    "ConfigError/budget": lambda t: (["run", "--initial", "2000"], "exceeds the pool"),
+    "DataNotFoundError": lambda t: (["run", "--dataset", f"numpy:{t / 'none.npz'}"], "does not exist"),
+    "DataNotFoundError/cifar": lambda t: (["run", "--dataset", "cifar10", "--data-dir", str(t)], "--download"),
+    "DataFormatError": lambda t: (["run", "--dataset", _npz_without_test(t)], "lacks array"),
+    "StrategyError/load": lambda t: (["run", "--strategy", "no_such_strategy"], "unknown strategy"),
+    "StrategyError/select": lambda t: (["run", "--strategy", _bad_strategy(t)], "'twice' returned duplicate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_run_errors(tmp_path, capsys, case):
+    args, needle = CASES[case](tmp_path)
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "run", *FAST, "--out", run_dir, *args[1:])
+    assert_clean_failure(code, err, needle, run_dir)
+
+
+def test_checkpoint_error(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run_cli(capsys, "run", "--strategy", "random", "--out", run_dir, *FAST)[0] == 0
+    ckpt = run_dir / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated, as by a full disk
+    code, out, err = run_cli(capsys, "run", "--resume", run_dir, "--rounds", "2", "-q")
+    assert_clean_failure(code, err, "corrupted", run_dir)
+    assert len((run_dir / "rounds.jsonl").read_text().splitlines()) == 2  # untouched
+
+
+def test_label_error(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "run", "--oracle", "files", "--strategy", "random", "--out", run_dir, *FAST)
+    assert code == 0, err
+    first = (run_dir / "queries" / "initial.csv").read_text().splitlines()[1].split(",")[0]
+    (tmp_path / "a.csv").write_text(f"id,label\n{first},giraffe\n")
+    code, out, err = run_cli(capsys, "label", run_dir, "--from", tmp_path / "a.csv")
+    assert_clean_failure(code, err, "unknown class 'giraffe'", run_dir)
+    assert not (run_dir / "labels").exists()
+
+
+def test_usage_errors_are_one_line_too(capsys):
+    code, out, err = run_cli(capsys, "run", "--no-such-flag")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_every_error_class_is_covered_here_and_documented():
+    covered = {c.split("/")[0] for c in CASES} | {"CheckpointError", "LabelError"}
+    classes = user_error_classes()
+    assert classes - {"EntkAlError"} <= covered, classes - covered
+    text = DOCS.read_text()
+    troubleshooting = text[text.index("## Troubleshooting"):]
+    for name in classes:
+        assert name in troubleshooting, f"{name} missing from docs/users.md troubleshooting"
