@@ -1,54 +1,126 @@
-"""NTK look-ahead (MLMOC): query the points whose label would change the model most.
+"""NTK look-ahead: query the points whose label would change the model most.
 
 Source: Mohamadi, Bae & Sutherland, NeurIPS 2022 (arXiv 2206.12569), Eq. 11–13, with the
-sum-of-logits pNTK (arXiv 2206.12543). The candidate subset also serves as the evaluation
-set U, as in the paper.
+sum-of-logits pNTK (arXiv 2206.12543). Acquisitions ``mlmoc`` (Eq. 13), ``flip`` (their
+code's default) and ``emoc``; modes ``batch`` (top-k), ``sequential`` (fold each true label
+in by a rank-one update, the paper's sequential setting) and ``hybrid`` (sub-batches).
+With ``prefilter=random`` the loop's random candidate subset is both the candidates and the
+evaluation set U, as in the paper; ``prefilter=knn`` shortlists a large pool with faiss
+(:mod:`entk_al.prefilter`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from entk_al.acquisition import ACQUISITIONS
 from entk_al.context import RoundContext
-from entk_al.lookahead import fit_lookahead, mlmoc_scores
-
-from .scoring import top_k
+from entk_al.lookahead import fit_lookahead
+from entk_al.prefilter import pntk_random_features, prefilter_knn
+from entk_al.sequential import MODES, Posterior, select_lookahead
 
 
 class LookaheadSampling:
-    """Top-k by most-likely model output change under the linearized retraining.
+    """Look-ahead acquisition under the linearized retraining (pass options with ``-o key=value``).
 
     Args:
-        ridge: ridge relative to the kernel scale; the absolute λ is
-            ``ridge · trace(K)/n`` (the authors' scaling).
+        ridge: ridge relative to the kernel scale; the absolute λ is ``ridge · trace(K)/n``
+            (the authors' scaling). Jitter added to make K factor is logged per round.
+        acquisition: ``mlmoc`` (default) | ``flip`` | ``emoc``.
+        mode: ``batch`` (default) | ``sequential`` | ``hybrid``.
+        hybrid_size: sub-batch size c of ``hybrid`` mode.
         exclude_self: leave each candidate out of its own sum over U.
-        memory_budget_mb: bytes (MiB) for the streamed scoring blocks.
+        probs: ``softmax`` | ``simplex``: label probabilities for ``emoc``.
+        memory_budget_mb: MiB for the streamed scoring blocks.
+        prefilter: ``random`` (the loop's random subset; default) | ``knn`` (faiss).
+        num_candidates: candidates kept by ``knn``.
+        shortlist: cheap-score shortlist length for ``knn`` (default 4 × num_candidates).
+        eval_size: size cap of U for ``knn``.
+        neighbours: faiss neighbours per candidate added to U.
+        embedding: ``penultimate`` | ``pntk`` (random projection of pNTK features).
+        embedding_dim: dimension of the ``pntk`` projection.
+        faiss_gpu: ``auto`` | True | False.
+        dense_max: above this |U| + n, k(U, U) is streamed in column blocks through the
+            kernel function instead of being built whole.
     """
 
     name = "lookahead"
-    description = "NTK look-ahead, most likely model output change (MLMOC, NeurIPS 2022)"
+    description = "NTK look-ahead: mlmoc/flip/emoc, batch/sequential/hybrid, faiss prefilter (NeurIPS 2022)"
 
-    def __init__(self, ridge: float = 1e-3, exclude_self: bool = False, memory_budget_mb: int = 256):
+    def __init__(self, ridge: float = 1e-3, acquisition: str = "mlmoc", mode: str = "batch", hybrid_size: int = 5,
+                 exclude_self: bool = False, probs: str = "softmax", memory_budget_mb: int = 256,
+                 prefilter: str = "random", num_candidates: int = 1000, shortlist: int | None = None,
+                 eval_size: int = 4000, neighbours: int = 10, embedding: str = "penultimate",
+                 embedding_dim: int = 128, faiss_gpu: bool | str = "auto", dense_max: int = 8000):
         if ridge < 0:
             raise ValueError(f"ridge must be >= 0, got {ridge}")
+        checks = {"acquisition": (acquisition, ACQUISITIONS), "mode": (mode, MODES),
+                  "probs": (probs, ("softmax", "simplex")), "prefilter": (prefilter, ("random", "knn")),
+                  "embedding": (embedding, ("penultimate", "pntk"))}
+        for key, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+        if min(hybrid_size, num_candidates, eval_size, embedding_dim, memory_budget_mb) < 1 or neighbours < 0:
+            raise ValueError("hybrid_size, num_candidates, eval_size, embedding_dim, memory_budget_mb must be >= 1")
         self.ridge = float(ridge)
-        self.exclude_self = bool(exclude_self)
+        self.acquisition, self.mode, self.hybrid_size = acquisition, mode, int(hybrid_size)
+        self.exclude_self, self.probs = bool(exclude_self), probs
         self.memory_budget = int(memory_budget_mb) * 2**20
+        self.prefilter, self.num_candidates, self.shortlist = prefilter, int(num_candidates), shortlist
+        self.eval_size, self.neighbours = int(eval_size), int(neighbours)
+        self.embedding, self.embedding_dim, self.faiss_gpu = embedding, int(embedding_dim), faiss_gpu
+        self.dense_max = int(dense_max)
 
+    # -- candidates and evaluation set -------------------------------------------------
+    def candidates(self, ctx: RoundContext) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate ids (C,), evaluation ids (m,)); the eval ids start with the candidates."""
+        if self.prefilter == "random":
+            return ctx.candidate_ids, ctx.candidate_ids
+        unl = ctx.unlabeled_ids
+        if self.embedding == "pntk":
+            emb = pntk_random_features(ctx.model, ctx.inputs(unl), self.embedding_dim,
+                                       seed=int(ctx.rng.integers(2**31)))
+        else:
+            emb = ctx.embeddings(unl)
+        top2 = torch.topk(ctx.probs(unl), 2, dim=1).values
+        cheap = (1.0 - (top2[:, 0] - top2[:, 1])).double().cpu().numpy()  # 1 − margin
+        use_gpu = self.faiss_gpu if ctx.device.type == "cuda" else False
+        return prefilter_knn(emb.float().cpu().numpy(), unl, cheap, num_candidates=self.num_candidates,
+                             shortlist=self.shortlist, eval_size=self.eval_size, neighbours=self.neighbours,
+                             seed=int(ctx.rng.integers(2**31)), use_gpu=use_gpu)
+
+    # -- one round -------------------------------------------------------------------
     def select(self, ctx: RoundContext, k: int) -> np.ndarray:
-        u, lab = ctx.candidate_ids, ctx.labeled_ids
-        m = len(u)
-        kfull = ctx.kernel(np.concatenate([u, lab]))
-        k_uu, k_ul, k_ll = kfull[:m, :m], kfull[:m, m:], kfull[m:, m:]
-        n = len(lab)
+        cand_ids, u = self.candidates(ctx)
+        lab = ctx.labeled_ids
+        m, n = len(u), len(lab)
+        if m + n <= self.dense_max:
+            kfull = ctx.kernel(np.concatenate([u, lab]))
+            k_uu, k_ul, k_ll = kfull[:m, :m], kfull[:m, m:], kfull[m:, m:]
+            k_uu_diag, k_uu_block = None, None
+        else:
+            k_ll, k_ul, k_uu = ctx.kernel(lab), ctx.kernel(u, lab), None
+            x_u = ctx.inputs(u)
+            k_uu_diag = torch.cat([ctx.kernel_fn(ctx.model, x_u[s:s + 256]).diagonal()
+                                   for s in range(0, m, 256)])
+
+            def k_uu_block(rows: slice, cols: torch.Tensor) -> torch.Tensor:
+                return ctx.kernel_fn(ctx.model, x_u[rows], x_u[cols])
+
         ridge = self.ridge * float(k_ll.diagonal().double().sum()) / max(n, 1)
-        f_u = ctx.logits(u)
-        sysm = fit_lookahead(k_ll, k_ul, ctx.logits(lab), ctx.labeled_onehot(), f_u, k_uu, ridge=ridge)
-        y_pseudo = F.one_hot(f_u.argmax(dim=1), ctx.num_classes).to(torch.float64)
-        scores = mlmoc_scores(sysm, torch.arange(m, device=sysm.base.device), y_pseudo,
-                              exclude_self=self.exclude_self, memory_budget=self.memory_budget)
-        ctx.info.update(ridge=ridge, jitter=sysm.jitter, score_max=float(scores.max()),
-                        score_mean=float(scores.mean()))
-        return top_k(u, scores, k)
+        sysm = fit_lookahead(k_ll, k_ul, ctx.logits(lab), ctx.labeled_onehot(), ctx.logits(u), k_uu,
+                             k_uu_diag=k_uu_diag, ridge=ridge)
+        post = Posterior(sysm, k_uu_block)
+        pos_of = {int(i): p for p, i in enumerate(u.tolist())}
+        cand_pos = np.fromiter((pos_of[int(i)] for i in cand_ids), dtype=np.int64, count=len(cand_ids))
+        picked, info = select_lookahead(
+            post, cand_pos, k, mode=self.mode, hybrid_size=self.hybrid_size, acquisition=self.acquisition,
+            exclude_self=self.exclude_self, probs=self.probs, oracle=lambda pos: ctx.oracle(u[pos]),
+            memory_budget=self.memory_budget)
+        scores = info["pick_scores"]
+        ctx.info.update(ridge=ridge, jitter=sysm.jitter, acquisition=self.acquisition, mode=self.mode,
+                        num_candidates=int(len(cand_ids)), num_eval=int(m), folded=len(post.folded),
+                        score_max=float(max(scores)) if scores else float("nan"),
+                        score_mean=float(np.mean(scores)) if scores else float("nan"))
+        return u[picked]

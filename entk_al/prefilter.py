@@ -1,0 +1,205 @@
+"""faiss prefilter for large pools: a diverse candidate shortlist and a local evaluation set.
+
+The look-ahead costs O(m²) per round in the evaluation-set size m, so on pools far larger
+than the paper's random 4000-point subset (arXiv 2206.12569, Sec. 5) we choose instead:
+
+1. a shortlist of the unlabeled pool by a cheap score (e.g. margin), ``shortlist`` long;
+2. ``num_candidates`` diverse members of it: faiss k-means on their embeddings, the member
+   nearest each centroid;
+3. the evaluation set U = the candidates plus their faiss nearest neighbours in the unlabeled
+   pool, since kernel influence M_ij is largest near the candidate.
+
+Embeddings are penultimate features or random projections of pNTK features
+(:func:`pntk_random_features`). Indexes: exact ``IndexFlatL2`` up to ``exact_max`` points,
+``IndexIVFFlat`` above; moved to the GPU when faiss-gpu is installed and asked for.
+All faiss k-means runs take an explicit seed, so the prefilter is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+import torch
+from torch import nn
+
+#: Pools up to this size get an exact IndexFlatL2; larger ones an IVF index.
+EXACT_MAX = 100_000
+
+
+def _gpu_ok(use_gpu: bool | str) -> bool:
+    if use_gpu == "auto":
+        return hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available()
+    return bool(use_gpu)
+
+
+def build_index(emb: np.ndarray, *, exact_max: int = EXACT_MAX, nlist: int | None = None, nprobe: int = 16,
+                use_gpu: bool | str = False, seed: int = 0, add_chunk: int = 262_144) -> faiss.Index:
+    """An L2 faiss index over ``emb`` (N, d) float32 (row r of ``emb`` = index label r).
+
+    Exact ``IndexFlatL2`` when N ≤ ``exact_max``; else ``IndexIVFFlat`` with ``nlist`` cells
+    (default ≈ √N, trained on a seeded sample of 64·nlist rows) searched with ``nprobe``.
+
+    Raises:
+        ValueError: ``emb`` is not 2-D, or ``use_gpu=True`` without faiss-gpu.
+    """
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    if emb.ndim != 2:
+        raise ValueError(f"embeddings must be (N, d), got shape {emb.shape}")
+    n, d = emb.shape
+    if n <= exact_max:
+        index: faiss.Index = faiss.IndexFlatL2(d)
+    else:
+        nlist = nlist or max(16, int(math.sqrt(n)))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+        index.cp.seed = seed
+        sample = np.random.default_rng(seed).choice(n, min(n, 64 * nlist), replace=False)
+        sample.sort()
+        index.train(emb[sample])
+        index.nprobe = nprobe
+    if use_gpu is True and not hasattr(faiss, "StandardGpuResources"):
+        raise ValueError("use_gpu=True but faiss-gpu is not installed")
+    if _gpu_ok(use_gpu):
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    for s in range(0, n, add_chunk):  # chunks bound the temporary memory of IVF assignment
+        index.add(emb[s:s + add_chunk])
+    return index
+
+
+def knn(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distances² (Q, k) float32, rows (Q, k) int64) of the k nearest indexed rows; −1 = none."""
+    k = min(k, index.ntotal)
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def diverse_subset(emb: np.ndarray, n_keep: int, *, seed: int = 0, niter: int = 15,
+                   order: np.ndarray | None = None) -> np.ndarray:
+    """Rows of ``emb`` (S, d) that cover it: the member nearest each of ``n_keep`` k-means centroids.
+
+    A centroid whose nearest members are all taken passes; the shortfall is filled in
+    ``order`` (default: row order), e.g. by decreasing cheap score.
+
+    Returns:
+        (n_keep,) int64 distinct rows, centroid picks first.
+    """
+    s, d = emb.shape
+    n_keep = min(n_keep, s)
+    order = np.arange(s) if order is None else np.asarray(order)
+    if n_keep == s:
+        return order.astype(np.int64).copy()
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    km = faiss.Kmeans(d, n_keep, niter=niter, seed=seed, min_points_per_centroid=1,
+                       max_points_per_centroid=max(256, s // n_keep + 1))
+    km.train(emb)
+    flat = faiss.IndexFlatL2(d)
+    flat.add(emb)
+    _, near = flat.search(km.centroids, min(8, s))
+    taken = np.zeros(s, dtype=bool)
+    out: list[int] = []
+    for row in near:
+        for r in row:
+            if r >= 0 and not taken[r]:
+                taken[r] = True
+                out.append(int(r))
+                break
+    for r in order:
+        if len(out) >= n_keep:
+            break
+        if not taken[r]:
+            taken[r] = True
+            out.append(int(r))
+    return np.asarray(out[:n_keep], dtype=np.int64)
+
+
+def prefilter_knn(emb: np.ndarray, ids: np.ndarray, scores: np.ndarray, *, num_candidates: int,
+                  shortlist: int | None = None, eval_size: int = 4000, neighbours: int = 10, seed: int = 0,
+                  index: faiss.Index | None = None, use_gpu: bool | str = False,
+                  exact_max: int = EXACT_MAX) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates and evaluation set for the look-ahead on a large unlabeled pool.
+
+    Args:
+        emb: (N_u, d) embeddings of the unlabeled pool, row r ↔ ``ids[r]``.
+        ids: (N_u,) int64 global ids of the unlabeled pool (the only ids ever returned).
+        scores: (N_u,) cheap score, higher = more interesting (e.g. 1 − margin).
+        num_candidates: candidates to keep.
+        shortlist: top-score rows clustered for diversity (default 4 × num_candidates).
+        eval_size: cap on |U|; U holds the candidates first, then neighbours nearest-first.
+        neighbours: faiss neighbours per candidate added to U.
+        index: a prebuilt index over ``emb`` (built here otherwise).
+
+    Returns:
+        (candidate ids (C,), eval ids (m,)) int64, eval ids starting with the candidates.
+
+    Raises:
+        ValueError: inconsistent lengths.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not (len(emb) == len(ids) == len(scores)):
+        raise ValueError(f"emb, ids and scores differ in length: {len(emb)}, {len(ids)}, {len(scores)}")
+    num_candidates = min(num_candidates, len(ids))
+    shortlist = min(len(ids), shortlist or 4 * num_candidates)
+    # Stable top by score: ties go to the smaller row, so the result is reproducible.
+    top = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:shortlist]
+    keep = top[diverse_subset(emb[top], num_candidates, seed=seed)]
+    eval_rows = list(keep.tolist())
+    if eval_size > len(eval_rows) and neighbours > 0:
+        index = index if index is not None else build_index(emb, use_gpu=use_gpu, seed=seed, exact_max=exact_max)
+        _, nbr = knn(index, emb[keep], neighbours + 1)
+        seen = set(eval_rows)
+        for col in range(nbr.shape[1]):  # nearest-first across all candidates
+            for r in nbr[:, col].tolist():
+                if r >= 0 and r not in seen:
+                    seen.add(r)
+                    eval_rows.append(r)
+            if len(eval_rows) >= eval_size:
+                break
+    eval_rows = eval_rows[:max(eval_size, len(keep))]
+    return ids[keep], ids[np.asarray(eval_rows, dtype=np.int64)]
+
+
+def random_projection_matrix(dim_in: int, dim_out: int, seed: int) -> np.ndarray:
+    """(dim_in, dim_out) Gaussian JL projection scaled by 1/√dim_out (inner products kept in expectation)."""
+    return (np.random.default_rng(seed).standard_normal((dim_in, dim_out)) / math.sqrt(dim_out)).astype(np.float32)
+
+
+def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, seed: int = 0,
+                         batch_size: int = 1024) -> torch.Tensor:
+    """Random projection of pNTK features: z(x)_t = ⟨∇θ s(x), r_t⟩/√dim, r_t ∼ N(0, I_P).
+
+    s(x) = Σ_k f_k(x)/√O (sum-of-logits pNTK, arXiv 2206.12543), so E[z(x)·z(x')] = pNTK(x, x')
+    (Johnson–Lindenstrauss). Each coordinate is one forward-mode JVP along a seeded direction,
+    so memory stays at one parameter-sized direction, never (N × P).
+
+    Args:
+        x: (N, *input_shape) inputs (any device; moved to the model's).
+    Returns:
+        (N, dim) float32 on the model's device. The model runs in eval mode.
+    """
+    from torch.func import functional_call, jvp
+
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    dev = next(iter(params.values())).device
+    dtype = next(iter(params.values())).dtype
+    gen = torch.Generator(device="cpu")
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(x), dim, dtype=torch.float32, device=dev)
+    try:
+        for s in range(0, len(x), batch_size):
+            xb = x[s:s + batch_size].to(device=dev, dtype=dtype)
+
+            def s_of(p):
+                f = functional_call(model, p, (xb,))
+                return f.sum(dim=1) / math.sqrt(f.shape[1])
+
+            with torch.no_grad():
+                for t in range(dim):
+                    # Direction t is regenerated from (seed, t) for each batch: no (dim × P) store.
+                    gen.manual_seed(seed * 1_000_003 + t)
+                    r = {k: torch.randn(v.shape, generator=gen, dtype=dtype).to(dev) for k, v in params.items()}
+                    out[s:s + len(xb), t] = jvp(s_of, (params,), (r,))[1].float() / math.sqrt(dim)
+    finally:
+        model.train(was_training)
+    return out
