@@ -1,6 +1,7 @@
 """Built-in models and the penultimate-feature hook every strategy can use.
 
-Built-ins are plain ``torch.nn`` modules: ``mlp`` and a small ``cnn``. Any user model
+Built-ins are plain ``torch.nn`` modules: ``mlp``, a small ``cnn``, ``resnet18`` (32×32 stem)
+and the look-ahead paper's ``wide_resnet`` / ``wide_resnet2`` (1 or 2 blocks per group). Any user model
 works with entk-al as long as it maps (N, *input_shape) to (N, O) logits; strategies that
 need penultimate features get them from the input of the model's last ``nn.Linear``.
 """
@@ -49,10 +50,84 @@ class CNN(nn.Sequential):
         )
 
 
+def resnet18_32(input_shape: tuple[int, ...], num_classes: int, width: int | None = None) -> nn.Module:
+    """torchvision ResNet-18 adapted to 32×32 inputs: 3×3 stride-1 stem, no max-pool.
+
+    The usual CIFAR adaptation (He et al. 2016, Sec. 4.2 uses a 3×3 stem on CIFAR), as in the
+    look-ahead paper's ResNet-18 baselines. ``width`` is not supported (fixed 64..512 channels).
+
+    Raises:
+        ConfigError: non-image input shape, or a ``width`` given.
+    """
+    from torchvision.models import resnet18
+
+    if len(input_shape) != 3:
+        raise ConfigError(f"model 'resnet18' needs image inputs (C, H, W), got shape {input_shape}")
+    if width is not None:
+        raise ConfigError("model 'resnet18' has fixed widths; leave --width unset (use wide_resnet to vary width)")
+    net = resnet18(num_classes=num_classes)
+    net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+class _WideBlock(nn.Module):
+    """Pre-activation wide basic block: BN-ReLU-conv3×3-BN-ReLU-conv3×3 plus shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c_out), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out
+                         else nn.Conv2d(c_in, c_out, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        short = x if isinstance(self.shortcut, nn.Identity) else self.shortcut(out)
+        out = self.conv2(torch.relu(self.bn2(self.conv1(out))))
+        return out + short
+
+
+class WideResNet(nn.Module):
+    """Wide ResNet (Zagoruyko & Komodakis 2016) as in the look-ahead paper: conv(16), then three
+    groups of ``blocks`` wide blocks with widths width/4, width/2, width (strides 1, 2, 2),
+    BN-ReLU, global average pool, linear readout. The paper uses 1–2 blocks and width ≤ 640
+    (WRN-k=10: 160, 320, 640).
+
+    Raises:
+        ConfigError: non-image input, width not a positive multiple of 4, blocks < 1.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 640, blocks: int = 1):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ConfigError(f"model 'wide_resnet' needs image inputs (C, H, W), got shape {input_shape}")
+        if width < 4 or width % 4:
+            raise ConfigError(f"wide_resnet --width is the widest group's channels, a multiple of 4; got {width}")
+        if blocks < 1:
+            raise ConfigError(f"wide_resnet needs >= 1 block per group, got {blocks}")
+        widths = (width // 4, width // 2, width)
+        layers: list[nn.Module] = [nn.Conv2d(input_shape[0], 16, 3, 1, 1, bias=False)]
+        c_in = 16
+        for group, c_out in enumerate(widths):
+            for b in range(blocks):
+                layers.append(_WideBlock(c_in, c_out, 2 if group > 0 and b == 0 else 1))
+                c_in = c_out
+        layers += [nn.BatchNorm2d(c_in), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
 #: name -> factory(input_shape, num_classes, width) -> nn.Module
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda shape, o, width=None: MLP(shape, o, width or 256),
     "cnn": lambda shape, o, width=None: CNN(shape, o, width or 32),
+    "resnet18": resnet18_32,
+    "wide_resnet": lambda shape, o, width=None: WideResNet(shape, o, width or 640, blocks=1),
+    "wide_resnet2": lambda shape, o, width=None: WideResNet(shape, o, width or 640, blocks=2),
 }
 
 

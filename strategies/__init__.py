@@ -6,6 +6,9 @@ ids (see :class:`entk_al.context.QueryStrategy`). :data:`REGISTRY` maps names to
 
 from __future__ import annotations
 
+from .badge import BadgeSampling
+from .bald import BALDSampling
+from .coreset import CoresetSampling
 from .lookahead import LookaheadSampling
 from .random_sampling import RandomSampling
 from .scoring import ScoreStrategy, top_k
@@ -14,8 +17,9 @@ from .uncertainty import EntropySampling, LeastConfidence, MarginSampling
 #: strategy name -> class; constructing with keyword options gives a strategy object.
 REGISTRY: dict[str, type] = {
     cls.name: cls
-    for cls in (RandomSampling, EntropySampling, MarginSampling, LeastConfidence, LookaheadSampling)
+    for cls in (RandomSampling, EntropySampling, MarginSampling, LeastConfidence, LookaheadSampling,
+                BALDSampling, BadgeSampling, CoresetSampling)
 }
 
 __all__ = ["REGISTRY", "ScoreStrategy", "top_k", "RandomSampling", "EntropySampling", "MarginSampling",
-           "LeastConfidence", "LookaheadSampling"]
+           "LeastConfidence", "LookaheadSampling", "BALDSampling", "BadgeSampling", "CoresetSampling"]

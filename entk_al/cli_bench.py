@@ -1,0 +1,91 @@
+"""CLI commands ``entk-al bench`` (run a protocol grid) and ``entk-al plot`` (summarize it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli import app
+
+
+@app.command()
+def bench(
+    protocol: Path = typer.Option(..., "--protocol", "-p", help="Protocol TOML file (see protocols/)."),
+    out: Optional[Path] = typer.Option(None, help="Grid folder [default: runs/<protocol name>]."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N]; overrides the protocol."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder holding dataset files; overrides the protocol."),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download",
+                                            help="Allow torchvision downloads; overrides the protocol."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write curves.png, summary.csv, penalty.png at the end."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Run strategies × seeds × query sizes; finished runs are skipped, partial ones resumed."""
+    from .bench import BenchRunner, Protocol
+
+    proto = Protocol.from_file(protocol)
+    out_dir = out or Path("runs") / proto.name
+    overrides = {k: v for k, v in dict(device=device, data_dir=data_dir, download=download).items() if v is not None}
+    runner = BenchRunner(proto, out_dir, overrides)
+    states = runner.prepare()
+    n_done = sum(s == "done" for s in states.values())
+    typer.echo(f"{proto.name}: {len(runner.specs)} runs into {out_dir} "
+               f"({n_done} finished, {sum(s == 'partial' for s in states.values())} to resume)")
+    if quiet:
+        runner.run()
+    else:
+        _run_with_progress(runner)
+    if plot:
+        from .plot import plot_runs
+
+        written = plot_runs(out_dir)
+        typer.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+def _run_with_progress(runner) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    rounds_total = sum(s.config.rounds + 1 for s in runner.specs)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn()) as progress:
+        grid = progress.add_task("grid (rounds)", total=rounds_total, status="")
+        run_task = progress.add_task("run", total=1, status="")
+        counted: dict[str, int] = {}
+        run_index = {s.name: i for i, s in enumerate(runner.specs)}
+
+        def on_start(spec, state) -> None:
+            done_rounds = _completed_rounds(runner.out_dir / spec.name) if state != "new" else 0
+            if state == "done":
+                done_rounds = spec.config.rounds + 1
+            counted[spec.name] = done_rounds
+            progress.update(grid, advance=done_rounds,
+                            status=f"run {run_index[spec.name] + 1}/{len(runner.specs)}")
+            progress.reset(run_task, total=spec.config.rounds + 1, completed=done_rounds,
+                           description=spec.name, status="skipped (finished)" if state == "done" else state)
+
+        def on_round(spec, rec) -> None:
+            progress.update(grid, advance=1)
+            progress.update(run_task, completed=rec["round"] + 1,
+                            status=f"{rec['n_labeled']} labels, acc {100 * rec['test_accuracy']:.1f}%")
+
+        runner.run(on_start=on_start, on_round=on_round)
+
+
+def _completed_rounds(run_dir: Path) -> int:
+    from .results import read_jsonl
+
+    path = run_dir / "rounds.jsonl"
+    return len(read_jsonl(path)) if path.is_file() else 0
+
+
+@app.command()
+def plot(
+    runs_dir: Path = typer.Argument(..., help="Grid folder written by `entk-al bench`."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the figures and CSV [default: RUNS_DIR]."),
+) -> None:
+    """Write curves.png (mean ± 95% CI), summary.csv (AUBC) and penalty.png (pairwise wins)."""
+    from .plot import plot_runs
+
+    written = plot_runs(runs_dir, out)
+    typer.echo("wrote " + ", ".join(str(p) for p in written))

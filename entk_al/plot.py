@@ -1,0 +1,243 @@
+"""Grid summaries: learning curves with 95% CIs, AUBC table, pairwise penalty matrix.
+
+Inputs are run directories (``config.json`` + ``rounds.jsonl`` + ``summary.json``) under one
+folder, as written by ``entk-al bench``. Only finished runs (``summary.json`` present) count,
+so a partly run grid is summarized on the runs that completed.
+
+Statistics:
+* AUBC of a run: the mean test accuracy over its rounds (Lüth et al., NeurIPS 2023).
+* 95% CI over seeds: Student-t interval mean ± t_{0.975, n−1} · s / √n, s the sample standard
+  deviation (ddof 1); undefined (NaN) for n < 2.
+* Penalty matrix (Ash et al., ICLR 2020, Sec. 5 "pairwise comparison"): for every setting
+  (query size) and every round r ≥ 1 (round 0 precedes any query and is shared), a two-sided
+  paired t-test over the seeds both strategies share; when p < 0.05 and strategy i has the
+  higher mean accuracy, P[i, j] += 1 / (number of rounds compared in that setting). Row i
+  beats column j; a column's mean is how often that strategy is beaten.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+from .results import atomic_write, read_jsonl, write_text_atomic
+
+
+@dataclass
+class RunResult:
+    """One finished run: strategy, query size, seed, and per-round (n_labeled, accuracy)."""
+
+    strategy: str
+    query: int
+    seed: int
+    n_labeled: np.ndarray
+    accuracy: np.ndarray
+
+    @property
+    def aubc(self) -> float:
+        return float(np.mean(self.accuracy))
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and the Student-t half-width of its ``confidence`` interval.
+
+    Args:
+        values: 1-D sequence of floats (one per seed).
+    Returns:
+        (mean, half_width); half_width is NaN when fewer than 2 values.
+    """
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    if x.size < 2:
+        return float(x.mean()), float("nan")
+    half = stats.t.ppf(0.5 + confidence / 2, df=x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return float(x.mean()), float(half)
+
+
+def load_runs(runs_dir: str | Path) -> tuple[list[RunResult], int]:
+    """Finished runs under ``runs_dir`` (searched recursively) and the count of unfinished ones.
+
+    Raises:
+        ConfigError: ``runs_dir`` does not exist or holds no run directory.
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ConfigError(f"{runs_dir} is not a folder")
+    runs, unfinished = [], 0
+    for cfg_path in sorted(runs_dir.rglob("config.json")):
+        d = cfg_path.parent
+        if not (d / "summary.json").is_file() or not (d / "rounds.jsonl").is_file():
+            unfinished += 1
+            continue
+        cfg = json.loads(cfg_path.read_text())
+        recs = read_jsonl(d / "rounds.jsonl")
+        runs.append(RunResult(strategy=str(cfg["strategy"]), query=int(cfg["query"]), seed=int(cfg["seed"]),
+                              n_labeled=np.array([r["n_labeled"] for r in recs]),
+                              accuracy=np.array([r["test_accuracy"] for r in recs], dtype=np.float64)))
+    if not runs and not unfinished:
+        raise ConfigError(f"{runs_dir} holds no run directories (config.json + rounds.jsonl)")
+    return runs, unfinished
+
+
+def _groups(runs: list[RunResult]) -> dict[tuple[int, str], list[RunResult]]:
+    out: dict[tuple[int, str], list[RunResult]] = defaultdict(list)
+    for r in runs:
+        out[(r.query, r.strategy)].append(r)
+    return dict(sorted(out.items()))
+
+
+def summary_rows(runs: list[RunResult]) -> list[dict]:
+    """Rows of summary.csv: one per run (AUBC, final accuracy), then one ``seed="mean"`` row
+    per (strategy, query) with the mean and its 95% t-interval over seeds. Accuracies are
+    fractions in [0, 1]."""
+    rows = []
+    for (q, strat), group in _groups(runs).items():
+        for r in sorted(group, key=lambda r: r.seed):
+            rows.append(dict(strategy=strat, query=q, seed=r.seed, n_runs=1, aubc=r.aubc,
+                             aubc_ci95_low="", aubc_ci95_high="", final_accuracy=float(r.accuracy[-1]),
+                             final_n_labeled=int(r.n_labeled[-1])))
+        m, h = mean_ci([r.aubc for r in group])
+        fm, _ = mean_ci([r.accuracy[-1] for r in group])
+        rows.append(dict(strategy=strat, query=q, seed="mean", n_runs=len(group), aubc=m,
+                         aubc_ci95_low=m - h, aubc_ci95_high=m + h, final_accuracy=fm,
+                         final_n_labeled=int(group[0].n_labeled[-1])))
+    return rows
+
+
+def write_summary_csv(runs: list[RunResult], path: str | Path) -> None:
+    rows = summary_rows(runs)
+    buf = io.StringIO()
+    fields = ["strategy", "query", "seed", "n_runs", "aubc", "aubc_ci95_low", "aubc_ci95_high",
+              "final_accuracy", "final_n_labeled"]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text_atomic(path, buf.getvalue())
+
+
+def penalty_matrix(runs: list[RunResult], alpha: float = 0.05) -> tuple[list[str], np.ndarray]:
+    """Pairwise penalty matrix (see module docstring).
+
+    Returns:
+        (strategies sorted by name, P (S, S) float64); P[i, j] ∈ [0, number of settings] is the
+        summed fraction of rounds in which strategy i significantly beat strategy j.
+    """
+    from scipy import stats
+
+    strategies = sorted({r.strategy for r in runs})
+    pos = {s: i for i, s in enumerate(strategies)}
+    pen = np.zeros((len(strategies), len(strategies)))
+    by_query: dict[int, dict[str, dict[int, np.ndarray]]] = defaultdict(lambda: defaultdict(dict))
+    for r in runs:
+        by_query[r.query][r.strategy][r.seed] = r.accuracy
+    for table in by_query.values():
+        names = sorted(table)
+        for a in names:
+            for b in names:
+                if a == b:
+                    continue
+                seeds = sorted(set(table[a]) & set(table[b]))
+                if len(seeds) < 2:
+                    continue
+                xa = np.stack([table[a][s] for s in seeds])
+                xb = np.stack([table[b][s] for s in seeds])
+                n_rounds = min(xa.shape[1], xb.shape[1])
+                if n_rounds < 2:
+                    continue
+                for t in range(1, n_rounds):
+                    diff = xa[:, t] - xb[:, t]
+                    if np.all(diff == diff[0]):
+                        # Constant differences: the t statistic is ±inf (or undefined if 0).
+                        significant = diff[0] != 0
+                    else:
+                        significant = stats.ttest_rel(xa[:, t], xb[:, t]).pvalue < alpha
+                    if significant and diff.mean() > 0:
+                        pen[pos[a], pos[b]] += 1.0 / (n_rounds - 1)
+    return strategies, pen
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(runs: list[RunResult], path: str | Path, title: str = "") -> None:
+    """Test accuracy (%) against labels: mean ± 95% t-interval over seeds, per strategy."""
+    plt = _pyplot()
+    groups = _groups(runs)
+    queries = sorted({q for q, _ in groups})
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for (q, strat), group in groups.items():
+        length = min(len(r.accuracy) for r in group)
+        acc = np.stack([r.accuracy[:length] for r in group]) * 100
+        stats = [mean_ci(acc[:, t]) for t in range(length)]
+        mean = np.array([m for m, _ in stats])
+        half = np.nan_to_num(np.array([h for _, h in stats]))
+        x = group[0].n_labeled[:length]
+        label = strat if len(queries) == 1 else f"{strat} (q={q})"
+        line, = ax.plot(x, mean, marker="o", markersize=3, label=f"{label} (n={len(group)})",
+                        linestyle="-" if strat == "lookahead" else "--" if strat == "random" else "-",
+                        linewidth=2.2 if strat == "lookahead" else 1.3)
+        ax.fill_between(x, mean - half, mean + half, alpha=0.15, color=line.get_color())
+    ax.set_xlabel("number of labels")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "mean ± 95% CI over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def plot_penalty(strategies: list[str], pen: np.ndarray, path: str | Path, title: str = "") -> None:
+    """Heat map of the penalty matrix, with the column means (how often each is beaten) below."""
+    plt = _pyplot()
+    s = len(strategies)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * s, 1.4 + 0.75 * s), dpi=120)
+    ax.imshow(pen, cmap="viridis", vmin=0.0, vmax=max(1.0, float(pen.max())))
+    for i in range(s):
+        for j in range(s):
+            ax.text(j, i, f"{pen[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if pen[i, j] < 0.5 * max(1.0, pen.max()) else "black")
+    ax.set_xticks(range(s), strategies, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(s), strategies, fontsize=8)
+    ax.set_xlabel("column mean (beaten): " + "  ".join(f"{v:.2f}" for v in pen.mean(axis=0)), fontsize=6)
+    ax.set_title(title or "P[row, col]: fraction of rounds row beats col (paired t, p<0.05)", fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def plot_runs(runs_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write ``curves.png``, ``summary.csv`` and ``penalty.png`` for the finished runs.
+
+    Raises:
+        ConfigError: no run directory, or none finished.
+    """
+    runs_dir = Path(runs_dir)
+    out_dir = Path(out_dir) if out_dir is not None else runs_dir
+    runs, unfinished = load_runs(runs_dir)
+    if not runs:
+        raise ConfigError(f"{runs_dir}: none of its {unfinished} runs has finished yet; nothing to plot")
+    note = f" ({unfinished} unfinished runs left out)" if unfinished else ""
+    paths = [out_dir / "curves.png", out_dir / "summary.csv", out_dir / "penalty.png"]
+    plot_curves(runs, paths[0], title=f"{runs_dir.name}: mean ± 95% CI over seeds{note}")
+    write_summary_csv(runs, paths[1])
+    strategies, pen = penalty_matrix(runs)
+    plot_penalty(strategies, pen, paths[2])
+    return paths

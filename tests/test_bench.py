@@ -1,0 +1,144 @@
+"""The grid runner: protocol parsing, skipping finished runs, resume after a kill, fail-fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from entk_al.bench import BenchRunner, Protocol, derive_seed
+from entk_al.errors import ConfigError, DataNotFoundError
+from entk_al.results import read_jsonl
+
+TINY = """
+name = "tiny"
+strategies = ["random", "badge"]
+seeds = 2
+base_seed = 7
+
+[run]
+dataset = "digits"
+width = 16
+initial = 10
+query = 5
+rounds = 3
+epochs = 1
+min_steps = 5
+device = "cpu"
+"""
+
+
+def write_protocol(tmp_path: Path, text: str = TINY) -> Path:
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    return path
+
+
+def outcome(run_dir: Path) -> list[tuple]:
+    """What must match between runs: per round, labels, accuracy, queried ids, loss."""
+    return [(r["n_labeled"], r["test_accuracy"], r["queried"], r["train_loss"])
+            for r in read_jsonl(run_dir / "rounds.jsonl")]
+
+
+def test_protocol_grid_and_seeds(tmp_path):
+    proto = Protocol.from_file(write_protocol(tmp_path))
+    specs = proto.grid()
+    assert [s.name for s in specs] == ["random-q5-seed0", "badge-q5-seed0", "random-q5-seed1", "badge-q5-seed1"]
+    # Paired design: every strategy gets the same seed at the same index, distinct across indices.
+    assert specs[0].config.seed == specs[1].config.seed == derive_seed(7, 0)
+    assert specs[2].config.seed == derive_seed(7, 1) != derive_seed(7, 0)
+    assert derive_seed(8, 0) != derive_seed(7, 0)
+
+
+def test_protocol_query_sizes(tmp_path):
+    text = TINY.replace("query = 5\n", "").replace('seeds = 2', 'seeds = 1\nqueries = [3, 4]')
+    specs = Protocol.from_file(write_protocol(tmp_path, text)).grid()
+    assert [(s.config.strategy, s.config.query) for s in specs] == [
+        ("random", 3), ("badge", 3), ("random", 4), ("badge", 4)]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ('seeds = 2', "seeds = 0"),
+    ('name = "tiny"', 'name = "tiny"\ncolour = "red"'),
+    ('width = 16', 'width = 16\nseed = 3'),
+    ('width = 16', 'width = 16\nepoch = 3'),
+])
+def test_protocol_errors(tmp_path, bad, match):
+    with pytest.raises(ConfigError):
+        Protocol.from_file(write_protocol(tmp_path, TINY.replace(bad, match)))
+
+
+def test_runner_skips_finished_runs(tmp_path):
+    proto = Protocol.from_file(write_protocol(tmp_path))
+    out = tmp_path / "grid"
+    first = BenchRunner(proto, out).run()
+    assert set(first.values()) == {"new"}
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    rounds_run = []
+    second = BenchRunner(proto, out).run(on_round=lambda spec, rec: rounds_run.append(spec.name))
+    assert set(second.values()) == {"done"} and rounds_run == []
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_is_identical(tmp_path):
+    text = TINY.replace('"badge"]', '"badge", "lookahead"]').replace("seeds = 2", "seeds = 1")
+    proto = Protocol.from_file(write_protocol(tmp_path, text))
+    BenchRunner(proto, tmp_path / "whole").run()
+
+    def kill(spec, rec):
+        if spec.name.startswith("badge") and rec["round"] == 1:
+            raise Killed  # after round 1's checkpoint: rounds 2..3 are left
+
+    with pytest.raises(Killed):
+        BenchRunner(proto, tmp_path / "killed").run(on_round=kill)
+    assert len(read_jsonl(tmp_path / "killed" / "badge-q5-seed0" / "rounds.jsonl")) == 2
+    states = BenchRunner(proto, tmp_path / "killed").run()
+    assert states == {"random-q5-seed0": "done", "badge-q5-seed0": "partial", "lookahead-q5-seed0": "new"}
+    for spec in proto.grid():
+        assert outcome(tmp_path / "killed" / spec.name) == outcome(tmp_path / "whole" / spec.name)
+        summary = json.loads((tmp_path / "killed" / spec.name / "summary.json").read_text())
+        assert summary["rounds"] == 4
+
+
+def test_missing_dataset_fails_fast_with_runs_message(tmp_path):
+    from entk_al.data import load_dataset
+
+    text = TINY.replace('dataset = "digits"', f'dataset = "mnist"\ndata_dir = "{tmp_path / "nowhere"}"')
+    proto = Protocol.from_file(write_protocol(tmp_path, text))
+    with pytest.raises(DataNotFoundError) as got:
+        BenchRunner(proto, tmp_path / "grid").run()
+    with pytest.raises(DataNotFoundError) as direct:
+        load_dataset("mnist", str(tmp_path / "nowhere"))
+    assert str(got.value) == str(direct.value)
+    assert not (tmp_path / "grid").exists()
+
+
+def test_changed_options_refuse_to_mix(tmp_path):
+    proto = Protocol.from_file(write_protocol(tmp_path))
+    BenchRunner(proto, tmp_path / "grid").run()
+    changed = Protocol.from_file(write_protocol(tmp_path, TINY.replace("width = 16", "width = 8")))
+    with pytest.raises(ConfigError, match="different options"):
+        BenchRunner(changed, tmp_path / "grid").run()
+
+
+def test_cli_bench_and_plot(tmp_path):
+    from typer.testing import CliRunner
+
+    from entk_al.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "grid"
+    res = runner.invoke(app, ["bench", "--protocol", str(write_protocol(tmp_path)), "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    for name in ("curves.png", "summary.csv", "penalty.png"):
+        assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"stra")
+    for spec in Protocol.from_file(tmp_path / "p.toml").grid():
+        assert {p.name for p in (out / spec.name).iterdir()} >= {
+            "config.json", "rounds.jsonl", "curve.png", "checkpoint.pt", "summary.json"}
+    res = runner.invoke(app, ["bench", "--protocol", str(tmp_path / "nope.toml")])
+    assert res.exit_code != 0

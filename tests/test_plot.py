@@ -1,0 +1,101 @@
+"""Grid summaries against hand computations: AUBC, t-intervals, the penalty matrix."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from entk_al.errors import ConfigError
+from entk_al.plot import load_runs, mean_ci, penalty_matrix, plot_runs
+from entk_al.results import write_json, write_jsonl
+
+# Student-t 97.5% quantiles from printed tables (df = 1, 2, 4).
+T975 = {1: 12.706, 2: 4.303, 4: 2.776}
+
+
+def make_run(root: Path, strategy: str, seed: int, accs: list[float], query: int = 10, finished: bool = True):
+    d = root / f"{strategy}-q{query}-seed{seed}"
+    write_json(d / "config.json", {"strategy": strategy, "seed": seed, "query": query})
+    write_jsonl(d / "rounds.jsonl", [{"round": i, "n_labeled": 20 + query * i, "test_accuracy": a}
+                                     for i, a in enumerate(accs)])
+    if finished:
+        write_json(d / "summary.json", {"rounds": len(accs)})
+
+
+def test_mean_ci_hand_computed():
+    m, h = mean_ci([0.5, 0.6, 0.7])
+    assert m == pytest.approx(0.6)
+    assert h == pytest.approx(T975[2] * 0.1 / math.sqrt(3), rel=1e-3)  # s = 0.1
+    m, h = mean_ci([0.2, 0.4])
+    assert h == pytest.approx(T975[1] * math.sqrt(0.02) / math.sqrt(2), rel=1e-3)
+    assert math.isnan(mean_ci([0.3])[1])
+
+
+def test_summary_csv_aubc_and_ci(tmp_path):
+    make_run(tmp_path, "a", 0, [0.5, 0.7, 0.9])   # AUBC 0.7
+    make_run(tmp_path, "a", 1, [0.5, 0.6, 0.7])   # AUBC 0.6
+    make_run(tmp_path, "a", 2, [0.5, 0.8, 0.8])   # AUBC 0.7
+    make_run(tmp_path, "b", 0, [0.5, 0.5, 0.5])
+    make_run(tmp_path, "b", 1, [0.4, 0.5, 0.6], finished=False)  # left out
+    paths = plot_runs(tmp_path)
+    assert [p.name for p in paths] == ["curves.png", "summary.csv", "penalty.png"]
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    a_rows = {r["seed"]: r for r in rows if r["strategy"] == "a"}
+    assert float(a_rows["0"]["aubc"]) == pytest.approx(0.7, abs=1e-6)
+    assert float(a_rows["1"]["aubc"]) == pytest.approx(0.6, abs=1e-6)
+    mean = a_rows["mean"]
+    aubcs = [0.7, 0.6, 0.7]
+    s = math.sqrt(sum((x - 2 / 3) ** 2 for x in aubcs) / 2)
+    half = T975[2] * s / math.sqrt(3)
+    assert float(mean["aubc"]) == pytest.approx(2 / 3, abs=1e-6)
+    assert float(mean["aubc_ci95_low"]) == pytest.approx(2 / 3 - half, abs=2e-4)
+    assert float(mean["aubc_ci95_high"]) == pytest.approx(2 / 3 + half, abs=2e-4)
+    assert int(mean["n_runs"]) == 3
+    b_rows = [r for r in rows if r["strategy"] == "b"]
+    assert [r["seed"] for r in b_rows] == ["0", "mean"] and b_rows[1]["aubc_ci95_low"] == "nan"
+    for name in ("curves.png", "penalty.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_penalty_matrix_hand_case(tmp_path):
+    # 'good' beats 'bad' at both query rounds by 0.10, 0.11, 0.12 on the three seeds:
+    # paired t = 0.11 / (0.01/√3) ≈ 19 (p ≈ 0.003) -> P[good, bad] = 1.
+    # 'noisy' differs from 'bad' by +0.1, −0.1, +0.05: t ≈ 0.3, not significant -> 0.
+    base = {0: 0.50, 1: 0.55, 2: 0.60}
+    for seed, b in base.items():
+        make_run(tmp_path, "bad", seed, [0.4, b, b])
+        make_run(tmp_path, "good", seed, [0.4, b + 0.10 + 0.01 * seed, b + 0.10 + 0.01 * seed])
+        noise = [0.1, -0.1, 0.05][seed]
+        make_run(tmp_path, "noisy", seed, [0.4, b + noise, b + noise])
+    runs, unfinished = load_runs(tmp_path)
+    names, pen = penalty_matrix(runs)
+    assert names == ["bad", "good", "noisy"] and unfinished == 0
+    p = dict(zip(names, range(3)))
+    assert pen[p["good"], p["bad"]] == pytest.approx(1.0)
+    assert pen[p["bad"], p["good"]] == 0.0
+    assert pen[p["noisy"], p["bad"]] == 0.0 and pen[p["bad"], p["noisy"]] == 0.0
+    assert np.all(np.diag(pen) == 0)
+
+
+def test_penalty_counts_fraction_of_rounds(tmp_path):
+    # 'x' beats 'y' significantly in round 2 only, of rounds 1..2 -> 0.5.
+    for seed in range(3):
+        make_run(tmp_path, "y", seed, [0.4, 0.5 + 0.01 * seed, 0.5])
+        make_run(tmp_path, "x", seed, [0.4, 0.5 + 0.01 * seed, 0.6 + 0.01 * seed])
+    names, pen = penalty_matrix(load_runs(tmp_path)[0])
+    assert pen[names.index("x"), names.index("y")] == pytest.approx(0.5)
+
+
+def test_plot_errors(tmp_path):
+    with pytest.raises(ConfigError):
+        plot_runs(tmp_path / "missing")
+    with pytest.raises(ConfigError):
+        plot_runs(tmp_path)  # no runs at all
+    make_run(tmp_path, "a", 0, [0.5], finished=False)
+    with pytest.raises(ConfigError, match="finished"):
+        plot_runs(tmp_path)
