@@ -53,7 +53,7 @@ def resolve_config(config_file: Optional[Path], flags: dict[str, Any], resume_di
 def run(
     strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy name, module:Class or file.py:Class [default: lookahead]."),
     dataset: Optional[str] = typer.Option(None, help="Dataset name [default: digits]."),
-    model: Optional[str] = typer.Option(None, help="Model: mlp or cnn [default: mlp]."),
+    model: Optional[str] = typer.Option(None, help="Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2 [default: mlp]."),
     width: Optional[int] = typer.Option(None, help="Model width (hidden units / first conv channels)."),
     initial: Optional[int] = typer.Option(None, help="Size of the seeded random initial labeled set [default: 20]."),
     query: Optional[int] = typer.Option(None, help="Labels queried per round [default: 10]."),

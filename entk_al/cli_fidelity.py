@@ -15,7 +15,7 @@ from .errors import ConfigError
 @app.command()
 def fidelity(
     dataset: str = typer.Option("digits", help="Dataset name."),
-    model: str = typer.Option("mlp", help="Model: mlp or cnn."),
+    model: str = typer.Option("mlp", help="Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2."),
     width: Optional[int] = typer.Option(None, help="Model width."),
     initial: int = typer.Option(20, help="Size of the seeded random labeled set L the model is trained on."),
     candidates: int = typer.Option(50, help="Candidates retrained one by one (each a full retraining)."),
