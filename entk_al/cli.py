@@ -45,32 +45,36 @@ def resolve_config(config_file: Optional[Path], flags: dict[str, Any], resume_di
             raise ConfigError(f"{saved} is corrupted (not JSON)") from None
     if config_file is not None:
         data.update({k: v for k, v in load_toml(config_file).items() if k not in TOML_CLI_ONLY})
-    data.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    # -o key=value overrides single strategy options; it does not replace the whole table.
+    if isinstance(data.get("strategy_options"), dict) and "strategy_options" in given:
+        given["strategy_options"] = {**data["strategy_options"], **given["strategy_options"]}
+    data.update(given)
     return RunConfig.from_dict(data, source=str(config_file or "options")).validate()
 
 
 @app.command()
 def run(
-    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy name, module:Class or file.py:Class [default: lookahead]."),
-    dataset: Optional[str] = typer.Option(None, help="Dataset name [default: digits]."),
-    model: Optional[str] = typer.Option(None, help="Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2 [default: mlp]."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy name, module:Class or file.py:Class (default: lookahead)."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset name (default: digits)."),
+    model: Optional[str] = typer.Option(None, help="Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2 (default: mlp)."),
     width: Optional[int] = typer.Option(None, help="Model width (hidden units / first conv channels)."),
-    initial: Optional[int] = typer.Option(None, help="Size of the seeded random initial labeled set [default: 20]."),
-    query: Optional[int] = typer.Option(None, help="Labels queried per round [default: 10]."),
-    rounds: Optional[int] = typer.Option(None, help="Number of query rounds [default: 10]."),
-    subset: Optional[int] = typer.Option(None, help="Random candidate subset of the pool per round [default: 4000]."),
-    seed: Optional[int] = typer.Option(None, help="Run seed [default: 0]."),
-    out: Optional[Path] = typer.Option(None, help="Run directory [default: runs/STRATEGY-DATASET-seedSEED]."),
-    retrain: Optional[str] = typer.Option(None, help="warm (continue from last round) or scratch [default: warm]."),
-    loss: Optional[str] = typer.Option(None, help="mse (one-hot squared loss) or ce [default: mse]."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs over the labeled set per round [default: 20]."),
-    min_steps: Optional[int] = typer.Option(None, help="Minimum optimizer steps per round [default: 200]."),
-    batch_size: Optional[int] = typer.Option(None, help="Training batch size [default: 64]."),
-    lr: Optional[float] = typer.Option(None, help="OneCycle max learning rate [default: 0.05]."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N] [default: auto]."),
+    initial: Optional[int] = typer.Option(None, help="Size of the seeded random initial labeled set (default: 20)."),
+    query: Optional[int] = typer.Option(None, help="Labels queried per round (default: 10)."),
+    rounds: Optional[int] = typer.Option(None, help="Number of query rounds (default: 10)."),
+    subset: Optional[int] = typer.Option(None, help="Random candidate subset of the pool per round (default: 4000)."),
+    seed: Optional[int] = typer.Option(None, help="Run seed (default: 0)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/STRATEGY-DATASET-seedSEED)."),
+    retrain: Optional[str] = typer.Option(None, help="warm (continue from last round) or scratch (default: warm)."),
+    loss: Optional[str] = typer.Option(None, help="mse (one-hot squared loss) or ce (default: mse)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs over the labeled set per round (default: 20)."),
+    min_steps: Optional[int] = typer.Option(None, help="Minimum optimizer steps per round (default: 200)."),
+    batch_size: Optional[int] = typer.Option(None, help="Training batch size (default: 64)."),
+    lr: Optional[float] = typer.Option(None, help="OneCycle max learning rate (default: 0.05)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N] (default: auto)."),
     data_dir: Optional[str] = typer.Option(None, help="Folder holding dataset files."),
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow torchvision downloads."),
-    oracle: Optional[str] = typer.Option(None, help="simulated (ground truth) or files (you label queries/round_XXX.csv) [default: simulated]."),
+    oracle: Optional[str] = typer.Option(None, help="simulated (ground truth) or files (you label queries/round_XXX.csv) (default: simulated)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Strategy option key=value (repeatable)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these options."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
@@ -87,6 +91,8 @@ def run(
                  download=download, oracle=oracle)
     if option:
         flags["strategy_options"] = parse_options(option)
+    if resume is not None and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; use one")
     cfg = resolve_config(config, flags, resume)
     if config is not None and resume is None:
         from .config import load_toml
@@ -96,6 +102,8 @@ def run(
         quiet = quiet or bool(extra.get("quiet", False))
         overwrite = overwrite or bool(extra.get("overwrite", False))
     out_dir = resume or out or Path("runs") / f"{Path(cfg.strategy).stem.replace(':', '-')}-{cfg.dataset.replace(':', '-').replace('/', '_')}-seed{cfg.seed}"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a directory")
     if resume is None and (out_dir / CHECKPOINT).exists():
         if not overwrite:
             raise ConfigError(f"{out_dir} already holds a run; pass --resume {out_dir} to continue it or "
@@ -144,11 +152,21 @@ def list_strategies() -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    """Console-script entry point.
+
+    User errors (:class:`EntkAlError`, click usage errors) print one line on stderr and exit
+    with code 2; anything unexpected prints one line and exits with code 1. Set
+    ``ENTK_AL_DEBUG=1`` to get the full traceback instead.
+    """
+    import os
+
+    debug = os.environ.get("ENTK_AL_DEBUG", "") not in ("", "0")
     try:
         # Without standalone mode typer *returns* exit codes (typer.Exit, Ctrl-C -> 130).
         code = app(args=argv, standalone_mode=False)
     except EntkAlError as exc:
+        if debug:
+            raise
         typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
         sys.exit(2)
     except typer.Exit as exc:
@@ -156,20 +174,48 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        # typer >= 0.16 vendors click as typer._click, so match both exception hierarchies.
-        import click
-
-        vendored = getattr(typer, "_click", click).exceptions
-        if isinstance(exc, (click.exceptions.ClickException, vendored.ClickException)):
-            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+    except Exception as exc:
+        usage = _click_usage_message(exc)
+        if usage is not None:
+            typer.echo(f"error: {usage}", err=True)
             sys.exit(2)
-        if isinstance(exc, (click.exceptions.Abort, vendored.Abort)):
+        if _is_click_abort(exc):
+            typer.echo("interrupted", err=True)
             sys.exit(130)
-        raise
+        if debug:
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
+                   f"(rerun with ENTK_AL_DEBUG=1 for the traceback, and please report it)", err=True)
+        sys.exit(1)
     if code == 130:
         typer.echo("interrupted", err=True)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_modules() -> list:
+    """click's exception modules: the installed click and typer's vendored copy (typer >= 0.16)."""
+    import importlib
+
+    mods = []
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return mods
+
+
+def _click_usage_message(exc: Exception) -> Optional[str]:
+    for mod in _click_modules():
+        cls = getattr(mod, "ClickException", None)
+        if cls is not None and isinstance(exc, cls):
+            return " ".join(exc.format_message().split())
+    return None
+
+
+def _is_click_abort(exc: Exception) -> bool:
+    return any(isinstance(exc, cls) for mod in _click_modules()
+               if (cls := getattr(mod, "Abort", None)) is not None)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,10 @@ def fidelity(
     from .seeding import int_seed, numpy_rng, torch_generator
     from .train import train_model
 
+    if ridge < 0:
+        raise ConfigError(f"--ridge must be >= 0, got {ridge}")
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     if candidates < 3 or eval_size < candidates:
         raise ConfigError(f"need 3 <= --candidates <= --eval-size, got {candidates} and {eval_size}")
     cfg = RunConfig(strategy="random", dataset=dataset, model=model, width=width, initial=initial, query=1,

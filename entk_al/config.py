@@ -71,6 +71,9 @@ class RunConfig:
             raise ConfigError(f"--width must be >= 1, got {self.width}")
         if self.oracle not in ("simulated", "files"):
             raise ConfigError(f"--oracle must be 'simulated' or 'files', got {self.oracle!r}")
+        if self.subset < self.query:
+            raise ConfigError(f"--subset ({self.subset}) must be >= --query ({self.query}): the strategy "
+                              f"selects the queries from the candidate subset")
         return self
 
     @property
@@ -87,10 +90,27 @@ class RunConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+        for f in fields(cls):
+            if f.name in data:
+                data = {**data, f.name: _check_type(f.name, data[f.name], f.type, source)}
+        return cls(**data)
+
+
+#: Python types accepted for each annotation of RunConfig (ints are accepted for floats).
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict[str, Any]": (dict,)}
+
+
+def _check_type(name: str, value: Any, annotation: str, source: str) -> Any:
+    """Check a config value against its annotation; raise ConfigError naming the option."""
+    optional = annotation.endswith("| None")
+    base = annotation.removesuffix("| None").strip()
+    if value is None and optional:
+        return None
+    allowed = _TYPES.get(base)
+    # bool is an int subclass: "rounds = true" must not pass as an int.
+    if allowed is None or (isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)):
+        return float(value) if base == "float" else value
+    raise ConfigError(f"{source}: option {name!r} must be {base}, got {type(value).__name__} {value!r}")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -105,6 +125,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return {k.replace("-", "_"): v for k, v in data.items()}

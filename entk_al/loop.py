@@ -20,7 +20,7 @@ import torch
 from .config import RunConfig
 from .context import RoundContext
 from .data import ALDataset, load_dataset
-from .errors import CheckpointError, ConfigError, LabelError, StrategyError
+from .errors import CheckpointError, ConfigError, EntkAlError, LabelError, StrategyError
 from .models import build_model, predict
 from .ntk import pntk
 from .oracle import FileOracle, SimulatedOracle, query_path, recorded_labels, write_queries
@@ -155,15 +155,33 @@ class ActiveLearningLoop:
                             seed=int_seed(self.cfg.seed, init_round, "init"))
         return model.to(self.device)
 
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Fail fast, before any file is written, if the model cannot take the dataset's inputs.
+
+        Raises:
+            ConfigError: the forward pass fails or does not give (N, num_classes) outputs.
+        """
+        x = self.data.x_train[:2]
+        try:
+            with torch.no_grad():
+                out = predict(model, x, device=self.device)
+        except RuntimeError as exc:
+            raise ConfigError(f"model {self.cfg.model!r} cannot take {self.cfg.dataset} inputs of shape "
+                              f"{tuple(self.data.input_shape)} ({' '.join(str(exc).split())[:200]})") from None
+        if tuple(out.shape) != (len(x), self.data.num_classes):
+            raise ConfigError(f"model {self.cfg.model!r} gives outputs of shape {tuple(out.shape[1:])}, "
+                              f"expected ({self.data.num_classes},) for {self.cfg.dataset}")
+
     def run(self, *, resume: bool = False, on_round: Callable[[dict], None] | None = None) -> list[dict]:
         """Run (or resume) to completion; returns the per-round records.
 
         ``on_round(record)`` is called after each round (for progress display).
         """
+        model = self.new_model(0)
+        self.check_model(model)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = self.load_state() if resume else self.fresh_state()
         write_json(self.out_dir / "config.json", self.cfg.to_dict())
-        model = self.new_model(0)
         if state.model_state is not None:
             model.load_state_dict(state.model_state)
         if state.pending is not None and not self.take_pending_labels(state, model, fresh=not resume):
@@ -287,7 +305,15 @@ class ActiveLearningLoop:
                            kernel_fn=self.kernel_fn)
         model.eval()
         k = min(cfg.query, len(unl))
-        queried = validate_selection(self.strategy.name, self.strategy.select(ctx, k), k, pool)
+        try:
+            answer = self.strategy.select(ctx, k)
+        except EntkAlError:
+            raise
+        except Exception as exc:
+            # A user's strategy failing is a user-facing error that must name the strategy.
+            raise StrategyError(f"strategy {self.strategy.name!r} failed in round {r}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        queried = validate_selection(self.strategy.name, answer, k, pool)
         stray = set(answers) - set(queried.tolist())
         if stray:
             raise StrategyError(f"strategy {self.strategy.name!r} asked the oracle for ids it did not select")

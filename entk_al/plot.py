@@ -64,6 +64,11 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
     return float(x.mean()), float(half)
 
 
+#: Options that must agree between runs plotted together (strategy, seed and query may vary).
+SETTING_KEYS = ("dataset", "model", "width", "initial", "rounds", "subset", "retrain", "loss", "epochs",
+                "min_steps", "batch_size", "lr", "weight_decay")
+
+
 def load_runs(runs_dir: str | Path) -> tuple[list[RunResult], int]:
     """Finished runs under ``runs_dir`` (searched recursively) and the count of unfinished ones.
 
@@ -73,17 +78,28 @@ def load_runs(runs_dir: str | Path) -> tuple[list[RunResult], int]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ConfigError(f"{runs_dir} is not a folder")
-    runs, unfinished = [], 0
+    runs, unfinished, settings = [], 0, {}
     for cfg_path in sorted(runs_dir.rglob("config.json")):
         d = cfg_path.parent
         if not (d / "summary.json").is_file() or not (d / "rounds.jsonl").is_file():
             unfinished += 1
             continue
-        cfg = json.loads(cfg_path.read_text())
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError:
+            raise ConfigError(f"{cfg_path} is corrupted (not JSON)") from None
+        # Curves, CIs and penalties only compare runs of one protocol: same data and budget.
+        setting = tuple((k, json.dumps(cfg.get(k), sort_keys=True)) for k in SETTING_KEYS)
+        settings.setdefault(setting, d)
         recs = read_jsonl(d / "rounds.jsonl")
         runs.append(RunResult(strategy=str(cfg["strategy"]), query=int(cfg["query"]), seed=int(cfg["seed"]),
                               n_labeled=np.array([r["n_labeled"] for r in recs]),
                               accuracy=np.array([r["test_accuracy"] for r in recs], dtype=np.float64)))
+    if len(settings) > 1:
+        (a, da), (b, db) = list(settings.items())[:2]
+        differ = [k for (k, va), (_, vb) in zip(a, b) if va != vb]
+        raise ConfigError(f"{runs_dir} mixes runs made with different settings ({', '.join(differ)} differ, "
+                          f"e.g. {da} and {db}); plot each grid's folder separately")
     if not runs and not unfinished:
         raise ConfigError(f"{runs_dir} holds no run directories (config.json + rounds.jsonl)")
     return runs, unfinished
@@ -193,7 +209,9 @@ def plot_curves(runs: list[RunResult], path: str | Path, title: str = "") -> Non
         line, = ax.plot(x, mean, marker="o", markersize=3, label=f"{label} (n={len(group)})",
                         linestyle="-" if strat == "lookahead" else "--" if strat == "random" else "-",
                         linewidth=2.2 if strat == "lookahead" else 1.3)
-        ax.fill_between(x, mean - half, mean + half, alpha=0.15, color=line.get_color())
+        # Accuracy is bounded; a t-interval is not, so clip the band to [0, 100].
+        ax.fill_between(x, np.clip(mean - half, 0, 100), np.clip(mean + half, 0, 100), alpha=0.15,
+                        color=line.get_color())
     ax.set_xlabel("number of labels")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "mean ± 95% CI over seeds", fontsize=10)
@@ -236,8 +254,8 @@ def plot_runs(runs_dir: str | Path, out_dir: str | Path | None = None) -> list[P
         raise ConfigError(f"{runs_dir}: none of its {unfinished} runs has finished yet; nothing to plot")
     note = f" ({unfinished} unfinished runs left out)" if unfinished else ""
     paths = [out_dir / "curves.png", out_dir / "summary.csv", out_dir / "penalty.png"]
+    strategies, pen = penalty_matrix(runs)  # computed first: a failure writes no file at all
     plot_curves(runs, paths[0], title=f"{runs_dir.name}: mean ± 95% CI over seeds{note}")
     write_summary_csv(runs, paths[1])
-    strategies, pen = penalty_matrix(runs)
     plot_penalty(strategies, pen, paths[2])
     return paths

@@ -101,8 +101,9 @@ def load_strategy(spec: str, options: dict[str, Any] | None = None) -> Any:
         StrategyError: unknown spec, a bad option, or an object without ``select``.
     """
     cls = resolve_strategy_class(spec)
+    options = check_options(spec, cls, options or {})
     try:
-        obj = cls(**(options or {}))
+        obj = cls(**options)
     except (TypeError, ValueError) as exc:
         raise StrategyError(f"strategy {spec!r}: bad option(s) {options or {}}: {exc}") from None
     if not callable(getattr(obj, "select", None)):
@@ -113,3 +114,57 @@ def load_strategy(spec: str, options: dict[str, Any] | None = None) -> Any:
         except AttributeError:
             pass
     return obj
+
+
+def check_options(spec: str, cls: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Check ``options`` against the keyword parameters of ``cls.__init__``.
+
+    Unknown names are refused (unless it takes ``**kwargs``). Values must have a type named in
+    the parameter's annotation (``bool | str`` ...) or, without one, the default's type; ints
+    given for float parameters are converted.
+
+    Raises:
+        StrategyError: naming the strategy, the option and what it accepts.
+    """
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # builtins or C types: nothing to check against
+        return dict(options)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(options)
+    known = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    out = {}
+    for key, value in options.items():
+        if key not in known:
+            names = ", ".join(known) or "none"
+            raise StrategyError(f"strategy {spec!r} has no option {key!r}; its options: {names}")
+        allowed = _allowed_types(known[key])
+        if value is None or allowed is None:
+            out[key] = value
+        elif type(value).__name__ in allowed:
+            out[key] = value
+        elif type(value) is int and "float" in allowed:
+            out[key] = float(value)
+        else:
+            raise StrategyError(f"strategy {spec!r}: option {key!r} must be {' or '.join(sorted(allowed))}, "
+                                f"got {value!r}")
+    return out
+
+
+_SCALARS = ("bool", "int", "float", "str")
+
+
+def _allowed_types(param: inspect.Parameter) -> set[str] | None:
+    """Scalar type names a parameter accepts, or None when nothing can be said."""
+    ann = param.annotation
+    text = ann if isinstance(ann, str) else getattr(ann, "__name__", "") if ann is not param.empty else ""
+    if text and text != "Any":
+        import re
+
+        found = {t for t in re.findall(r"[A-Za-z_]+", str(text)) if t in _SCALARS}
+        other = {t for t in re.findall(r"[A-Za-z_]+", str(text)) if t not in _SCALARS and t != "None"}
+        return found if found and not other else None
+    default = param.default
+    if default is param.empty or default is None or type(default).__name__ not in _SCALARS:
+        return None
+    return {type(default).__name__}

@@ -177,6 +177,8 @@ def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, s
     Returns:
         (N, dim) float32 on the model's device. The model runs in eval mode.
     """
+    import warnings
+
     from torch.func import functional_call, jvp
 
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
@@ -199,7 +201,10 @@ def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, s
                     # Direction t is regenerated from (seed, t) for each batch: no (dim × P) store.
                     gen.manual_seed(seed * 1_000_003 + t)
                     r = {k: torch.randn(v.shape, generator=gen, dtype=dtype).to(dev) for k, v in params.items()}
-                    out[s:s + len(xb), t] = jvp(s_of, (params,), (r,))[1].float() / math.sqrt(dim)
+                    with warnings.catch_warnings():
+                        # torch's forward-AD path warns about its own use of torch.jit.script.
+                        warnings.simplefilter("ignore", FutureWarning)
+                        out[s:s + len(xb), t] = jvp(s_of, (params,), (r,))[1].float() / math.sqrt(dim)
     finally:
         model.train(was_training)
     return out

@@ -18,6 +18,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
+        # mkstemp creates 0600 files; results should be as readable as any file the user makes.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:

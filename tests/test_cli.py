@@ -48,3 +48,74 @@ def test_bad_input_one_line_exit_2(tmp_path, args, needle):
     assert needle in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert not (tmp_path / "r" / "rounds.jsonl").exists()
+
+
+def run_main(argv, capsys):
+    """The console entry point in-process: (exit code, stderr)."""
+    from entk_al.cli import main
+
+    with pytest.raises(SystemExit) as ex:
+        main(argv)
+    return ex.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--subset", "5", "--query", "10"], "--subset (5) must be >= --query (10)"),
+    (["--model", "vgg"], "unknown model"),
+    (["-o", "ridge=abc"], "option 'ridge' must be float"),
+    (["-o", "exclude_self=yes"], "option 'exclude_self' must be bool"),
+    (["-o", "nosuchoption=1"], "has no option 'nosuchoption'"),
+    (["--resume", "RUN", "--overwrite"], "contradict"),
+])
+def test_bad_options_fail_before_any_file(tmp_path, capsys, extra, needle):
+    extra = [str(tmp_path / "r") if a == "RUN" else a for a in extra]
+    code, err = run_main(["run", "--out", str(tmp_path / "r"), *FAST, *extra], capsys)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_config_file_types_and_option_merge(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('rounds = "two"\n')
+    code, err = run_main(["run", "--config", str(bad), "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "option 'rounds' must be int" in err
+    code, err = run_main(["run", "--config", str(tmp_path), "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "is a directory" in err
+    good = tmp_path / "good.toml"
+    good.write_text('rounds = 1\ninitial = 10\nquery = 5\nmin_steps = 5\nepochs = 1\n'
+                    '[strategy_options]\nacquisition = "flip"\n')
+    code, _ = run_main(["run", "-q", "--config", str(good), "-o", "ridge=0.01", "--out", str(tmp_path / "m")], capsys)
+    assert code == 0
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["strategy_options"] == {"acquisition": "flip", "ridge": 0.01}
+    rows = [json.loads(x) for x in (tmp_path / "m" / "rounds.jsonl").read_text().splitlines()]
+    assert rows[0]["strategy_info"]["acquisition"] == "flip"
+
+
+def test_out_is_a_file(tmp_path, capsys):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    code, err = run_main(["run", "--out", str(f), *FAST], capsys)
+    assert code == 2 and "is a file" in err
+
+
+def test_failing_user_strategy_is_one_line_naming_it(tmp_path, capsys):
+    plugin = tmp_path / "boom.py"
+    plugin.write_text("class Boom:\n    name = 'boom'\n    def select(self, ctx, k):\n        raise ValueError('kaput')\n")
+    code, err = run_main(["run", "--strategy", f"{plugin}:Boom", "--out", str(tmp_path / "r"), *FAST], capsys)
+    assert code == 2 and "strategy 'boom' failed in round 0: ValueError: kaput" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unexpected_error_is_one_line_exit_1(monkeypatch, capsys):
+    import entk_al.cli as cli_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(cli_mod, "app", boom)
+    code, err = run_main(["strategies"], capsys)
+    assert code == 1 and "unexpected RuntimeError: disk on fire" in err and "Traceback" not in err
+    monkeypatch.setenv("ENTK_AL_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        cli_mod.main(["strategies"])

@@ -99,3 +99,22 @@ def test_plot_errors(tmp_path):
     make_run(tmp_path, "a", 0, [0.5], finished=False)
     with pytest.raises(ConfigError, match="finished"):
         plot_runs(tmp_path)
+
+
+def test_mixed_settings_refused_before_writing(tmp_path):
+    """Runs of different protocols in one folder: a clear error and no output files."""
+    import json
+
+    from entk_al.errors import ConfigError
+    from entk_al.plot import plot_runs
+
+    for name, initial in (("a", 10), ("b", 20)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"strategy": "random", "query": 5, "seed": 0,
+                                                   "dataset": "digits", "initial": initial}))
+        (d / "rounds.jsonl").write_text(json.dumps({"n_labeled": initial, "test_accuracy": 0.5}) + "\n")
+        (d / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError, match="initial differ"):
+        plot_runs(tmp_path)
+    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "summary.csv").exists()

@@ -79,7 +79,7 @@ def test_strategies_command_lists_plugins_with_descriptions(plugin_dir, capsys):
     ("no_such_module_xyz:Foo", None, "cannot import"),
     ("my_al_plugin:Nope", None, "has no attribute"),
     ("missing/file.py:Foo", None, "does not exist"),
-    ("my_al_plugin:FirstK", {"bogus": 1}, "bad option"),
+    ("my_al_plugin:FirstK", {"bogus": 1}, "has no option .bogus.; its options: offset"),
     ("broken", None, "failed to load"),
 ])
 def test_bad_specs_raise_strategy_error(plugin_dir, spec, options, needle):

@@ -59,18 +59,17 @@ def _find(root: Path, stem: str) -> Path | None:
 
 
 def _candidate_roots(data_dir: str | None, sub: str) -> list[Path]:
-    roots = []
-    for base in (data_dir, os.environ.get("ENTK_AL_DATA")):
-        if base:
-            roots += [Path(base), Path(base) / sub, Path(base) / sub / "raw"]
-    return roots
+    # An explicit --data-dir is the only place searched: silently reading other files
+    # than the ones the user pointed at would be worse than an error.
+    base = data_dir or os.environ.get("ENTK_AL_DATA")
+    return [Path(base), Path(base) / sub, Path(base) / sub / "raw"] if base else []
 
 
 def load_idx_dataset(name: str, data_dir: str | None, *, download: bool = False) -> ALDataset:
     """Load Fashion-MNIST (``name="fashion-mnist"``) or MNIST (``"mnist"``) from IDX files.
 
-    Search order: ``data_dir``, then ``$ENTK_AL_DATA`` (each also with a ``<name>/`` and
-    ``<name>/raw`` sub-folder), then, for Fashion-MNIST, the Debian package
+    Search order: ``data_dir`` alone when it is given; otherwise ``$ENTK_AL_DATA`` (each also
+    with a ``<name>/`` and ``<name>/raw`` sub-folder), then, for Fashion-MNIST, the Debian package
     ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``). With
     ``download=True`` and nothing found, torchvision fetches the files into ``data_dir``.
 
@@ -86,7 +85,7 @@ def load_idx_dataset(name: str, data_dir: str | None, *, download: bool = False)
         raise DataNotFoundError(f"{name}: --data-dir {data_dir} does not exist; point it at a folder with the "
                                 f"four IDX files, or pass --download")
     roots = _candidate_roots(data_dir, sub)
-    if name == "fashion-mnist":
+    if name == "fashion-mnist" and data_dir is None:
         roots.append(DEBIAN_FASHION_MNIST)
     for root in roots:
         found = {k: _find(root, v) for k, v in _FILES.items()}

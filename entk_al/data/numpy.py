@@ -49,6 +49,9 @@ def load_numpy_dataset(path: str | Path) -> ALDataset:
     if x_train.ndim < 2 or x_train.shape[1:] != x_test.shape[1:]:
         raise DataFormatError(f"{path}: x_train {x_train.shape} and x_test {x_test.shape} must be (N, ...) "
                               f"with the same per-item shape")
+    if x_train.ndim == 4 and x_train.shape[-1] in (1, 3, 4) and x_train.shape[1] not in (1, 3, 4):
+        raise DataFormatError(f"{path}: images of shape {x_train.shape[1:]} look channels-last; entk-al "
+                              f"expects (N, C, H, W): save x.transpose(0, 3, 1, 2)")
     if x_train.ndim == 3:  # (N, H, W) grayscale images
         x_train, x_test = x_train[:, None], x_test[:, None]
     classes = [str(c) for c in arrays["classes"].tolist()] if "classes" in arrays else None
