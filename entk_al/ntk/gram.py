@@ -76,7 +76,7 @@ def _run_hooked(model, mods, x, V, with_params=()):
             Gs[i].append(torch.zeros_like(saved[i][1]) if g is None else g)
         if k == 0:
             pgrads = gr[len(outs):]
-    G = {i: torch.stack(Gs[i]) for i in idx}
+    G = {i: Gs[i][0].unsqueeze(0) if K == 1 else torch.stack(Gs[i]) for i in idx}
     inputs = {i: saved[i][0] for i in saved}
     return calls, inputs, G, pgrads
 
@@ -101,18 +101,24 @@ def _layer_tensors(lp: LayerPlan, inp, G):
     return mats, ex
 
 
-def _summed(lp: LayerPlan, inp, G) -> dict[str, torch.Tensor]:
-    """Direction-0 gradients summed over samples, parameter-shaped (for verification)."""
+def _summed(lp: LayerPlan, inp, G):
+    """Direction-0 gradients summed over samples, parameter-shaped (for verification), and the
+    linear-family geometry (T, g, di, do, n_emb) for the cost model (None for norms or when
+    there is no trainable weight)."""
     if lp.kind == "norm":
         ms = L.norm_materialize(lp.mod, inp, G[:1], lp.names)
-        return {n: m.sum(1)[0].reshape(getattr(lp.mod, n).shape) for n, m in zip(lp.names, ms)}
+        return {n: m.sum(1)[0].reshape(getattr(lp.mod, n).shape)
+                for n, m in zip(lp.names, ms)}, None
     A, ids, Gf = L.linear_geometry(lp.mod, inp, G[:1])
-    out = {}
+    out, dims = {}, None
     if "weight" in lp.names:
         out["weight"] = L.linear_summed_weight(L.Exact(G=Gf, A=A, ids=ids), lp.mod)
+        _, _, T, g, do = Gf.shape
+        n_emb = lp.mod.num_embeddings if ids is not None else None
+        dims = (T, g, A.shape[-1] if A is not None else 1, do, n_emb)
     if "bias" in lp.names:
         out["bias"] = Gf[0].sum((0, 1)).reshape(lp.mod.bias.shape)
-    return out
+    return out, dims
 
 
 def build_plan(model: nn.Module, params: dict, x: torch.Tensor, V: torch.Tensor, tile: int,
@@ -138,43 +144,55 @@ def build_plan(model: nn.Module, params: dict, x: torch.Tensor, V: torch.Tensor,
     pg = iter(pgrads)
     plan = Plan()
     tol = 1e-8 if V.dtype == torch.float64 else 1e-3
+    checked = []  # (layer plan, geometry dims or None, [(summed, autograd reference)])
     for i, lp in enumerate(cands):
         ref = {n: next(pg) for n in lp.names}
         if calls[i] != 1 or i not in G:
             continue
-        ok = True
         try:
-            summed = _summed(lp, inputs[i], G[i])
+            summed, dims = _summed(lp, inputs[i], G[i])
         except RuntimeError:  # unexpected geometry: let torch.func handle it
             continue
-        for n, s in summed.items():
-            r = ref[n] if ref[n] is not None else torch.zeros_like(s)
-            scale = max(r.abs().max().item(), s.abs().max().item(), 1e-30)
-            ok &= s.shape == r.shape and (s - r).abs().max().item() <= tol * scale
-        if not ok:
+        sr = [(s, ref[n] if ref[n] is not None else torch.zeros_like(s))
+              for n, s in summed.items()]
+        if all(s.shape == r.shape for s, r in sr):
+            checked.append((lp, dims, sr))
+    # per-parameter max errors and scales as 0-d tensors, read back with a single .tolist()
+    # (a cat + segment_reduce over all parameters was measured slower: segment_reduce is serial)
+    stats = []
+    for _, _, sr in checked:
+        for s, r in sr:
+            stats += [(s - r).abs().amax(), torch.maximum(s.abs().amax(), r.abs().amax())]
+    vals = torch.stack(stats).tolist() if stats else []
+    good = iter(e <= tol * max(sc, 1e-30) for e, sc in zip(vals[::2], vals[1::2]))
+    for lp, dims, sr in checked:
+        if not all([next(good) for _ in sr]):
             continue
-        if lp.kind == "linear" and "weight" in lp.names:
-            A, ids, Gf = L.linear_geometry(lp.mod, inputs[i], G[i])
-            _, _, T, g, do = Gf.shape
-            di = A.shape[-1] if A is not None else 1
-            n_emb = lp.mod.num_embeddings if ids is not None else None
-            lp.fold_bias = "bias" in lp.names
-            lp.exact = L.linear_use_exact(T, g, di + lp.fold_bias, do, V.shape[0], tile,
+        if dims is not None:
+            T, g, di, do, n_emb = dims
+            has_b = "bias" in lp.names
+            lp.exact = L.linear_use_exact(T, g, di + has_b, do, V.shape[0], tile,
                                           V.element_size(), full, n_emb)
+            # exact form: bias as a ones column of A (one Hadamard term instead of two);
+            # materialized: the bias gradient is the position-sum of G (no copy of A)
+            lp.fold_bias = has_b and lp.exact
         plan.layers.append(lp)
         covered.update(id(getattr(lp.mod, n)) for n in lp.names)
     plan.fallback = {n: p for n, p in params.items() if id(p) not in covered}
     return plan
 
 
-class GramFeatures:
-    """Features of one tile: materialized (K, N, P_mat) and a list of Exact (None = absent)."""
+MAT_SPLIT_P = 4096  # a materialized block with K*P at least this stays its own GEMM operand
 
-    def __init__(self, mat, exacts):
-        self.mat, self.exacts = mat, exacts
+
+class GramFeatures:
+    """Features of one tile: materialized blocks, each (K, N, P_i), and a list of Exact."""
+
+    def __init__(self, mats, exacts):
+        self.mats, self.exacts = mats, exacts
 
     def tensors(self):
-        ts = [] if self.mat is None else [self.mat]
+        ts = list(self.mats)
         for e in self.exacts:
             ts += e.tensors()
         return ts
@@ -192,17 +210,66 @@ def tile_features(plan: Plan, model, x, V, chunk_size) -> GramFeatures:
         del inputs
     if plan.fallback:
         mats.append(reference.per_sample_grads(model, plan.fallback, x, V, chunk_size))
-    mat = torch.cat(mats, dim=2) if mats else None
-    return GramFeatures(mat, exacts)
+    # The kernel is a sum over parameters, so blocks need not be concatenated: big ones are
+    # kept apart (no copy), small ones (biases, norm affines) merged into one GEMM operand.
+    # (classified per sample, so that every tile, the last short one too, has the same blocks)
+    big = [m for m in mats if m.shape[0] * m.shape[2] >= MAT_SPLIT_P]
+    small = [m for m in mats if m.shape[0] * m.shape[2] < MAT_SPLIT_P]
+    if small:
+        big.append(torch.cat(small, dim=2) if len(small) > 1 else small[0])
+    return GramFeatures(big, exacts)
+
+
+SYM_MIN_ROWS = 512  # diagonal tiles at least this tall are split in two row halves ...
+SYM_MIN_DIM = 8192  # ... for terms whose contraction length is at least this
+
+
+def sym_product(fn, n: int, full: bool):
+    """Symmetric tile product from its upper blocks: rows split in halves h0, h1; ``fn(r, c)``
+    gives the block (K, K, |r|, |c|) [full] or (K, |r|, |c|); the (h1, h0) block is filled by
+    transposition (Theta(x', x) = Theta(x, x')^T). 3/4 of the GEMM work of the whole tile."""
+    h = (n + 1) // 2
+    r0, r1 = slice(0, h), slice(h, n)
+    b00, b01, b11 = fn(r0, r0), fn(r0, r1), fn(r1, r1)
+    out = b00.new_empty(b00.shape[:-2] + (n, n))
+    out[..., r0, r0] = b00
+    out[..., r0, r1] = b01
+    t = b01.transpose(-1, -2)
+    out[..., r1, r0] = t.transpose(0, 1) if full else t
+    out[..., r1, r1] = b11
+    return out
+
+
+def _pair_mat(a: torch.Tensor, b: torch.Tensor, full: bool) -> torch.Tensor:
+    """(K, Na, P) x (K, Nb, P) -> (K, K, Na, Nb) if full else (K, Na, Nb); K = 1 as one mm."""
+    if a.shape[0] == 1:
+        o = a[0] @ b[0].T
+        return o.view((1, 1) + o.shape if full else (1,) + o.shape)
+    return reference.pair_materialized(a, b, full)
+
+
+def _add(out, s):
+    return s if out is None else out.add_(s)
 
 
 def pair(a: GramFeatures, b: GramFeatures, full: bool) -> torch.Tensor:
+    """Kernel block of two tiles: sum of the per-layer terms. For a diagonal tile of a
+    symmetric kernel (``a is b``) the long-contraction terms (big materialized blocks, T = 1
+    dense layers with wide inputs) are computed from upper half-blocks; short ones, whose cost
+    is call overhead rather than flops, in one call."""
     out = None
-    if a.mat is not None:
-        out = reference.pair_materialized(a.mat, b.mat, full)
+    for ma, mb in zip(a.mats, b.mats):
+        if a is b and ma.shape[1] >= SYM_MIN_ROWS and ma.shape[2] >= SYM_MIN_DIM:
+            out = _add(out, sym_product(lambda r, c: _pair_mat(ma[:, r], ma[:, c], full),
+                                        ma.shape[1], full))
+        else:
+            out = _add(out, _pair_mat(ma, mb, full))
     for ea, eb in zip(a.exacts, b.exacts):
-        s = ea.pair(eb, full)
-        out = s if out is None else out.add_(s)
+        n = ea.G.shape[1]
+        if a is b and n >= SYM_MIN_ROWS and ea.wide_t1(SYM_MIN_DIM):
+            out = _add(out, sym_product(lambda r, c: ea.rows(r).pair(ea.rows(c), full), n, full))
+        else:
+            out = _add(out, ea.pair(eb, full))
     return out
 
 

@@ -9,12 +9,23 @@ the per-sample weight gradient is dW_g(n) = sum_t G[n, t, g]^T A[n, t, g], so
 
     <dW(x), dW(x')> = sum_{g, t, s} (A[x, t, g] . A[x', s, g]) (G[x, t, g] . G[x', s, g]).   (*)
 
-Cost model per pair of tiles (n, m samples), K directions, choosing the cheaper form:
-    materialized: features 2 K N T g di do flops and K N g di do floats;
-                  kernel 2 K^2 n m g di do flops (full) / 2 K n m g di do (diag).
-    exact (*):    features are A and G themselves (N T g (di + K do) floats);
-                  kernel 2 n m T^2 g (di + K^2 do) flops (full) / (di + K do) (diag),
-                  with n m T^2 g temporaries (computed in row chunks).
+Conv inputs are unfolded once per tile and layer by :func:`im2col` (a strided copy of the
+padded input, faster than ``F.unfold`` on CPU) into (N, g*di, T), viewed as A (N, T, g, di).
+
+Cost model (``linear_use_exact``), for one square pair of n-sample tiles, K directions,
+kk = K^2 (full) or K (diagonal kinds); the cheaper form is chosen per layer:
+    materialized: features one bmm per direction and group, (N, do, T) x (N, T, di):
+                  2 K n T g di do flops, K n g di do floats kept per tile (the bias gradient
+                  is sum_t G, a separate small block; A is not copied to append a ones column);
+                  kernel one GEMM per big layer block (small blocks merged): 2 kk n^2 g di do.
+    exact (*):    features are A and G themselves (n T g (di + K do) floats; the bias is folded
+                  in as a ones column of A); kernel 2 n^2 T^2 g (di + kk do) flops, with
+                  n m T^2 g temporaries (computed in row chunks).
+    Materialized is used unless exact is not more expensive, or the materialized block would
+    exceed MATERIALIZE_BUDGET_BYTES. In the benchmarks (tiles of 256-1024): CNN conv1/conv2,
+    ResNet-18 stem/layer1/layer2 materialized; ResNet-18 layer3 (T = 4), layer4, Linear exact.
+Diagonal tiles of a symmetric kernel compute the long-contraction terms from upper half-blocks
+(3/4 of the GEMM flops; :func:`entk_al.ntk.gram.sym_product`).
 For T = 1 the exact form is the Hadamard product (A1 A2^T) o (G1 G2^T), always the cheaper one.
 Embeddings use the exact form with A = one-hot(ids): A1 . A2 is the id-match indicator.
 Norm-layer affine parameters (eval BatchNorm, LayerNorm, GroupNorm) are small and always
@@ -29,8 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 MATERIALIZE_BUDGET_BYTES = 256 << 20  # per layer and tile
-EXACT_CHUNK_ELEMS = 1 << 24
-FORCE_FORM: str | None = None  # "exact" / "materialized" overrides the cost model (tests)  # n_chunk * m * T^2 * g temporaries of the exact form
+EXACT_CHUNK_ELEMS = 1 << 24  # n_chunk * m * T^2 * g temporaries of the exact form
+FORCE_FORM: str | None = None  # "exact" / "materialized" overrides the cost model (tests)
 
 
 @dataclass
@@ -43,6 +54,18 @@ class Exact:
 
     def tensors(self):
         return [t for t in (self.G, self.A, self.ids) if t is not None]
+
+    def rows(self, r: slice) -> "Exact":
+        """The same features for the samples ``r`` (views)."""
+        if r == slice(None):
+            return self
+        return Exact(G=self.G[:, r], A=None if self.A is None else self.A[r],
+                     ids=None if self.ids is None else self.ids[r])
+
+    def wide_t1(self, min_dim: int) -> bool:
+        """Dense, one position, input width (times groups) at least ``min_dim``."""
+        return (self.A is not None and self.A.shape[1] == 1
+                and self.A.shape[2] * self.A.shape[3] >= min_dim)
 
     def aa(self, other: "Exact", rows: slice) -> torch.Tensor:
         """(n_c, T, m, S, g) input inner products."""
@@ -76,6 +99,10 @@ def _pair_t1(a1, g1, a2, g2, full):
     """a (N, g, di), g (K, N, g, do): sum_g (a1 a2^T) o (g1 g2^T)."""
     if a1.shape[1] == 1:
         aa = a1[:, 0] @ a2[:, 0].T
+        if g1.shape[0] == 1:  # K = 1: two mm and a Hadamard product
+            gg = g1[0, :, 0] @ g2[0, :, 0].T
+            gg.mul_(aa)
+            return gg.view((1, 1) + gg.shape if full else (1,) + gg.shape)
         if full:
             gg = torch.einsum("kno,lmo->klnm", g1[:, :, 0], g2[:, :, 0])
         else:
@@ -113,8 +140,8 @@ def linear_geometry(mod: nn.Module, inp: torch.Tensor, G: torch.Tensor):
         mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
         x = F.pad(x, pad, mode=mode) if mode != "constant" else F.pad(x, pad)
         padding = (0,) * (2 if isinstance(mod, nn.Conv2d) else 1)
-    cols = F.unfold(x, as2(mod.kernel_size), dilation=as2(mod.dilation),
-                    padding=as2(padding, 0), stride=as2(mod.stride))  # (N, C*kh*kw, L)
+    cols = im2col(x, as2(mod.kernel_size), as2(mod.dilation), as2(padding, 0),
+                  as2(mod.stride))  # (N, C*kh*kw, L)
     g = mod.groups
     L = cols.shape[-1]
     A = cols.reshape(N, g, -1, L).permute(0, 3, 1, 2)
@@ -122,38 +149,74 @@ def linear_geometry(mod: nn.Module, inp: torch.Tensor, G: torch.Tensor):
     return A, None, Gf
 
 
+def im2col(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:
+    """Same result as ``F.unfold`` (N, C*kh*kw, L), built as one strided copy of the zero-padded
+    input: a (N, C, kh, kw, Ho, Wo) ``as_strided`` view reshaped to (N, C*kh*kw, Ho*Wo).
+    On CPU this is 2-4x faster than ``F.unfold`` (im2col kernel) for the benchmark shapes."""
+    N, C, H, W = x.shape
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph))
+    x = x.contiguous()
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    Ho = (Hp - dh * (kh - 1) - 1) // sh + 1
+    Wo = (Wp - dw * (kw - 1) - 1) // sw + 1
+    sN, sC, sH, sW = x.stride()
+    v = x.as_strided((N, C, kh, kw, Ho, Wo), (sN, sC, dh * sH, dw * sW, sh * sH, sw * sW))
+    return v.reshape(N, C * kh * kw, Ho * Wo)
+
+
 def linear_use_exact(T, g, di, do, K, n, itemsize, full, n_emb=None) -> bool:
-    """Cost model of the module docstring (per pair of n-sample tiles)."""
+    """Cost model of the module docstring, for one pair of n-sample tiles."""
     if FORCE_FORM is not None:
         return FORCE_FORM == "exact"
+    if T == 1 and n_emb is None:
+        return True
     kk = K * K if full else K
-    if n_emb is not None:  # embedding: A is one-hot of size n_emb
-        di = n_emb
-    mat_bytes = K * n * g * di * do * itemsize
-    mat_flops = K * n * T * g * di * do + kk * n * g * di * do
-    exact_flops = n * T * T * g * (1 if n_emb is not None else di) + kk * n * T * T * g * do
-    return T == 1 and n_emb is None or exact_flops <= mat_flops or mat_bytes > MATERIALIZE_BUDGET_BYTES
+    if n_emb is not None:  # embedding: A is one-hot of size n_emb, its products are id matches
+        di_mat, di_ex = n_emb, 1
+    else:
+        di_mat = di_ex = di
+    mat_bytes = K * n * g * di_mat * do * itemsize
+    mat_flops = K * n * T * g * di_mat * do + kk * n * n * g * di_mat * do
+    exact_flops = n * n * T * T * g * (di_ex + kk * do)
+    return exact_flops <= mat_flops or mat_bytes > MATERIALIZE_BUDGET_BYTES
 
 
 def linear_materialize(A, ids, G, n_emb):
-    """Per-sample weight gradients (K, N, g*do*di) in the weight's flattening order."""
+    """Per-sample weight gradients (K, N, g*do*di) in the weight's flattening order.
+
+    Dense case: one ``bmm`` (N, do, T) x (N, T, di) per direction and group, on the strided
+    views of G and A (no einsum re-layout; A is usually the transposed view of im2col output).
+    """
     K, N, T, g, do = G.shape
     if ids is not None:
         out = G.new_zeros(K, N * n_emb, do)
         rows = (torch.arange(N, device=ids.device)[:, None] * n_emb + ids).reshape(-1)
         out.index_add_(1, rows, G.reshape(K, N * T, do))
         return out.reshape(K, N, n_emb * do)
-    return torch.einsum("kntgo,ntgi->kngoi", G, A).reshape(K, N, -1)
+    di = A.shape[-1]
+    out = G.new_empty(K, N, g, do, di)
+    for k in range(K):
+        for gi in range(g):
+            r = torch.bmm(G[k, :, :, gi].transpose(1, 2), A[:, :, gi])
+            out[k, :, gi] = r
+    return out.reshape(K, N, -1)
 
 
 def linear_summed_weight(feat: Exact, mod) -> torch.Tensor:
-    """Sum over samples of the direction-0 weight gradient (for verification), weight-shaped."""
-    G0 = feat.G[:1]
+    """Sum over samples of the direction-0 weight gradient (for verification), weight-shaped:
+    sum_{n, t} G[n, t, g]^T A[n, t, g], one GEMM per group over the flattened (n, t) axis
+    (no per-sample materialization)."""
+    G0 = feat.G[0]  # (N, T, g, do)
     if feat.ids is not None:
-        w = linear_materialize(None, feat.ids, G0, mod.num_embeddings)
-    else:
-        w = linear_materialize(feat.A, None, G0, None)
-    return w.sum(1).reshape(mod.weight.shape)
+        w = linear_materialize(None, feat.ids, feat.G[:1], mod.num_embeddings)
+        return w.sum(1).reshape(mod.weight.shape)
+    N, T, g, do = G0.shape
+    A = feat.A
+    w = torch.stack([G0[:, :, gi].reshape(N * T, do).T @ A[:, :, gi].reshape(N * T, -1)
+                     for gi in range(g)])  # (g, do, di)
+    return w.reshape(mod.weight.shape)
 
 
 # ---------------------------------------------------------------- norm layers

@@ -37,9 +37,14 @@ def tiled_kernel(
     cols = [slice(i, min(i + tile, len(xb))) for i in range(0, len(xb), tile)]
     out = None
     cache: dict[int, Any] = {}
+    sizes: dict[int, int] = {}
     cached = 0
     for i, r in enumerate(rows):
-        fr, _ = features(x1[r])
+        if sym and i in cache:  # row tile i was already computed as column tile i
+            fr = cache.pop(i)
+            cached -= sizes.pop(i)
+        else:
+            fr, _ = features(x1[r])
         for j, c in enumerate(cols):
             if sym and j < i:
                 continue
@@ -52,6 +57,7 @@ def tiled_kernel(
                 # Rows are visited once, so caching only pays when there are more row tiles.
                 if i + 1 < len(rows) and cached + nb <= cache_bytes:
                     cache[j] = fc
+                    sizes[j] = nb
                     cached += nb
             blk = pair(fr, fc)
             if sym and j == i:
