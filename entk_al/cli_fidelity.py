@@ -53,7 +53,12 @@ def fidelity(
     cfg = RunConfig(strategy="random", dataset=dataset, model=model, width=width, initial=initial, query=1,
                     rounds=0, seed=seed, epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr,
                     loss=loss, device=device, data_dir=data_dir)
-    loop = ActiveLearningLoop(cfg, out)
+    try:
+        loop = ActiveLearningLoop(cfg, out)
+    except ConfigError as exc:
+        if "exceeds the pool" not in str(exc):
+            raise
+        raise ConfigError(f"--initial {initial} exceeds the {dataset} pool") from None
     state = loop.fresh_state()
     lab = state.pool.labeled_ids()
     unl = state.pool.unlabeled_ids()
