@@ -72,6 +72,7 @@ def run(
     batch_size: Optional[int] = typer.Option(None, help="Training batch size (default: 64)."),
     lr: Optional[float] = typer.Option(None, help="OneCycle max learning rate (default: 0.05)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N] (default: auto)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for training; 0 = 1 thread for small models, else all (default: 0)."),
     data_dir: Optional[str] = typer.Option(None, help="Folder holding dataset files."),
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow torchvision downloads."),
     oracle: Optional[str] = typer.Option(None, help="simulated (ground truth) or files (you label queries/round_XXX.csv) (default: simulated)."),
@@ -87,7 +88,7 @@ def run(
 
     flags = dict(strategy=strategy, dataset=dataset, model=model, width=width, initial=initial, query=query,
                  rounds=rounds, subset=subset, seed=seed, retrain=retrain, loss=loss, epochs=epochs,
-                 min_steps=min_steps, batch_size=batch_size, lr=lr, device=device, data_dir=data_dir,
+                 min_steps=min_steps, batch_size=batch_size, lr=lr, device=device, threads=threads, data_dir=data_dir,
                  download=download, oracle=oracle)
     if option:
         flags["strategy_options"] = parse_options(option)

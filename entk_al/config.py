@@ -46,6 +46,7 @@ class RunConfig:
     lr: float = 0.05
     weight_decay: float = 1e-4
     device: str = "auto"
+    threads: int = 0
     oracle: str = "simulated"
 
     def validate(self) -> "RunConfig":
@@ -59,6 +60,8 @@ class RunConfig:
             raise ConfigError(f"--initial must be >= 2, got {self.initial}")
         if self.rounds < 0 or self.min_steps < 0:
             raise ConfigError("--rounds and --min-steps must be >= 0")
+        if self.threads < 0:
+            raise ConfigError(f"--threads must be >= 0 (0 = automatic), got {self.threads}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.retrain not in ("warm", "scratch"):
@@ -82,6 +85,15 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def differing_options(self, saved: dict[str, Any], ignore: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Names of options whose value in ``saved`` (a stored config) differs from this one.
+
+        A key missing from ``saved`` (written by an older entk-al) counts as its default.
+        """
+        defaults = RunConfig().to_dict()
+        now = self.to_dict()
+        return sorted(k for k in now if k not in ignore and saved.get(k, defaults[k]) != now[k])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":

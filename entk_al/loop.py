@@ -103,7 +103,8 @@ class ActiveLearningLoop:
         self.kernel_fn = kernel_fn or (lambda model, x1, x2=None: pntk(model, x1, x2))
         self.device = resolve_device(cfg.device)
         self.train_cfg = TrainConfig(loss=cfg.loss, epochs=cfg.epochs, min_steps=cfg.min_steps,
-                                     batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay)
+                                     batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     threads=cfg.threads)
 
     # -- state ---------------------------------------------------------------------
     def fresh_state(self) -> LoopState:
@@ -131,8 +132,7 @@ class ActiveLearningLoop:
             raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({type(exc).__name__})") from None
         if version != CHECKPOINT_VERSION:
             raise CheckpointError(f"checkpoint {path} has version {version}, expected {CHECKPOINT_VERSION}")
-        now = self.cfg.to_dict()
-        diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved_cfg.get(k) != now[k])
+        diff = self.cfg.differing_options(saved_cfg, RESUMABLE_CHANGES)
         if diff:
             raise CheckpointError(f"checkpoint {path} was made with different options: {', '.join(diff)}")
         if state.pool.size != self.data.pool_size:
