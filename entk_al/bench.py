@@ -14,9 +14,16 @@ A protocol file (see ``protocols/*.toml``)::
     rounds = 10
     [strategy_options.bald]          # optional per-strategy options
     samples = 20
+    [variants.lookahead-flip]        # optional: a named base strategy + options, listed in
+    strategy = "lookahead"           # ``strategies`` like any other name
+    acquisition = "flip"
 
-Each run gets its own directory ``<out>/<strategy>-q<query>-seed<index>`` holding the same
-files as ``entk-al run``. On a rerun, finished runs (``summary.json`` present) are skipped,
+Each run gets its own directory ``<out>/<name>-q<query>-seed<index>`` (``name`` with
+characters other than letters, digits, ``_`` and ``.`` replaced by ``_``) holding the same
+files as ``entk-al run`` plus ``bench.json`` (``label``: the strategy or variant name the
+plots group by, ``seed_index``). A variant's options are those of
+``[strategy_options.<base>]`` updated by its own table, and it gets the same seeds as every
+other name in the grid. On a rerun, finished runs (``summary.json`` present) are skipped,
 and a run with only a checkpoint resumes from its last completed round; because every RNG is
 keyed by (seed, round, component), it ends with the same results as an uninterrupted run.
 The grid runs seed index by seed index, so a grid stopped early still compares the
@@ -32,12 +39,16 @@ from typing import Any, Callable
 
 from .config import RunConfig, load_toml
 from .data import ALDataset, load_dataset
-from .errors import ConfigError
+from .errors import ConfigError, StrategyError
 from .loop import CHECKPOINT, RESUMABLE_CHANGES, ActiveLearningLoop
-from .plugins import load_strategy
+from .plugins import available_strategies, load_strategy
+from .results import write_json
 from .seeding import int_seed
 
-PROTOCOL_KEYS = {"name", "description", "strategies", "seeds", "base_seed", "queries", "run", "strategy_options"}
+PROTOCOL_KEYS = {"name", "description", "strategies", "seeds", "base_seed", "queries", "run", "strategy_options",
+                 "variants"}
+#: Per-run file the runner writes next to config.json; read by :mod:`entk_al.plot`.
+BENCH_INFO = "bench.json"
 
 
 def derive_seed(base_seed: int, index: int) -> int:
@@ -61,6 +72,8 @@ class Protocol:
     queries: list[int] | None = None
     strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
+    #: variant name -> {"strategy": base strategy spec, **options}
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Protocol":
@@ -80,10 +93,14 @@ class Protocol:
                 raise ConfigError(f"protocol {path}: missing required key {key!r}")
         run = {k.replace("-", "_"): v for k, v in dict(data["run"]).items()}
         opts = {k: dict(v) for k, v in dict(data.get("strategy_options", {})).items()}
+        variants = data.get("variants", {})
+        if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+            raise ConfigError(f"protocol {path}: [variants.NAME] must be tables (strategy = ..., options)")
         proto = cls(name=str(data.get("name", path.stem)), strategies=list(data["strategies"]),
                     seeds=data["seeds"], run=run, base_seed=data.get("base_seed", 0),
                     queries=data.get("queries"), strategy_options=opts,
-                    description=str(data.get("description", "")))
+                    description=str(data.get("description", "")),
+                    variants={k: dict(v) for k, v in variants.items()})
         return proto.validate(str(path))
 
     def validate(self, source: str = "protocol") -> "Protocol":
@@ -104,12 +121,60 @@ class Protocol:
                 raise ConfigError(f"{source}: give either 'queries' or [run] query, not both")
             if not self.queries or not all(isinstance(q, int) and q >= 1 for q in self.queries):
                 raise ConfigError(f"{source}: 'queries' must be a non-empty list of integers >= 1")
-        stray = sorted(set(self.strategy_options) - set(self.strategies))
+        self._validate_variants(source)
+        bases = {v["strategy"] for v in self.variants.values()}
+        stray = sorted(set(self.strategy_options) - set(self.strategies) - bases)
         if stray:
             raise ConfigError(f"{source}: [strategy_options] for strategies not in the grid: {', '.join(stray)}")
+        dirs: dict[str, str] = {}
+        for name in self.strategies:
+            other = dirs.setdefault(_safe(name), name)
+            if other != name:
+                raise ConfigError(f"{source}: strategies {other!r} and {name!r} would share run folders "
+                                  f"({_safe(name)}-q...); rename one")
         for cfg in (spec.config for spec in self.grid()):
             RunConfig.from_dict(cfg.to_dict(), source=source).validate()
         return self
+
+    def _validate_variants(self, source: str) -> None:
+        """Each variant: listed in ``strategies``, a real base strategy, options it accepts.
+
+        Raises:
+            ConfigError: malformed or unused variant, name clash, variant of a variant.
+            StrategyError: unknown base strategy or an option it refuses (from load_strategy).
+        """
+        unused = sorted(set(self.variants) - set(self.strategies))
+        if unused:
+            raise ConfigError(f"{source}: [variants] not listed in 'strategies': {', '.join(unused)}")
+        builtin = set(available_strategies())
+        for name, table in self.variants.items():
+            base = table.get("strategy")
+            if not isinstance(base, str) or not base:
+                raise ConfigError(f"{source}: [variants.{name}] needs strategy = \"<base strategy>\"")
+            if name in builtin:
+                raise ConfigError(f"{source}: variant name {name!r} is already a strategy's name; pick another")
+            if base in self.variants:
+                raise ConfigError(f"{source}: [variants.{name}] is based on variant {base!r}; "
+                                  f"name a strategy instead")
+            if name in self.strategy_options:
+                raise ConfigError(f"{source}: give variant {name!r}'s options in [variants.{name}], "
+                                  f"not [strategy_options.{name}]")
+            # Fail here, before any run: unknown base or options it refuses raise StrategyError.
+            try:
+                load_strategy(base, self.options_for(name))
+            except StrategyError as exc:
+                raise StrategyError(f"{source}: [variants.{name}]: {exc}") from None
+
+    def base_strategy(self, name: str) -> str:
+        """The strategy spec run for grid name ``name`` (itself unless it is a variant)."""
+        return self.variants[name]["strategy"] if name in self.variants else name
+
+    def options_for(self, name: str) -> dict[str, Any]:
+        """Strategy options of grid name ``name``: a variant's table over its base's options."""
+        if name not in self.variants:
+            return dict(self.strategy_options.get(name, {}))
+        own = {k: v for k, v in self.variants[name].items() if k != "strategy"}
+        return dict(self.strategy_options.get(self.base_strategy(name), {}), **own)
 
     def grid(self) -> list["RunSpec"]:
         """All runs, seed index outermost (then query size, then strategy)."""
@@ -117,11 +182,13 @@ class Protocol:
         specs = []
         for index in range(self.seeds):
             for q in queries:
-                for strategy in self.strategies:
-                    data = dict(self.run, strategy=strategy, seed=derive_seed(self.base_seed, index), query=q,
-                                strategy_options=dict(self.strategy_options.get(strategy, {})))
+                for label in self.strategies:
+                    # The seed depends on the seed index only, never on the name's position, so
+                    # adding a strategy or variant leaves every other run (and its folder) unchanged.
+                    data = dict(self.run, strategy=self.base_strategy(label), seed=derive_seed(self.base_seed, index),
+                                query=q, strategy_options=self.options_for(label))
                     cfg = RunConfig.from_dict(data, source=f"protocol {self.name}")
-                    specs.append(RunSpec(f"{_safe(strategy)}-q{q}-seed{index}", index, cfg))
+                    specs.append(RunSpec(f"{_safe(label)}-q{q}-seed{index}", index, cfg, label))
         return specs
 
 
@@ -132,6 +199,11 @@ class RunSpec:
     name: str
     seed_index: int
     config: RunConfig
+    #: strategy or variant name the plots group by
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.config.strategy
 
 
 def _safe(text: str) -> str:
@@ -151,8 +223,7 @@ def run_state(run_dir: Path, cfg: RunConfig) -> str:
         saved = json.loads(saved_path.read_text())
     except json.JSONDecodeError:
         raise ConfigError(f"{saved_path} is corrupted (not JSON); delete {run_dir} to rerun it") from None
-    now = cfg.to_dict()
-    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    diff = cfg.differing_options(saved, RESUMABLE_CHANGES)
     if diff:
         raise ConfigError(f"{run_dir} holds a run with different options ({', '.join(diff)}); "
                           f"use another output folder or delete it")
@@ -179,7 +250,8 @@ class BenchRunner:
         self.specs = protocol.grid()
         if overrides:
             self.specs = [RunSpec(s.name, s.seed_index,
-                                  RunConfig.from_dict(dict(s.config.to_dict(), **overrides), "options").validate())
+                                  RunConfig.from_dict(dict(s.config.to_dict(), **overrides), "options").validate(),
+                                  s.label)
                           for s in self.specs]
         self._datasets: dict[tuple, ALDataset] = {}
 
@@ -216,6 +288,11 @@ class BenchRunner:
             state = states[spec.name]
             if on_start:
                 on_start(spec, state)
+            run_dir = self.out_dir / spec.name
+            info = {"label": spec.label, "seed_index": spec.seed_index, "protocol": self.protocol.name}
+            if state != "done" or not (run_dir / BENCH_INFO).is_file():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_json(run_dir / BENCH_INFO, info)
             if state == "done":
                 continue
             loop = ActiveLearningLoop(spec.config, self.out_dir / spec.name, dataset=self.dataset_for(spec.config))

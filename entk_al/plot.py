@@ -2,7 +2,9 @@
 
 Inputs are run directories (``config.json`` + ``rounds.jsonl`` + ``summary.json``) under one
 folder, as written by ``entk-al bench``. Only finished runs (``summary.json`` present) count,
-so a partly run grid is summarized on the runs that completed.
+so a partly run grid is summarized on the runs that completed. Runs are grouped by the
+``label`` in the ``bench.json`` the grid runner writes (a strategy or protocol variant name),
+falling back to config.json's ``strategy`` for runs made by ``entk-al run``.
 
 Statistics:
 * AUBC of a run: the mean test accuracy over its rounds (Lüth et al., NeurIPS 2023).
@@ -92,7 +94,7 @@ def load_runs(runs_dir: str | Path) -> tuple[list[RunResult], int]:
         setting = tuple((k, json.dumps(cfg.get(k), sort_keys=True)) for k in SETTING_KEYS)
         settings.setdefault(setting, d)
         recs = read_jsonl(d / "rounds.jsonl")
-        runs.append(RunResult(strategy=str(cfg["strategy"]), query=int(cfg["query"]), seed=int(cfg["seed"]),
+        runs.append(RunResult(strategy=_label(d, cfg), query=int(cfg["query"]), seed=int(cfg["seed"]),
                               n_labeled=np.array([r["n_labeled"] for r in recs]),
                               accuracy=np.array([r["test_accuracy"] for r in recs], dtype=np.float64)))
     if len(settings) > 1:
@@ -103,6 +105,19 @@ def load_runs(runs_dir: str | Path) -> tuple[list[RunResult], int]:
     if not runs and not unfinished:
         raise ConfigError(f"{runs_dir} holds no run directories (config.json + rounds.jsonl)")
     return runs, unfinished
+
+
+def _label(run_dir: Path, cfg: dict) -> str:
+    """The name a run is grouped under: bench.json's ``label`` (variants), else its strategy."""
+    info_path = run_dir / "bench.json"
+    if info_path.is_file():
+        try:
+            label = json.loads(info_path.read_text()).get("label")
+        except json.JSONDecodeError:
+            raise ConfigError(f"{info_path} is corrupted (not JSON)") from None
+        if isinstance(label, str) and label:
+            return label
+    return str(cfg["strategy"])
 
 
 def _groups(runs: list[RunResult]) -> dict[tuple[int, str], list[RunResult]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from entk_al.bench import BenchRunner, Protocol, derive_seed
-from entk_al.errors import ConfigError, DataNotFoundError
+from entk_al.errors import ConfigError, DataNotFoundError, StrategyError
 from entk_al.results import read_jsonl
 
 TINY = """
@@ -142,3 +142,90 @@ def test_cli_bench_and_plot(tmp_path):
             "config.json", "rounds.jsonl", "curve.png", "checkpoint.pt", "summary.json"}
     res = runner.invoke(app, ["bench", "--protocol", str(tmp_path / "nope.toml")])
     assert res.exit_code != 0
+
+
+VARIANTS = TINY.replace('strategies = ["random", "badge"]',
+                        'strategies = ["random", "badge", "lookahead-flip"]') + """
+[variants.lookahead-flip]
+strategy = "lookahead"
+acquisition = "flip"
+exclude_self = true
+"""
+
+
+def test_variants_keep_the_grids_seeds_and_runs(tmp_path):
+    plain = {s.name: s for s in Protocol.from_file(write_protocol(tmp_path)).grid()}
+    specs = Protocol.from_file(write_protocol(tmp_path, VARIANTS)).grid()
+    by_name = {s.name: s for s in specs}
+    # Adding a variant changes no existing run: same folder names, same configs (seeds included).
+    for name, spec in plain.items():
+        assert by_name[name].config.to_dict() == spec.config.to_dict()
+        assert by_name[name].label == spec.config.strategy
+    flip = [s for s in specs if s.label == "lookahead-flip"]
+    assert [s.name for s in flip] == ["lookahead_flip-q5-seed0", "lookahead_flip-q5-seed1"]
+    for s in flip:
+        assert s.config.strategy == "lookahead"
+        assert s.config.strategy_options == {"acquisition": "flip", "exclude_self": True}
+        assert s.config.seed == derive_seed(7, s.seed_index)
+
+
+def test_variant_options_layer_over_base_options(tmp_path):
+    text = VARIANTS + "\n[strategy_options.lookahead]\nridge = 0.01\nacquisition = \"emoc\"\n"
+    proto = Protocol.from_file(write_protocol(tmp_path, text))
+    assert proto.options_for("lookahead-flip") == {"ridge": 0.01, "acquisition": "flip", "exclude_self": True}
+
+
+@pytest.mark.parametrize("old, new, error", [
+    ('strategy = "lookahead"', 'strategy = "no_such_strategy"', StrategyError),
+    ('acquisition = "flip"', 'acquisition = "nonsense"', StrategyError),
+    ('acquisition = "flip"', 'acquisitoin = "flip"', StrategyError),
+    ('exclude_self = true', 'exclude_self = "yes"', StrategyError),
+    ('strategy = "lookahead"\n', '', ConfigError),
+    ('"lookahead-flip"]', '"random-2"]', ConfigError),  # variant defined but not listed
+    ('[variants.lookahead-flip]', '[variants.margin]', ConfigError),  # shadows a strategy
+    ('"lookahead-flip"]', '"lookahead-flip", "lookahead_flip"]\n[variants.lookahead_flip]\nstrategy = "random"',
+     ConfigError),  # two names, one run folder
+    ('strategy = "lookahead"', 'strategy = "lookahead-flip"', ConfigError),  # variant of a variant
+])
+def test_variant_errors_before_any_run(tmp_path, old, new, error):
+    text = VARIANTS.replace(old, new, 1)
+    assert text != VARIANTS
+    with pytest.raises(error):
+        BenchRunner(Protocol.from_file(write_protocol(tmp_path, text)), tmp_path / "grid").run()
+    assert not (tmp_path / "grid").exists()
+
+
+def test_variant_run_equals_entk_al_run_and_plots_by_name(tmp_path):
+    from typer.testing import CliRunner
+
+    from entk_al.cli import app
+    from entk_al.plot import load_runs, summary_rows
+
+    text = VARIANTS.replace('"random", "badge", ', '"random", ').replace("seeds = 2", "seeds = 1")
+    text = text.replace("rounds = 3", "rounds = 2\nsubset = 200")
+    proto = Protocol.from_file(write_protocol(tmp_path, text))
+    out = tmp_path / "grid"
+    BenchRunner(proto, out).run()
+    variant_dir = out / "lookahead_flip-q5-seed0"
+    assert json.loads((variant_dir / "bench.json").read_text())["label"] == "lookahead-flip"
+
+    single = tmp_path / "single"
+    res = CliRunner().invoke(app, [
+        "run", "--strategy", "lookahead", "--dataset", "digits", "--width", "16", "--initial", "10",
+        "--query", "5", "--rounds", "2", "--subset", "200", "--epochs", "1", "--min-steps", "5",
+        "--device", "cpu", "--seed", str(derive_seed(7, 0)), "--out", str(single),
+        "-o", "acquisition=flip", "-o", "exclude_self=True"])
+    assert res.exit_code == 0, res.output
+    assert outcome(variant_dir) == outcome(single)
+    assert len(outcome(single)) == 3
+
+    # The plots group by the variant's name; a run made by `entk-al run` keeps its strategy's name.
+    runs, unfinished = load_runs(out)
+    assert unfinished == 0 and sorted(r.strategy for r in runs) == ["lookahead-flip", "random"]
+    (out / "extra").mkdir()
+    for f in ("config.json", "rounds.jsonl", "summary.json"):
+        (out / "extra" / f).write_bytes((single / f).read_bytes())
+    runs, _ = load_runs(out)
+    assert sorted(r.strategy for r in runs) == ["lookahead", "lookahead-flip", "random"]
+    means = {row["strategy"]: row for row in summary_rows(runs) if row["seed"] == "mean"}
+    assert means["lookahead"]["aubc"] == means["lookahead-flip"]["aubc"]  # same run, two names
