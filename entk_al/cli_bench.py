@@ -13,7 +13,7 @@ from .cli import app
 @app.command()
 def bench(
     protocol: Path = typer.Option(..., "--protocol", "-p", help="Protocol TOML file (see protocols/)."),
-    out: Optional[Path] = typer.Option(None, help="Grid folder [default: runs/<protocol name>]."),
+    out: Optional[Path] = typer.Option(None, help="Grid folder (default: runs/<protocol name>)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N]; overrides the protocol."),
     data_dir: Optional[str] = typer.Option(None, help="Folder holding dataset files; overrides the protocol."),
     download: Optional[bool] = typer.Option(None, "--download/--no-download",
@@ -82,7 +82,7 @@ def _completed_rounds(run_dir: Path) -> int:
 @app.command()
 def plot(
     runs_dir: Path = typer.Argument(..., help="Grid folder written by `entk-al bench`."),
-    out: Optional[Path] = typer.Option(None, help="Where to write the figures and CSV [default: RUNS_DIR]."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the figures and CSV (default: RUNS_DIR)."),
 ) -> None:
     """Write curves.png (mean ± 95% CI), summary.csv (AUBC) and penalty.png (pairwise wins)."""
     from .plot import plot_runs
