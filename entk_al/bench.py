@@ -42,7 +42,8 @@ from .data import ALDataset, load_dataset
 from .errors import ConfigError, StrategyError
 from .loop import CHECKPOINT, RESUMABLE_CHANGES, ActiveLearningLoop
 from .plugins import available_strategies, load_strategy
-from .results import write_json
+from .fileio import write_json
+from .results import plot_curve
 from .seeding import int_seed
 
 PROTOCOL_KEYS = {"name", "description", "strategies", "seeds", "base_seed", "queries", "run", "strategy_options",
@@ -295,7 +296,8 @@ class BenchRunner:
                 write_json(run_dir / BENCH_INFO, info)
             if state == "done":
                 continue
-            loop = ActiveLearningLoop(spec.config, self.out_dir / spec.name, dataset=self.dataset_for(spec.config))
+            loop = ActiveLearningLoop(spec.config, self.out_dir / spec.name, dataset=self.dataset_for(spec.config),
+                                      curve_writer=plot_curve)
             loop.run(resume=state == "partial",
                      on_round=(lambda rec, spec=spec: on_round(spec, rec)) if on_round else None)
         return states

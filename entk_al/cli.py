@@ -82,7 +82,7 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Run pool-based active learning and write config.json, rounds.jsonl and curve.png."""
+    """Run pool-based active learning; writes config.json, rounds.jsonl, curve.png, checkpoint.pt, summary.json."""
     from .config import parse_options
     from .loop import CHECKPOINT, ActiveLearningLoop
 
@@ -113,7 +113,9 @@ def run(
             (out_dir / name).unlink(missing_ok=True)
         for sub in ("queries", "labels"):  # human-in-the-loop files of the old run
             shutil.rmtree(out_dir / sub, ignore_errors=True)
-    loop = ActiveLearningLoop(cfg, out_dir)
+    from .results import plot_curve
+
+    loop = ActiveLearningLoop(cfg, out_dir, curve_writer=plot_curve)
     records = _run_with_progress(loop, resume is not None, quiet)
     if loop.waiting_for is not None:
         typer.echo(f"waiting for labels: fill in the 'label' column of {loop.waiting_for} (class name or "

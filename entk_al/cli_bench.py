@@ -73,7 +73,7 @@ def _run_with_progress(runner) -> None:
 
 
 def _completed_rounds(run_dir: Path) -> int:
-    from .results import read_jsonl
+    from .fileio import read_jsonl
 
     path = run_dir / "rounds.jsonl"
     return len(read_jsonl(path)) if path.is_file() else 0

@@ -40,7 +40,7 @@ def fidelity(
     from .config import RunConfig
     from .fidelity import measure_fidelity, plot_fidelity
     from .loop import ActiveLearningLoop
-    from .results import write_json
+    from .fileio import write_json
     from .seeding import int_seed, numpy_rng, torch_generator
     from .train import train_model
 

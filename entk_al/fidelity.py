@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lookahead import fit_lookahead
-from .models import predict
+from .lookahead import fit_lookahead, relative_ridge
+from .models import eval_mode, predict
 from .train import TrainConfig, train_model
 
 
@@ -43,17 +43,14 @@ def lookahead_eval_outputs(model: nn.Module, kernel_fn: Callable[..., torch.Tens
     ``cand`` are positions in ``x_u``; ``y_cand`` (C,) int64 labels; the absolute ridge is
     ``ridge_rel · trace(K)/n`` as in the strategy. Returns also {ridge, jitter}.
     """
-    n, m = len(x_l), len(x_u)
+    m = len(x_u)
     kfull = kernel_fn(model, torch.cat([x_u, x_l]))
     k_uu, k_ul, k_ll = kfull[:m, :m], kfull[:m, m:], kfull[m:, m:]
-    ridge = ridge_rel * float(k_ll.diagonal().double().sum()) / max(n, 1)
+    ridge = relative_ridge(k_ll, ridge_rel)
     dev = next(model.parameters()).device
     f_l, f_u = predict(model, x_l, device=dev), predict(model, x_u, device=dev)
     sysm = fit_lookahead(k_ll, k_ul, f_l, F.one_hot(y_l.to(dev), num_classes).double(), f_u, k_uu, ridge=ridge)
-    cand = cand.to(dev)
-    coef = sysm.m_columns(cand) / sysm.denominators(cand)  # (m, C)
-    delta = F.one_hot(y_cand.to(dev), num_classes).double() - sysm.base[cand]
-    out = sysm.base.unsqueeze(0) + coef.T.unsqueeze(-1) * delta.unsqueeze(1)
+    out = sysm.outputs(cand.to(dev), F.one_hot(y_cand.to(dev), num_classes).double())
     return out, sysm.f_u, {"ridge": ridge, "jitter": sysm.jitter}
 
 
@@ -81,14 +78,19 @@ def measure_fidelity(model: nn.Module, kernel_fn: Callable[..., torch.Tensor], x
     Raises:
         ValueError: fewer than 3 candidates (correlations undefined).
     """
-    from scipy.stats import pearsonr, spearmanr
-
     cand = np.asarray(cand, dtype=np.int64)
     if len(cand) < 3:
         raise ValueError(f"need at least 3 candidates, got {len(cand)}")
     dev = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    with eval_mode(model):
+        return _measure(model, kernel_fn, x_l, y_l, x_u, cand, train_cfg, make_generator, num_classes,
+                        ridge_rel, top_k, progress, dev)
+
+
+def _measure(model, kernel_fn, x_l, y_l, x_u, cand, train_cfg, make_generator, num_classes, ridge_rel, top_k,
+             progress, dev) -> dict:
+    from scipy.stats import pearsonr, spearmanr
+
     f_u_net = predict(model, x_u, device=dev)
     y_cand = f_u_net[torch.from_numpy(cand).to(dev)].argmax(dim=1).cpu()
     t0 = time.perf_counter()
@@ -111,7 +113,6 @@ def measure_fidelity(model: nn.Module, kernel_fn: Callable[..., torch.Tensor], x
         if progress is not None:
             progress(j + 1)
     retrain_s = time.perf_counter() - t2
-    model.train(was_training)
 
     p_change = (pred - f_u).norm(dim=2).sum(dim=1).cpu().numpy()
     r_change = (real - f_u).norm(dim=2).sum(dim=1).cpu().numpy()
@@ -150,7 +151,7 @@ def plot_fidelity(result: dict, path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .results import atomic_write
+    from .fileio import atomic_write
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     p = np.asarray(result["predicted_change"])

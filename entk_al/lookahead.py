@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .acquisition import lookahead_scores
+
 #: Jitter ladder, relative to the mean diagonal of K, tried when the Cholesky fails.
 JITTER_LADDER = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
 
@@ -89,10 +91,16 @@ class LookaheadSystem:
     m_diag: torch.Tensor
     ridge: float
     jitter: float
+    tol: float = 0.0
 
     @property
     def num_eval(self) -> int:
         return self.base.shape[0]
+
+    @property
+    def ref(self) -> torch.Tensor:
+        """What scores compare against: the network outputs f(U), (m, O)."""
+        return self.f_u
 
     def m_columns(self, cols: torch.Tensor, k_uu_cols: torch.Tensor | None = None) -> torch.Tensor:
         """Columns ``cols`` of M = B − A (K+λI)⁻¹ Aᵀ, shape (m, len(cols)), float64.
@@ -100,14 +108,51 @@ class LookaheadSystem:
         ``k_uu_cols`` (m, C) supplies B[:, cols] when the system holds no full B.
         """
         if k_uu_cols is None:
-            if self.k_uu is None:
-                raise ValueError("this system holds no k_uu; pass k_uu_cols")
-            k_uu_cols = self.k_uu[:, cols]
+            return self.m_block(slice(None), cols)
         return k_uu_cols.to(torch.float64) - self.k_ul @ self.w[:, cols]
 
+    def outputs(self, cand: torch.Tensor, y_cand: torch.Tensor) -> torch.Tensor:
+        """(C, m, O) float64: base_i + M_{i,c_j}/(M_{c_j,c_j} + λ)(y_cand_j − base_{c_j}) (Eq. 12).
+
+        Raises:
+            ValueError: ``cand`` out of range or ``y_cand`` not (C, O).
+        """
+        cand = torch.as_tensor(cand, dtype=torch.long, device=self.base.device)
+        _check_cand(cand, y_cand, self)
+        coef = self.m_columns(cand) / self.denominators(cand)  # (m, C)
+        delta = y_cand.to(self.base) - self.base[cand]  # (C, O)
+        return self.base.unsqueeze(0) + coef.T.unsqueeze(-1) * delta.unsqueeze(1)
+
+    def m_block(self, rows: slice, cols: torch.Tensor) -> torch.Tensor:
+        """Block M[rows, cols], (r, c) float64, a new tensor. Needs the full ``k_uu``."""
+        if self.k_uu is None:
+            raise ValueError("this system holds no k_uu; pass k_uu_cols")
+        return torch.addmm(self.k_uu[rows][:, cols].to(torch.float64), self.k_ul[rows], self.w[:, cols], alpha=-1.0)
+
     def denominators(self, cols: torch.Tensor) -> torch.Tensor:
-        """Schur complements plus ridge, M_jj + λ, for candidates ``cols`` (C,)."""
-        return self.m_diag[cols] + self.ridge
+        """Schur complements plus ridge, M_jj + λ, for candidates ``cols`` (C,).
+
+        A candidate whose denominator is at round-off level (``≤ tol``: a duplicate of a
+        labeled point with no ridge) gets +inf, so its predicted change is 0 rather than
+        noise divided by noise.
+        """
+        return safe_denominators(self.m_diag[cols] + self.ridge, self.tol)
+
+
+#: Denominators at or below this fraction of the mean diagonal of B are round-off.
+DEGENERATE_REL = 1e-9
+
+
+def safe_denominators(den: torch.Tensor, tol: float) -> torch.Tensor:
+    """``den`` with entries ≤ ``tol`` replaced by +inf (their rank-one update is then 0)."""
+    return torch.where(den > tol, den, torch.full_like(den, float("inf")))
+
+
+def relative_ridge(k_ll: torch.Tensor, rel: float) -> float:
+    """Absolute ridge λ = rel · trace(K)/n, the authors' kernel-scaled regularization
+    (arXiv 2206.12569, code); 0 for an empty labeled set."""
+    n = k_ll.shape[0]
+    return rel * float(k_ll.diagonal().double().sum()) / n if n else 0.0
 
 
 def fit_lookahead(k_ll: torch.Tensor, k_ul: torch.Tensor, f_l: torch.Tensor, y_l: torch.Tensor,
@@ -151,9 +196,13 @@ def fit_lookahead(k_ll: torch.Tensor, k_ul: torch.Tensor, f_l: torch.Tensor, y_l
     f_u64 = f_u.to(**f64)
     base = f_u64 + a @ alpha
     diag_b = (k_uu.diagonal() if k_uu is not None else k_uu_diag).to(**f64)
-    m_diag = diag_b - (a * w.T).sum(dim=1)
-    return LookaheadSystem(base=base, f_u=f_u64, k_ul=a, k_uu=None if k_uu is None else k_uu,
-                           w=w, m_diag=m_diag, ridge=float(ridge) + jitter, jitter=jitter)
+    if diag_b.shape != (m,):
+        raise ValueError(f"k_uu_diag must have shape ({m},), got {tuple(diag_b.shape)}")
+    # Schur complements are >= 0 in exact arithmetic; clamp the round-off below zero.
+    m_diag = (diag_b - (a * w.T).sum(dim=1)).clamp_min_(0.0)
+    tol = DEGENERATE_REL * float(diag_b.abs().mean()) if m else 0.0
+    return LookaheadSystem(base=base, f_u=f_u64, k_ul=a, k_uu=k_uu, w=w, m_diag=m_diag,
+                           ridge=float(ridge) + jitter, jitter=jitter, tol=tol)
 
 
 def lookahead_outputs(k_ll: torch.Tensor, k_ul: torch.Tensor, k_uu: torch.Tensor, f_l: torch.Tensor,
@@ -180,12 +229,7 @@ def lookahead_outputs(k_ll: torch.Tensor, k_ul: torch.Tensor, k_uu: torch.Tensor
     Raises:
         ValueError: inconsistent shapes, or ``cand`` out of range.
     """
-    cand = torch.as_tensor(cand, dtype=torch.long, device=k_ll.device)
-    sysm = fit_lookahead(k_ll, k_ul, f_l, y_l, f_u, k_uu, ridge=ridge)
-    _check_cand(cand, y_cand, sysm)
-    coef = sysm.m_columns(cand) / sysm.denominators(cand)  # (m, C)
-    delta = y_cand.to(sysm.base) - sysm.base[cand]  # (C, O)
-    return sysm.base.unsqueeze(0) + coef.T.unsqueeze(-1) * delta.unsqueeze(1)
+    return fit_lookahead(k_ll, k_ul, f_l, y_l, f_u, k_uu, ridge=ridge).outputs(cand, y_cand)
 
 
 def _check_cand(cand: torch.Tensor, y_cand: torch.Tensor, sysm: LookaheadSystem) -> None:
@@ -195,11 +239,6 @@ def _check_cand(cand: torch.Tensor, y_cand: torch.Tensor, sysm: LookaheadSystem)
         raise ValueError(f"y_cand must be ({cand.numel()}, {sysm.base.shape[1]}), got {tuple(y_cand.shape)}")
 
 
-def block_size_for(num_eval: int, budget_bytes: int, per_entry_bytes: int = 32) -> int:
-    """Candidates per block so that the (m × block) float64 work arrays fit ``budget_bytes``."""
-    return max(1, int(budget_bytes // max(1, num_eval * per_entry_bytes)))
-
-
 def mlmoc_scores(sysm: LookaheadSystem, cand: torch.Tensor, y_cand: torch.Tensor, *,
                  exclude_self: bool = False, memory_budget: int = 256 * 2**20) -> torch.Tensor:
     """MLMOC score of each candidate, streamed: Σ_i ‖f_{L+j}(U_i) − f(U_i)‖₂.
@@ -207,7 +246,8 @@ def mlmoc_scores(sysm: LookaheadSystem, cand: torch.Tensor, y_cand: torch.Tensor
     Source: Eq. 13 of arXiv 2206.12569 ("most likely model output change"), with y_cand the
     one-hot predicted class. With g_i = base_i − f(U_i), δ_j = y_j − base_j and
     c_ij = M_ij/(M_jj+λ): ‖g_i + c_ij δ_j‖² = ‖g_i‖² + 2 c_ij g_i·δ_j + c_ij²‖δ_j‖², so only
-    (m × block) matrices are formed, never the (C, m, O) tensor.
+    (m × block) matrices are formed, never the (C, m, O) tensor. This is
+    :func:`entk_al.acquisition.lookahead_scores` with ``acquisition="mlmoc"``.
 
     Args:
         sysm: the round's :class:`LookaheadSystem` (with ``k_uu``).
@@ -219,20 +259,5 @@ def mlmoc_scores(sysm: LookaheadSystem, cand: torch.Tensor, y_cand: torch.Tensor
     Returns:
         (C,) float64 scores on the system's device (units: output-space L2 norm summed over U).
     """
-    cand = torch.as_tensor(cand, dtype=torch.long, device=sysm.base.device)
-    _check_cand(cand, y_cand, sysm)
-    g = sysm.base - sysm.f_u
-    g_sq = (g * g).sum(dim=1, keepdim=True)  # (m, 1)
-    y_cand = y_cand.to(sysm.base)
-    out = torch.empty(cand.numel(), dtype=torch.float64, device=cand.device)
-    step = block_size_for(sysm.num_eval, memory_budget)
-    for s in range(0, cand.numel(), step):
-        cb = cand[s:s + step]
-        coef = sysm.m_columns(cb) / sysm.denominators(cb)  # (m, c)
-        delta = y_cand[s:s + step] - sysm.base[cb]  # (c, O)
-        sq = g_sq + 2.0 * coef * (g @ delta.T) + coef.square() * (delta * delta).sum(dim=1)
-        norms = sq.clamp_min_(0.0).sqrt_()
-        if exclude_self:
-            norms[cb, torch.arange(cb.numel(), device=cb.device)] = 0.0
-        out[s:s + step] = norms.sum(dim=0)
-    return out
+    return lookahead_scores(sysm, cand, acquisition="mlmoc", y_cand=y_cand, exclude_self=exclude_self,
+                            memory_budget=memory_budget)

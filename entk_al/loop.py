@@ -26,7 +26,8 @@ from .ntk import pntk
 from .oracle import FileOracle, SimulatedOracle, query_path, recorded_labels, write_queries
 from .plugins import load_strategy
 from .pool import PoolState, validate_selection
-from .results import aubc, plot_curve, write_json, write_jsonl
+from .fileio import atomic_write, write_json, write_jsonl
+from .metrics import aubc
 from .seeding import int_seed, numpy_rng, torch_generator
 from .train import TrainConfig, train_model
 
@@ -63,7 +64,7 @@ class ActiveLearningLoop:
 
     Args:
         cfg: the run configuration (validated here).
-        out_dir: run directory (created). Holds config.json, rounds.jsonl, curve.png,
+        out_dir: run directory (created). Holds config.json, rounds.jsonl, curve.png (with a curve_writer),
             checkpoint.pt and, once finished, summary.json.
         strategy: a strategy object; default: ``load_strategy(cfg.strategy, cfg.strategy_options)``.
         dataset: a loaded dataset; default: ``load_dataset(cfg.dataset, ...)``.
@@ -72,6 +73,8 @@ class ActiveLearningLoop:
             oracle makes :meth:`run` stop after writing ``queries/round_XXX.csv`` (see
             :attr:`waiting_for`) and resume once ``entk-al label`` recorded the answers.
         kernel_fn: pNTK implementation handed to strategies; default :func:`entk_al.ntk.pntk`.
+        curve_writer: ``curve_writer(records, path, title)`` that draws ``curve.png`` after each
+            round, e.g. :func:`entk_al.results.plot_curve` (the CLI and ``bench`` pass it).
 
     Raises:
         ConfigError: invalid options, or a budget larger than the pool.
@@ -83,8 +86,12 @@ class ActiveLearningLoop:
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, *, strategy: Any = None,
                  dataset: ALDataset | None = None, oracle: Callable[[np.ndarray], np.ndarray] | None = None,
-                 kernel_fn: Callable[..., torch.Tensor] | None = None):
+                 kernel_fn: Callable[..., torch.Tensor] | None = None,
+                 curve_writer: Callable[[list[dict], Path, str], None] | None = None):
         self.cfg = cfg.validate()
+        #: ``curve_writer(records, path, title)`` draws curve.png after each round; the loop
+        #: itself draws nothing (plots belong to the results layer, which passes it in).
+        self.curve_writer = curve_writer
         self.out_dir = Path(out_dir)
         self.strategy = strategy if strategy is not None else load_strategy(cfg.strategy, cfg.strategy_options)
         self.data = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
@@ -144,8 +151,6 @@ class ActiveLearningLoop:
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "pool": state.pool.state_dict(), "records": state.records, "pending": state.pending,
                 "classes": list(self.data.classes)}
-        from .results import atomic_write
-
         atomic_write(self.out_dir / CHECKPOINT, lambda p: torch.save(ckpt, p))
 
     # -- the loop --------------------------------------------------------------------
@@ -175,8 +180,15 @@ class ActiveLearningLoop:
     def run(self, *, resume: bool = False, on_round: Callable[[dict], None] | None = None) -> list[dict]:
         """Run (or resume) to completion; returns the per-round records.
 
-        ``on_round(record)`` is called after each round (for progress display).
+        ``on_round(record)`` is called after each round (for progress display). The global
+        torch RNG is re-seeded per round inside and restored afterwards, so a program that
+        embeds the loop keeps its own random stream.
         """
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return self._run(resume, on_round)
+
+    def _run(self, resume: bool, on_round: Callable[[dict], None] | None) -> list[dict]:
         model = self.new_model(0)
         self.check_model(model)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -333,8 +345,9 @@ class ActiveLearningLoop:
     # -- outputs -----------------------------------------------------------------------
     def write_results(self, records: list[dict]) -> None:
         write_jsonl(self.out_dir / "rounds.jsonl", records)
-        plot_curve(records, self.out_dir / "curve.png",
-                   title=f"{self.cfg.strategy} on {self.cfg.dataset} (seed {self.cfg.seed})")
+        if self.curve_writer is not None:
+            self.curve_writer(records, self.out_dir / "curve.png",
+                              f"{self.cfg.strategy} on {self.cfg.dataset} (seed {self.cfg.seed})")
 
     def summary(self, records: list[dict]) -> dict:
         return {"strategy": self.cfg.strategy, "dataset": self.cfg.dataset, "seed": self.cfg.seed,

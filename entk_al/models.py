@@ -8,8 +8,9 @@ need penultimate features get them from the input of the model's last ``nn.Linea
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -187,11 +188,23 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
 
 
 def _batched_eval(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         dtype = next(model.parameters()).dtype
         outs = [model(x[i:i + batch_size].to(device=device, dtype=dtype)) for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0, device=device)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode and restore each one's own flag afterwards.
+
+    A model may mix modes (a frozen BatchNorm inside a model in training mode), so restoring
+    ``model.train(previous)`` alone would be wrong.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in modes:
+            m.training = flag

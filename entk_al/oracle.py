@@ -23,11 +23,12 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ConfigError, LabelError
-from .results import write_text_atomic
+from .fileio import write_text_atomic
+from .pool import PoolState
 
 QUERY_DIR = "queries"
 LABEL_DIR = "labels"
-INITIAL_ROUND = -2  # PoolState.INITIAL: the seeded initial set, queried before round 0
+INITIAL_ROUND = PoolState.INITIAL  # the seeded initial set, queried before round 0
 COLUMNS = ("id", "source", "guess", "label")
 
 

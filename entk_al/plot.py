@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .results import atomic_write, read_jsonl, write_text_atomic
+from .fileio import atomic_write, read_jsonl, write_text_atomic
+from .metrics import aubc
 
 
 @dataclass
@@ -44,7 +45,7 @@ class RunResult:
 
     @property
     def aubc(self) -> float:
-        return float(np.mean(self.accuracy))
+        return aubc(self.accuracy)
 
 
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:

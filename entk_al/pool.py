@@ -11,8 +11,8 @@ class PoolState:
     """Which pool ids are labeled, when, and with what label.
 
     Attributes:
-        labeled_round: (N,) int64, the round at which each id was labeled; -1 = unlabeled,
-            and the initial labeled set has round -1 stored as ``INITIAL``.
+        labeled_round: (N,) int64, the round at which each id was labeled: ``UNLABELED``
+            (-1) if not labeled, ``INITIAL`` (-2) for the seeded initial set.
         labels: (N,) int64 label given by the oracle; -1 where unknown.
     """
 
@@ -46,10 +46,15 @@ class PoolState:
         """
         ids = np.asarray(ids, dtype=np.int64)
         labels = np.asarray(labels, dtype=np.int64)
-        assert ids.shape == labels.shape, "ids and labels differ in shape"
-        assert ids.size == 0 or (ids.min() >= 0 and ids.max() < self.size), "id out of range"
-        assert len(np.unique(ids)) == len(ids), "an id was queried twice in one round"
-        assert not self.labeled_mask[ids].any(), "an already-labeled id was queried again"
+        # Explicit raises, not assert: the invariants must hold under python -O too.
+        if ids.shape != labels.shape:
+            raise AssertionError("ids and labels differ in shape")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.size):
+            raise AssertionError("id out of range")
+        if len(np.unique(ids)) != len(ids):
+            raise AssertionError("an id was queried twice in one round")
+        if self.labeled_mask[ids].any():
+            raise AssertionError("an already-labeled id was queried again")
         self.labeled_round[ids] = round_idx
         self.labels[ids] = labels
 

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .models import eval_mode
+
 #: Pools up to this size get an exact IndexFlatL2; larger ones an IVF index.
 EXACT_MAX = 100_000
 
@@ -185,10 +187,8 @@ def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, s
     dev = next(iter(params.values())).device
     dtype = next(iter(params.values())).dtype
     gen = torch.Generator(device="cpu")
-    was_training = model.training
-    model.eval()
     out = torch.empty(len(x), dim, dtype=torch.float32, device=dev)
-    try:
+    with eval_mode(model):
         for s in range(0, len(x), batch_size):
             xb = x[s:s + batch_size].to(device=dev, dtype=dtype)
 
@@ -205,6 +205,4 @@ def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, s
                         # torch's forward-AD path warns about its own use of torch.jit.script.
                         warnings.simplefilter("ignore", FutureWarning)
                         out[s:s + len(xb), t] = jvp(s_of, (params,), (r,))[1].float() / math.sqrt(dim)
-    finally:
-        model.train(was_training)
     return out

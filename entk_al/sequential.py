@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .acquisition import label_probabilities, lookahead_scores, pseudo_labels
-from .lookahead import LookaheadSystem
+from .lookahead import LookaheadSystem, safe_denominators
 
 #: Selection modes of :func:`select_lookahead`.
 MODES = ("batch", "sequential", "hybrid")
@@ -75,19 +75,21 @@ class Posterior:
         return out
 
     def denominators(self, cols: torch.Tensor) -> torch.Tensor:
-        """M'_jj + λ for positions ``cols`` (c,)."""
-        return self.m_diag[cols] + self.ridge
+        """M'_jj + λ for positions ``cols`` (c,); +inf where it is round-off (see
+        :meth:`LookaheadSystem.denominators`)."""
+        return safe_denominators(self.m_diag[cols] + self.ridge, self.sysm.tol)
 
     def fold(self, j: int, y: torch.Tensor) -> None:
         """Add (U_j, y) to the labeled set by a rank-one update; ``y`` (O,) one-hot target."""
         col = self.m_block(slice(None), torch.tensor([int(j)], device=self.base.device))[:, 0]
-        den = self.m_diag[j] + self.ridge
+        den = self.denominators(torch.tensor([int(j)], device=self.base.device))[0]
         step = torch.outer(col / den, y.to(self.base) - self.base[j])
         self.base += step
         self.ref += step
         u = col / den.sqrt()
         self._u = torch.cat([self._u, u.unsqueeze(1)], dim=1)
         self.m_diag -= u * u
+        self.m_diag.clamp_min_(0.0)
         self.folded.append(int(j))
 
 

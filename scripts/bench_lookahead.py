@@ -130,7 +130,7 @@ def main() -> None:
               f"look-ahead {r['speedup_vs_naive_retraining']:.0f}x faster (extrapolated to all {r['m']} candidates)",
               flush=True)
     if args.json:
-        from entk_al.results import write_json
+        from entk_al.fileio import write_json
 
         write_json(args.json, results)
 

@@ -78,7 +78,7 @@ def main() -> None:
           f"|U| = {len(ev)}; peak RSS {rss_peak:.0f} MiB (embeddings {res['embeddings_mb']:.0f} MiB, "
           f"{rss_data:.0f} MiB before indexing); recall@{args.neighbours} vs exact {recall:.3f}")
     if args.json:
-        from entk_al.results import write_json
+        from entk_al.fileio import write_json
 
         write_json(args.json, res)
 

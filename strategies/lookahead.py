@@ -16,7 +16,7 @@ import torch
 
 from entk_al.acquisition import ACQUISITIONS
 from entk_al.context import RoundContext
-from entk_al.lookahead import fit_lookahead
+from entk_al.lookahead import fit_lookahead, relative_ridge
 from entk_al.prefilter import pntk_random_features, prefilter_knn
 from entk_al.sequential import MODES, Posterior, select_lookahead
 
@@ -108,7 +108,7 @@ class LookaheadSampling:
             def k_uu_block(rows: slice, cols: torch.Tensor) -> torch.Tensor:
                 return ctx.kernel_fn(ctx.model, x_u[rows], x_u[cols])
 
-        ridge = self.ridge * float(k_ll.diagonal().double().sum()) / max(n, 1)
+        ridge = relative_ridge(k_ll, self.ridge)
         sysm = fit_lookahead(k_ll, k_ul, ctx.logits(lab), ctx.labeled_onehot(), ctx.logits(u), k_uu,
                              k_uu_diag=k_uu_diag, ridge=ridge)
         post = Posterior(sysm, k_uu_block)

@@ -9,7 +9,7 @@ import pytest
 
 from entk_al.bench import BenchRunner, Protocol, derive_seed
 from entk_al.errors import ConfigError, DataNotFoundError, StrategyError
-from entk_al.results import read_jsonl
+from entk_al.fileio import read_jsonl
 
 TINY = """
 name = "tiny"

@@ -90,3 +90,21 @@ def test_bad_shapes_raise():
         lookahead_outputs(k_ll, k_ul, k_uu, f_l, y_l, f_u, torch.tensor([99]), torch.zeros(1, 3))
     with pytest.raises(ValueError):
         cholesky_with_jitter(torch.zeros(2, 3))
+
+
+def test_duplicate_of_labeled_point_predicts_no_change_without_ridge():
+    """A candidate equal to a labeled input has M_jj = 0 (up to round-off): with no ridge its
+    update is defined as zero instead of round-off divided by round-off."""
+    g = torch.Generator().manual_seed(5)
+    phi_l = torch.randn(5, 30, generator=g, dtype=torch.float64)
+    phi_u = torch.cat([torch.randn(4, 30, generator=g, dtype=torch.float64), phi_l[2:3]])  # U_4 == X_L[2]
+    k_ll, k_ul, k_uu = phi_l @ phi_l.T, phi_u @ phi_l.T, phi_u @ phi_u.T
+    f_l, f_u = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y_l = torch.eye(3, dtype=torch.float64)[[0, 1, 2, 0, 1]]
+    sysm = fit_lookahead(k_ll, k_ul, f_l, y_l, f_u, k_uu)
+    out = sysm.outputs(torch.tensor([4, 0]), torch.eye(3, dtype=torch.float64)[[1, 2]])
+    torch.testing.assert_close(out[0], sysm.base)  # no change from the duplicate
+    ref = direct_refit(k_ll, k_ul, k_uu, f_l, y_l, f_u, 0, torch.eye(3, dtype=torch.float64)[2], 0.0)
+    torch.testing.assert_close(out[1], ref, rtol=1e-8, atol=1e-8)  # ordinary candidates unchanged
+    scores = mlmoc_scores(sysm, torch.arange(5), torch.eye(3, dtype=torch.float64)[[0, 1, 2, 0, 1]])
+    assert torch.isfinite(scores).all()

@@ -22,7 +22,9 @@ def read(out):
 
 
 def test_invariants_and_outputs(tmp_path):
-    loop = ActiveLearningLoop(tiny(), tmp_path)
+    from entk_al.results import plot_curve
+
+    loop = ActiveLearningLoop(tiny(), tmp_path, curve_writer=plot_curve)
     records = loop.run()
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     assert [r["n_labeled"] for r in records] == [10, 15, 20, 25]

@@ -12,7 +12,7 @@ import pytest
 
 from entk_al.errors import ConfigError
 from entk_al.plot import load_runs, mean_ci, penalty_matrix, plot_runs
-from entk_al.results import write_json, write_jsonl
+from entk_al.fileio import write_json, write_jsonl
 
 # Student-t 97.5% quantiles from printed tables (df = 1, 2, 4).
 T975 = {1: 12.706, 2: 4.303, 4: 2.776}

@@ -44,7 +44,7 @@ def kernel(
             "auto" (= "gram").
         batch_size: samples per vmap chunk in torch.func computations (None: whole tile).
         tile_size: samples per tile along N1 and N2; peak memory is O(K^2 N1 N2 + tile features).
-            Default: 512 for "gram"; for "jacobian" the largest tile whose per-sample gradients
+            Default: 1024 for "gram"; for "jacobian" the largest tile whose per-sample gradients
             fit in 512 MiB (at most 512).
     Returns:
         Tensor in the model dtype on the model device (float64 for float64 models).

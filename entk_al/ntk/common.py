@@ -7,12 +7,12 @@ compute, for each direction k, per-sample gradients of ``V_k . f(x)`` and the ke
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator
 
 import torch
 from torch import nn
+
+from ..models import eval_mode  # noqa: F401  (re-exported: the kernel runs in eval mode)
 
 KINDS = ("pntk", "entk", "first_logit", "trace", "block_diag")
 METHODS = ("auto", "gram", "jacobian")
@@ -73,19 +73,6 @@ def check_sizes(batch_size, tile_size) -> None:
     for name, v in (("batch_size", batch_size), ("tile_size", tile_size)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ValueError(f"{name} must be a positive int or None, got {v!r}")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode and restore each one's own flag afterwards
-    (a model may mix modes, e.g. a frozen BatchNorm inside a training model)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in modes:
-            m.training = t
 
 
 def directions(kind: str, n_out: int, device, dtype) -> tuple[torch.Tensor, bool]:
