@@ -17,19 +17,14 @@ def pending_queries(run_dir: Path) -> tuple[int, list[int], list[str]]:
         CheckpointError: no readable checkpoint in ``run_dir``.
         LabelError: the run is not waiting for labels.
     """
-    import torch
-
-    from .loop import CHECKPOINT
+    from .loop import CHECKPOINT, read_checkpoint
 
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"{run_dir} holds no run (no {CHECKPOINT}); start one with "
                               f"'entk-al run --oracle files --out {run_dir}'")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        pending, classes = ckpt.get("pending"), ckpt.get("classes")
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({type(exc).__name__})") from None
+    ckpt = read_checkpoint(path)
+    pending, classes = ckpt.get("pending"), ckpt.get("classes")
     if not pending:
         raise LabelError(f"{run_dir} is not waiting for labels (no pending queries); "
                          f"labels are asked for by 'entk-al run --oracle files'")

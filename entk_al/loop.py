@@ -46,6 +46,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def read_checkpoint(path: Path) -> dict:
+    """Load ``checkpoint.pt`` on the CPU.
+
+    Raises:
+        CheckpointError: the file cannot be unpickled or is not a checkpoint dict.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupted (not a checkpoint)")
+    return ckpt
+
+
 @dataclass
 class LoopState:
     """What a checkpoint restores: the round to run next, the model, the pool and the log."""
@@ -129,8 +144,8 @@ class ActiveLearningLoop:
         path = self.out_dir / CHECKPOINT
         if not path.is_file():
             raise CheckpointError(f"no checkpoint in {self.out_dir}; nothing to resume")
+        ckpt = read_checkpoint(path)
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
             version, saved_cfg = ckpt["version"], ckpt["config"]
             state = LoopState(next_round=int(ckpt["next_round"]), model_state=ckpt["model"],
                               pool=PoolState.from_state_dict(ckpt["pool"]), records=list(ckpt["records"]),

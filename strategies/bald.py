@@ -29,11 +29,7 @@ from entk_al.context import RoundContext
 from entk_al.models import last_linear
 
 from .scoring import top_k
-
-
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) over the last axis of probabilities ``p``."""
-    return -(p * torch.log(p.clamp_min(1e-30))).sum(dim=-1)
+from .uncertainty import entropy
 
 
 def bald_from_samples(probs: torch.Tensor) -> torch.Tensor:
@@ -45,7 +41,7 @@ def bald_from_samples(probs: torch.Tensor) -> torch.Tensor:
         (N,) float64 scores in nats, ≥ 0 up to rounding (Gal et al. 2017, Eq. 4).
     """
     probs = probs.double()
-    return _entropy(probs.mean(dim=0)) - _entropy(probs).mean(dim=0)
+    return entropy(probs.mean(dim=0)) - entropy(probs).mean(dim=0)
 
 
 class BALDSampling:

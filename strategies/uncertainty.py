@@ -15,6 +15,11 @@ from entk_al.context import RoundContext
 from .scoring import ScoreStrategy
 
 
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) over the last axis of probabilities ``p`` (…, O); 0·log 0 counts as 0."""
+    return -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(dim=-1)
+
+
 class EntropySampling(ScoreStrategy):
     """Score = −Σ_k p_k log p_k (nats)."""
 
@@ -22,8 +27,7 @@ class EntropySampling(ScoreStrategy):
     description = "highest predictive entropy of the softmax"
 
     def score(self, ctx: RoundContext, ids: np.ndarray) -> torch.Tensor:
-        p = ctx.probs(ids).double()
-        return -(p * torch.log(p.clamp_min(1e-300))).sum(dim=1)
+        return entropy(ctx.probs(ids).double())
 
 
 class MarginSampling(ScoreStrategy):
