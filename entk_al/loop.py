@@ -143,6 +143,10 @@ class ActiveLearningLoop:
         """Restore from ``out_dir/checkpoint.pt``. Raises CheckpointError if corrupt/mismatched."""
         path = self.out_dir / CHECKPOINT
         if not path.is_file():
+            if not (self.out_dir / "rounds.jsonl").exists():
+                # Stopped before round 0 was checkpointed (the log is written after the
+                # checkpoint): nothing was completed, so resuming is starting at round 0.
+                return self.fresh_state()
             raise CheckpointError(f"no checkpoint in {self.out_dir}; nothing to resume")
         ckpt = read_checkpoint(path)
         try:
@@ -157,6 +161,9 @@ class ActiveLearningLoop:
         diff = self.cfg.differing_options(saved_cfg, RESUMABLE_CHANGES)
         if diff:
             raise CheckpointError(f"checkpoint {path} was made with different options: {', '.join(diff)}")
+        if state.next_round > self.cfg.rounds + 1:
+            raise CheckpointError(f"{self.out_dir} already ran {state.next_round - 1} query rounds; --rounds "
+                                  f"{self.cfg.rounds} cannot undo them (give --rounds >= {state.next_round - 1})")
         if state.pool.size != self.data.pool_size:
             raise CheckpointError(f"checkpoint {path} has a pool of {state.pool.size}, dataset has {self.data.pool_size}")
         return state
@@ -229,8 +236,10 @@ class ActiveLearningLoop:
                 if on_round:
                     on_round(record)
                 return state.records
-            self.write_results(state.records)
+            # Checkpoint first: a crash in between leaves the log behind the checkpoint, and
+            # resuming rewrites the log from the checkpoint's records.
             self.save_state(state, model)
+            self.write_results(state.records)
             if on_round:
                 on_round(record)
         write_json(self.out_dir / "summary.json", self.summary(state.records))
@@ -281,9 +290,9 @@ class ActiveLearningLoop:
             guesses = [self.data.classes[int(c)] for c in pred.cpu()]
         self.waiting_for = write_queries(self.out_dir, state.pending["round"], ids,
                                          [self.data.source_of(int(i)) for i in ids], guesses)
+        self.save_state(state, model)
         if state.records:
             self.write_results(state.records)
-        self.save_state(state, model)
 
     def take_pending_labels(self, state: LoopState, model: torch.nn.Module, fresh: bool) -> bool:
         """Add the labels recorded for the pending queries; False if the run must stop to wait.

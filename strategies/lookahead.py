@@ -61,8 +61,12 @@ class LookaheadSampling:
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
-        if min(hybrid_size, num_candidates, eval_size, embedding_dim, memory_budget_mb) < 1 or neighbours < 0:
-            raise ValueError("hybrid_size, num_candidates, eval_size, embedding_dim, memory_budget_mb must be >= 1")
+        minimums = {"hybrid_size": (hybrid_size, 1), "num_candidates": (num_candidates, 1),
+                    "eval_size": (eval_size, 1), "embedding_dim": (embedding_dim, 1),
+                    "memory_budget_mb": (memory_budget_mb, 1), "neighbours": (neighbours, 0)}
+        for key, (value, low) in minimums.items():
+            if value < low:
+                raise ValueError(f"{key} must be >= {low}, got {value}")
         self.ridge = float(ridge)
         self.acquisition, self.mode, self.hybrid_size = acquisition, mode, int(hybrid_size)
         self.exclude_self, self.probs = bool(exclude_self), probs

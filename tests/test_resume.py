@@ -161,3 +161,22 @@ def test_sigkilled_subprocess_resumes_to_identical_results(reference, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert records(out) == records(reference)
+
+
+def test_resume_before_round0_checkpoint_starts_over_and_fewer_rounds_refused(tmp_path, capsys):
+    """Killed before any round was checkpointed (only config.json written): --resume runs
+    from round 0; asking a finished run for fewer rounds than it already ran is an error."""
+    import json
+
+    run = tmp_path / "early"
+    run.mkdir()
+    ref = tmp_path / "ref"
+    args = ["--initial", "10", "--query", "5", "--rounds", "1", "--min-steps", "5", "--epochs", "1", "-q"]
+    assert cli(capsys, "run", "--out", ref, *args)[0] == 0
+    (run / "config.json").write_text((ref / "config.json").read_text())
+    code, _, err = cli(capsys, "run", "--resume", run, "-q")
+    assert code == 0, err
+    assert records(run) == records(ref)
+    code, _, err = cli(capsys, "run", "--resume", ref, "--rounds", "0", "-q")
+    assert code == 2 and "already ran 1 query rounds" in err
+    assert json.loads((ref / "config.json").read_text())["rounds"] == 1

@@ -93,7 +93,8 @@ def load_idx_dataset(name: str, data_dir: str | None, *, download: bool = False)
             return _from_files(name, found)
     if download:
         return _download(name, data_dir or "data")
-    where = "no IDX files found in " + ", ".join(str(r) for r in roots)
+    where = ("no IDX files found in " + ", ".join(str(r) for r in roots) if roots
+             else "no --data-dir given and $ENTK_AL_DATA is not set")
     hint = ("install the Debian package (apt-get install -y dataset-fashion-mnist), "
             if name == "fashion-mnist" else "")
     raise DataNotFoundError(
