@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -144,6 +145,63 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+#: Run-command keys a TOML config may hold that are not part of RunConfig.
+TOML_CLI_ONLY = frozenset({"out", "quiet", "overwrite"})
+
+
+def default(name: str) -> Any:
+    """The default value of the :class:`RunConfig` field ``name`` (help texts and commands read it here).
+
+    Raises:
+        KeyError: ``name`` is not a RunConfig field.
+    """
+    f = RunConfig.__dataclass_fields__[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def resolve_config(config_file: Path | None, flags: dict[str, Any],
+                   resume_dir: Path | None = None) -> tuple[RunConfig, dict[str, Any]]:
+    """Layer the run configuration: defaults < saved config of a resumed run < TOML < CLI flags.
+
+    The TOML file is read once; its keys that belong to the command, not to the run
+    (:data:`TOML_CLI_ONLY`: ``out``, ``quiet``, ``overwrite``), come back separately.
+
+    Args:
+        config_file: TOML file (``--config``), or None.
+        flags: option name -> value as given on the command line; None means "not given".
+            ``strategy_options`` given here override single keys of the file's table.
+        resume_dir: run directory whose ``config.json`` is the base (``--resume``), or None.
+
+    Returns:
+        (the validated :class:`RunConfig`, the TOML's command-only keys).
+
+    Raises:
+        ConfigError: missing or corrupted ``config.json``, unreadable TOML, unknown or
+            mistyped options, values out of range.
+    """
+    data: dict[str, Any] = {}
+    if resume_dir is not None:
+        saved = resume_dir / "config.json"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {resume_dir}: no config.json there; is it a run directory?")
+        try:
+            data.update(json.loads(saved.read_text()))
+        except json.JSONDecodeError:
+            raise ConfigError(f"{saved} is corrupted (not JSON)") from None
+    command_only: dict[str, Any] = {}
+    if config_file is not None:
+        toml = load_toml(config_file)
+        command_only = {k: v for k, v in toml.items() if k in TOML_CLI_ONLY}
+        data.update({k: v for k, v in toml.items() if k not in TOML_CLI_ONLY})
+    given = {k: v for k, v in flags.items() if v is not None}
+    # -o key=value overrides single strategy options; it does not replace the whole table.
+    if isinstance(data.get("strategy_options"), dict) and "strategy_options" in given:
+        given["strategy_options"] = {**data["strategy_options"], **given["strategy_options"]}
+    data.update(given)
+    cfg = RunConfig.from_dict(data, source=str(config_file or "options")).validate()
+    return cfg, command_only
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:

@@ -81,7 +81,7 @@ def validate_selection(strategy_name: str, ids, k: int, pool: PoolState) -> np.n
     try:
         arr = np.asarray(ids)
     except Exception as exc:  # an arbitrary user object
-        raise StrategyError(f"strategy {strategy_name!r} returned something that is not an id array ({exc})")
+        raise StrategyError(f"strategy {strategy_name!r} returned something that is not an id array ({exc})") from None
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise StrategyError(f"strategy {strategy_name!r} must return a 1-D integer array of pool ids, "
                             f"got dtype {arr.dtype} shape {arr.shape}")

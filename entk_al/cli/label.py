@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .cli import app
-from .errors import CheckpointError, LabelError
+from ..errors import CheckpointError, LabelError
 
 
 def pending_queries(run_dir: Path) -> tuple[int, list[int], list[str]]:
@@ -17,7 +16,7 @@ def pending_queries(run_dir: Path) -> tuple[int, list[int], list[str]]:
         CheckpointError: no readable checkpoint in ``run_dir``.
         LabelError: the run is not waiting for labels.
     """
-    from .loop import CHECKPOINT, read_checkpoint
+    from ..loop import CHECKPOINT, read_checkpoint
 
     path = run_dir / CHECKPOINT
     if not path.is_file():
@@ -33,7 +32,6 @@ def pending_queries(run_dir: Path) -> tuple[int, list[int], list[str]]:
     return int(pending["round"]), [int(i) for i in pending["ids"]], [str(c) for c in classes]
 
 
-@app.command("label")
 def label(
     run_dir: Path = typer.Argument(..., help="Run directory waiting for labels (made by run --oracle files)."),
     answers: Path = typer.Option(..., "--from", help="CSV with columns id and label (the filled-in queries file)."),
@@ -43,7 +41,7 @@ def label(
     Every row is checked first (ids must be exactly the pending queries, labels known class
     names or indices); nothing is recorded unless all are valid.
     """
-    from .oracle import label_path, record_labels
+    from ..oracle import label_path, record_labels
 
     rnd, ids, classes = pending_queries(run_dir)
     replaced = label_path(run_dir, rnd).is_file()

@@ -7,22 +7,21 @@ from typing import Optional
 
 import typer
 
-from .cli import app
+from .options import DataDir, Device, Download, Quiet
+from .output import progress_bar
 
 
-@app.command()
 def bench(
     protocol: Path = typer.Option(..., "--protocol", "-p", help="Protocol TOML file (see protocols/)."),
     out: Optional[Path] = typer.Option(None, help="Grid folder (default: runs/<protocol name>)."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N]; overrides the protocol."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder holding dataset files; overrides the protocol."),
-    download: Optional[bool] = typer.Option(None, "--download/--no-download",
-                                            help="Allow torchvision downloads; overrides the protocol."),
+    device: Device = None,
+    data_dir: DataDir = None,
+    download: Download = None,
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write curves.png, summary.csv, penalty.png at the end."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: Quiet = False,
 ) -> None:
     """Run strategies × seeds × query sizes; finished runs are skipped, partial ones resumed."""
-    from .bench import BenchRunner, Protocol
+    from ..bench import BenchRunner, Protocol
 
     proto = Protocol.from_file(protocol)
     out_dir = out or Path("runs") / proto.name
@@ -37,18 +36,15 @@ def bench(
     else:
         _run_with_progress(runner)
     if plot:
-        from .plot import plot_runs
+        from ..plot import plot_runs
 
         written = plot_runs(out_dir)
         typer.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 def _run_with_progress(runner) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     rounds_total = sum(s.config.rounds + 1 for s in runner.specs)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn()) as progress:
+    with progress_bar(remaining=True) as progress:
         grid = progress.add_task("grid (rounds)", total=rounds_total, status="")
         run_task = progress.add_task("run", total=1, status="")
         counted: dict[str, int] = {}
@@ -73,19 +69,18 @@ def _run_with_progress(runner) -> None:
 
 
 def _completed_rounds(run_dir: Path) -> int:
-    from .fileio import read_jsonl
+    from ..fileio import read_jsonl
 
     path = run_dir / "rounds.jsonl"
     return len(read_jsonl(path)) if path.is_file() else 0
 
 
-@app.command()
 def plot(
     runs_dir: Path = typer.Argument(..., help="Grid folder written by `entk-al bench`."),
     out: Optional[Path] = typer.Option(None, help="Where to write the figures and CSV (default: RUNS_DIR)."),
 ) -> None:
     """Write curves.png (mean ± 95% CI), summary.csv (AUBC) and penalty.png (pairwise wins)."""
-    from .plot import plot_runs
+    from ..plot import plot_runs
 
     written = plot_runs(runs_dir, out)
     typer.echo("wrote " + ", ".join(str(p) for p in written))

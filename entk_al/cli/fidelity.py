@@ -8,41 +8,45 @@ from typing import Optional
 import numpy as np
 import typer
 
-from .cli import app
-from .errors import ConfigError
+from ..config import default
+from ..errors import ConfigError
+from .options import DataDir, Device, Quiet
+from .output import progress_bar
+
+DEFAULT_DEVICE = default("device")
 
 
-@app.command()
 def fidelity(
-    dataset: str = typer.Option("digits", help="Dataset name."),
-    model: str = typer.Option("mlp", help="Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2."),
+    dataset: str = typer.Option(default("dataset"), help="Dataset name."),
+    model: str = typer.Option(default("model"), help="Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2."),
     width: Optional[int] = typer.Option(None, help="Model width."),
-    initial: int = typer.Option(20, help="Size of the seeded random labeled set L the model is trained on."),
+    initial: int = typer.Option(default("initial"),
+                                help="Size of the seeded random labeled set L the model is trained on."),
     candidates: int = typer.Option(50, help="Candidates retrained one by one (each a full retraining)."),
     eval_size: int = typer.Option(500, help="Evaluation set U (random unlabeled points; holds the candidates)."),
-    seed: int = typer.Option(0, help="Seed (initial set, init, candidates, mini-batches)."),
+    seed: int = typer.Option(default("seed"), help="Seed (initial set, init, candidates, mini-batches)."),
     ridge: float = typer.Option(1e-3, help="Ridge relative to trace(K)/n, as in the lookahead strategy."),
     top_k: int = typer.Option(10, help="k of the top-k overlap."),
-    epochs: int = typer.Option(20, help="Training epochs per (re)training [loop default]."),
-    min_steps: int = typer.Option(200, help="Minimum optimizer steps per (re)training [loop default]."),
-    batch_size: int = typer.Option(64, help="Batch size."),
-    lr: float = typer.Option(0.05, help="OneCycle max learning rate."),
-    loss: str = typer.Option("mse", help="mse or ce."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder holding dataset files."),
+    epochs: int = typer.Option(default("epochs"), help="Training epochs per (re)training (the run's default)."),
+    min_steps: int = typer.Option(default("min_steps"),
+                                  help="Minimum optimizer steps per (re)training (the run's default)."),
+    batch_size: int = typer.Option(default("batch_size"), help="Batch size."),
+    lr: float = typer.Option(default("lr"), help="OneCycle max learning rate."),
+    loss: str = typer.Option(default("loss"), help="mse or ce."),
+    device: Device = DEFAULT_DEVICE,
+    data_dir: DataDir = None,
     out: Path = typer.Option(Path("runs/fidelity"), help="Output folder for fidelity.json and fidelity.png."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: Quiet = False,
 ) -> None:
     """Compare look-ahead predictions with real warm-started retraining on L ∪ {(x, ŷ)}."""
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .config import RunConfig
-    from .fidelity import measure_fidelity, plot_fidelity
-    from .loop import ActiveLearningLoop
-    from .fileio import write_json
-    from .seeding import int_seed, numpy_rng, torch_generator
-    from .train import train_model
+    from ..config import RunConfig
+    from ..fidelity import measure_fidelity, plot_fidelity
+    from ..fileio import write_json
+    from ..loop import ActiveLearningLoop
+    from ..seeding import int_seed, numpy_rng, torch_generator
+    from ..train import train_model
 
     if ridge < 0:
         raise ConfigError(f"--ridge must be >= 0, got {ridge}")
@@ -81,8 +85,7 @@ def fidelity(
     if quiet:
         result = measure()
     else:
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn()) as bar:
+        with progress_bar(status=False) as bar:
             task = bar.add_task(f"retraining on {dataset}", total=candidates)
             result = measure(lambda done: bar.update(task, completed=done))
     result.update(dataset=dataset, model=model, seed=seed, eval_ids=eval_ids.tolist(),

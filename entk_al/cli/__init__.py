@@ -1,0 +1,95 @@
+"""Command-line interface: ``entk-al run | strategies | label | fidelity | bench | plot``.
+
+This module owns ``app`` and registers the plain command functions of the leaf modules
+(:mod:`.run`, :mod:`.strategies`, ...), which never import it; options several commands share
+live in :mod:`.options`, the one-line error and the progress bar in :mod:`.output`.
+User errors (:class:`~entk_al.errors.EntkAlError`) print one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from ..errors import EntkAlError
+from . import bench, fidelity, label, run, strategies
+from .output import one_line
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Look-ahead active learning with empirical neural tangent kernels (pNTK).")
+app.command("run")(run.run)
+app.command("strategies")(strategies.strategies)
+app.command("label")(label.label)
+app.command("fidelity")(fidelity.fidelity)
+app.command("bench")(bench.bench)
+app.command("plot")(bench.plot)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console-script entry point.
+
+    User errors (:class:`EntkAlError`, click usage errors) print one line on stderr and exit
+    with code 2; anything unexpected prints one line and exits with code 1. Set
+    ``ENTK_AL_DEBUG=1`` to get the full traceback instead.
+    """
+    import os
+
+    debug = os.environ.get("ENTK_AL_DEBUG", "") not in ("", "0")
+    try:
+        # Without standalone mode typer *returns* exit codes (typer.Exit, Ctrl-C -> 130).
+        code = app(args=argv, standalone_mode=False)
+    except EntkAlError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {one_line(exc)}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        usage = _click_usage_message(exc)
+        if usage is not None:
+            typer.echo(f"error: {usage}", err=True)
+            sys.exit(2)
+        if _is_click_abort(exc):
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        if debug:
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {one_line(exc)} "
+                   f"(rerun with ENTK_AL_DEBUG=1 for the traceback, and please report it)", err=True)
+        sys.exit(1)
+    if code == 130:
+        typer.echo("interrupted", err=True)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_modules() -> list:
+    """click's exception modules: the installed click and typer's vendored copy (typer >= 0.16)."""
+    import importlib
+
+    mods = []
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return mods
+
+
+def _click_usage_message(exc: Exception) -> Optional[str]:
+    for mod in _click_modules():
+        cls = getattr(mod, "ClickException", None)
+        if cls is not None and isinstance(exc, cls):
+            return " ".join(exc.format_message().split())
+    return None
+
+
+def _is_click_abort(exc: Exception) -> bool:
+    return any(isinstance(exc, cls) for mod in _click_modules()
+               if (cls := getattr(mod, "Abort", None)) is not None)
+

@@ -1,0 +1,21 @@
+"""Options several commands share, declared once as ``Annotated`` aliases.
+
+A command writes ``device: Device = None``; the default stays with the command (None means
+"not given": the run configuration's default, or the protocol's value, applies).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..config import default
+
+Device = Annotated[Optional[str], typer.Option(
+    help=f"auto, cpu or cuda[:N] (default: {default('device')}); overrides a config or protocol file.")]
+DataDir = Annotated[Optional[str], typer.Option(
+    help="Folder holding dataset files; overrides a config or protocol file.")]
+Download = Annotated[Optional[bool], typer.Option(
+    "--download/--no-download", help="Allow torchvision downloads; overrides a config or protocol file.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]

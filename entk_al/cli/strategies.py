@@ -1,0 +1,40 @@
+"""``entk-al strategies [NAME]``: list the strategies, or show one strategy's options."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def strategies(
+    name: Optional[str] = typer.Argument(
+        None, help="Show this strategy's options (a name, module:Class or file.py:Class)."),
+) -> None:
+    """List the registered query strategies with a one-line description each, or one strategy's options."""
+    from ..plugins import available_strategies
+
+    if name is not None:
+        _show(name)
+        return
+    items = available_strategies()
+    width = max(len(n) for n in items)
+    for key, (origin, desc) in sorted(items.items()):
+        typer.echo(f"{key:<{width}}  {desc}" + ("" if origin == "built-in" else f"  [{origin}]"))
+
+
+def _show(spec: str) -> None:
+    from ..plugins import _describe, describe_options, resolve_strategy_class
+
+    cls = resolve_strategy_class(spec)
+    desc = _describe(cls)
+    typer.echo(f"{spec}: {desc}" if desc else spec)
+    options = describe_options(cls)
+    if not options:
+        typer.echo("no options")
+        return
+    typer.echo("options (-o name=value):")
+    rows = [("name", "type", "default", "meaning"), *options]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        typer.echo("  " + "  ".join(f"{cell:<{w}}" for cell, w in zip(row[:3], widths)) + f"  {row[3]}".rstrip())
