@@ -63,7 +63,19 @@ def derive_seed(base_seed: int, index: int) -> int:
 
 @dataclass
 class Protocol:
-    """A parsed benchmark protocol; see the module docstring for the file format."""
+    """A parsed benchmark protocol; see the module docstring for the file format.
+
+    Attributes:
+        name: protocol name (default output folder ``runs/<name>``).
+        strategies: strategy or variant names of the grid.
+        seeds: number of seed indices, 0..seeds-1.
+        run: RunConfig options shared by every run (not strategy or seed).
+        base_seed: run seeds derive from (base_seed, seed index).
+        queries: query sizes of the grid, or None for ``run["query"]``.
+        strategy_options: strategy name -> its options.
+        description: free text.
+        variants: variant name -> {"strategy": base strategy spec, **options}.
+    """
 
     name: str
     strategies: list[str]
@@ -195,7 +207,14 @@ class Protocol:
 
 @dataclass
 class RunSpec:
-    """One cell of the grid: its directory name, seed index and full configuration."""
+    """One cell of the grid.
+
+    Attributes:
+        name: its directory name under the grid folder.
+        seed_index: the seed index (0..seeds-1).
+        config: the full run configuration.
+        label: the strategy or variant name the plots group by (default: the strategy).
+    """
 
     name: str
     seed_index: int
@@ -212,7 +231,8 @@ def _safe(text: str) -> str:
 
 
 def run_state(run_dir: Path, cfg: RunConfig) -> str:
-    """``"done"``, ``"partial"`` (a checkpoint to resume) or ``"new"``.
+    """State of the run in ``run_dir`` made with ``cfg``: ``"done"``, ``"partial"`` (a checkpoint
+    to resume) or ``"new"``.
 
     Raises:
         ConfigError: the directory holds a run made with different options.

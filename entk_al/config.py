@@ -24,7 +24,31 @@ class RunConfig:
 
     Budget: ``initial + query * rounds`` labels. Round r = 0..rounds trains on
     ``initial + r * query`` labels and evaluates on the test split; rounds < ``rounds`` then
-    query ``query`` new labels.
+    query ``query`` new labels. The field defaults are the CLI's defaults (:func:`default`).
+
+    Attributes:
+        strategy: built-in name, plugin name, ``module:Class`` or ``file.py:Class``.
+        strategy_options: keyword options of the strategy (``-o key=value``).
+        dataset: dataset name, ``numpy:PATH.npz`` or ``folder:PATH``.
+        data_dir: folder holding dataset files (None: ``$ENTK_AL_DATA``, then system paths).
+        download: allow torchvision downloads.
+        model: ``mlp``, ``cnn``, ``resnet18``, ``wide_resnet`` or ``wide_resnet2``.
+        width: model width (hidden units / first conv channels); None: the model's default.
+        initial: size of the seeded random initial labeled set.
+        query: labels queried per round.
+        rounds: number of query rounds.
+        subset: size of the random candidate subset of the pool drawn each round.
+        seed: run seed; every random choice derives from (seed, round, component).
+        retrain: ``warm`` (continue from the last round's weights) or ``scratch``.
+        loss: ``mse`` (one-hot squared loss) or ``ce``.
+        epochs: epochs over the labeled set per round.
+        min_steps: minimum optimizer steps per round.
+        batch_size: training batch size.
+        lr: OneCycle maximum learning rate.
+        weight_decay: SGD weight decay.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        threads: CPU threads for training; 0 = automatic.
+        oracle: ``simulated`` (ground truth) or ``files`` (a person labels CSV files).
     """
 
     strategy: str = "lookahead"
@@ -127,7 +151,7 @@ def _check_type(name: str, value: Any, annotation: str, source: str) -> Any:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file (keys as in :class:`RunConfig`, dashes allowed).
+    """Read the TOML config file at ``path`` (keys as in :class:`RunConfig`, dashes allowed).
 
     Raises:
         ConfigError: missing file or invalid TOML.
@@ -205,7 +229,7 @@ def resolve_config(config_file: Path | None, flags: dict[str, Any],
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strategy options; values are Python literals when they parse.
+    """Parse ``pairs`` of ``key=value`` strategy options; values are Python literals when they parse.
 
     Raises:
         ConfigError: an item without ``=``.

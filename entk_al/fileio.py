@@ -57,17 +57,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON atomically (NumPy scalars/arrays allowed)."""
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically (NumPy scalars/arrays allowed)."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
-    """Write one JSON object per line atomically."""
+    """Write ``records``, one JSON object per line, to ``path`` atomically."""
     write_text_atomic(path, "".join(json.dumps(r, sort_keys=True, default=_jsonable) + "\n" for r in records))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSON-lines file; blank lines are skipped."""
+    """Read the JSON-lines file at ``path`` into a list of dicts; blank lines are skipped."""
     with Path(path).open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 

@@ -19,7 +19,7 @@ from .errors import ConfigError
 
 
 class MLP(nn.Sequential):
-    """Flatten -> [Linear(width) -> ReLU] * depth -> Linear(num_classes)."""
+    """Flatten -> [Linear(width) -> ReLU] * depth -> Linear(num_classes), for inputs of ``input_shape``."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 256, depth: int = 2):
         layers: list[nn.Module] = [nn.Flatten()]
@@ -33,6 +33,8 @@ class MLP(nn.Sequential):
 
 class CNN(nn.Sequential):
     """conv(w)-BN-ReLU-pool -> conv(2w)-BN-ReLU-pool -> fc(4w)-ReLU -> fc(num_classes).
+
+    ``input_shape`` is (C, H, W).
 
     ``width`` is the channel count of the first convolution (default 32, as in the classic
     conv32-pool-conv64-pool-fc128 network when width=32).
@@ -55,7 +57,8 @@ def resnet18_32(input_shape: tuple[int, ...], num_classes: int, width: int | Non
     """torchvision ResNet-18 adapted to 32×32 inputs: 3×3 stride-1 stem, no max-pool.
 
     The usual CIFAR adaptation (He et al. 2016, Sec. 4.2 uses a 3×3 stem on CIFAR), as in the
-    look-ahead paper's ResNet-18 baselines. ``width`` is not supported (fixed 64..512 channels).
+    look-ahead paper's ResNet-18 baselines. ``input_shape`` is (C, H, W); ``num_classes`` sets
+    the readout. ``width`` is not supported (fixed 64..512 channels).
 
     Raises:
         ConfigError: non-image input shape, or a ``width`` given.
@@ -93,7 +96,7 @@ class WideResNet(nn.Module):
     """Wide ResNet (Zagoruyko & Komodakis 2016) as in the look-ahead paper: conv(16), then three
     groups of ``blocks`` wide blocks with widths width/4, width/2, width (strides 1, 2, 2),
     BN-ReLU, global average pool, linear readout. The paper uses 1–2 blocks and width ≤ 640
-    (WRN-k=10: 160, 320, 640).
+    (WRN-k=10: 160, 320, 640). ``input_shape`` is (C, H, W); ``num_classes`` sets the readout.
 
     Raises:
         ConfigError: non-image input, width not a positive multiple of 4, blocks < 1.
@@ -134,7 +137,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, width: int | None = None,
                 *, seed: int = 0) -> nn.Module:
-    """Build a registered model with parameters initialized from ``seed``.
+    """Build the registered model ``name`` with parameters initialized from ``seed``.
+
+    Args:
+        name: a key of :data:`MODELS`.
+        input_shape: one input's shape, (D,) or (C, H, W).
+        num_classes: O, the number of outputs.
+        width: the model's width (hidden units / first conv channels); None: its default.
+        seed: initialization seed.
 
     Raises:
         ConfigError: unknown model name, or an input shape the model cannot take.
@@ -166,6 +176,9 @@ def predict_with_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1
 
     Args:
         x: (N, *input_shape) inputs, any device.
+        batch_size: inputs per forward pass.
+        device: where to run; default: the model's device.
+
     Returns:
         logits (N, O) and features (N, H), float32 on the model's device.
     """
@@ -182,7 +195,8 @@ def predict_with_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
             device: torch.device | None = None) -> torch.Tensor:
-    """Logits (N, O) of ``model`` on ``x`` in eval mode, on the model's device."""
+    """Logits (N, O) of ``model`` on ``x`` in eval mode, in batches of ``batch_size``, on ``device``
+    (default: the model's device)."""
     device = device or next(model.parameters()).device
     return _batched_eval(model, x, batch_size, device)
 

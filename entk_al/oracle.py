@@ -75,10 +75,12 @@ def round_file(round_idx: int) -> str:
 
 
 def query_path(run_dir: str | Path, round_idx: int) -> Path:
+    """``run_dir/queries/<file>`` holding the queries of round ``round_idx`` (see :func:`round_file`)."""
     return Path(run_dir) / QUERY_DIR / round_file(round_idx)
 
 
 def label_path(run_dir: str | Path, round_idx: int) -> Path:
+    """``run_dir/labels/<file>`` holding the recorded labels of round ``round_idx``."""
     return Path(run_dir) / LABEL_DIR / round_file(round_idx)
 
 
@@ -92,7 +94,18 @@ def _csv_text(rows: Sequence[Sequence[object]]) -> str:
 
 def write_queries(run_dir: str | Path, round_idx: int, ids: np.ndarray, sources: Sequence[str],
                   guesses: Sequence[str] | None) -> Path:
-    """Write the query CSV for one round atomically; the ``label`` column is left empty."""
+    """Write the query CSV of round ``round_idx`` into ``run_dir`` atomically; ``label`` is left empty.
+
+    Args:
+        run_dir: the run directory.
+        round_idx: the round (:data:`INITIAL_ROUND` for the seeded initial set).
+        ids: (k,) int64 global pool ids queried.
+        sources: where each item comes from (file name or row), one per id.
+        guesses: the model's predicted class name per id, or None (initial set).
+
+    Returns:
+        the path written (:func:`query_path`).
+    """
     guesses = guesses if guesses is not None else [""] * len(ids)
     rows = [(int(i), s, g, "") for i, s, g in zip(ids, sources, guesses)]
     path = query_path(run_dir, round_idx)
@@ -106,6 +119,12 @@ def parse_answers(path: str | Path, pending_ids: Sequence[int], classes: Sequenc
 
     Columns ``id`` and ``label`` are required (others are ignored); ``label`` is a class
     name or a class index in [0, O). Every pending id must get exactly one label.
+
+    Args:
+        path: the answers CSV.
+        pending_ids: the ids queried in round ``round_idx`` and still waiting for labels.
+        classes: the dataset's class names (index = class id).
+        round_idx: the round the answers belong to (named in errors).
 
     Returns:
         (len(pending_ids),) int64 class indices.
@@ -176,6 +195,13 @@ def record_labels(run_dir: str | Path, round_idx: int, pending_ids: Sequence[int
 
     Nothing is written unless every row is valid. Returns the (k,) int64 labels.
 
+    Args:
+        run_dir: the run directory.
+        round_idx: the round waiting for labels.
+        pending_ids: its queried ids.
+        classes: the dataset's class names.
+        answers: the filled-in CSV (see :func:`parse_answers`).
+
     Raises:
         LabelError: see :func:`parse_answers`.
     """
@@ -188,6 +214,12 @@ def record_labels(run_dir: str | Path, round_idx: int, pending_ids: Sequence[int
 def recorded_labels(run_dir: str | Path, round_idx: int, pending_ids: Sequence[int],
                     classes: Sequence[str]) -> np.ndarray | None:
     """The labels recorded by ``entk-al label`` for a pending round, or ``None`` if none yet.
+
+    Args:
+        run_dir: the run directory.
+        round_idx: the pending round.
+        pending_ids: its queried ids (the recorded file must label exactly these).
+        classes: the dataset's class names.
 
     Raises:
         LabelError: the recorded file exists but no longer matches the pending queries.

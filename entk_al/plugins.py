@@ -190,7 +190,7 @@ def load_strategy(spec: str, options: dict[str, Any] | None = None) -> Any:
 
 
 def check_options(spec: str, cls: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """Check ``options`` against the keyword parameters of ``cls.__init__``.
+    """Check ``options`` against the keyword parameters of ``cls.__init__`` (``spec`` names it in errors).
 
     Unknown names are refused (unless it takes ``**kwargs``). Values must have a type named in
     the parameter's annotation (``bool | str`` ...) or, without one, the default's type; ints

@@ -8,7 +8,7 @@ from .errors import StrategyError
 
 
 class PoolState:
-    """Which pool ids are labeled, when, and with what label.
+    """Which of ``pool_size`` pool ids are labeled, when, and with what label.
 
     Attributes:
         labeled_round: (N,) int64, the round at which each id was labeled: ``UNLABELED``
@@ -70,7 +70,13 @@ class PoolState:
 
 
 def validate_selection(strategy_name: str, ids, k: int, pool: PoolState) -> np.ndarray:
-    """Check a strategy's answer: exactly ``k`` distinct, unlabeled, in-range integer ids.
+    """Check a strategy's answer ``ids``: exactly ``k`` distinct, unlabeled, in-range integer ids.
+
+    Args:
+        strategy_name: named in the error message.
+        ids: what the strategy's ``select`` returned.
+        k: the number of ids asked for.
+        pool: the pool state the ids must be unlabeled in.
 
     Returns:
         The ids as a (k,) int64 array, in the strategy's order.

@@ -8,7 +8,13 @@ from .fileio import atomic_write
 
 
 def plot_curve(records: list[dict], path: str | Path, title: str = "") -> None:
-    """Test accuracy (%) against the number of labels; saved as PNG atomically."""
+    """Draw test accuracy (%) against the number of labels and save it as PNG atomically.
+
+    Args:
+        records: the run's per-round records (``n_labeled``, ``test_accuracy`` in [0, 1]).
+        path: the PNG file to write.
+        title: figure title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

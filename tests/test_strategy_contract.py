@@ -17,6 +17,7 @@ import torch
 
 from entk_al.errors import StrategyError
 from entk_al.plugins import _allowed_types, available_strategies, check_options, load_strategy
+
 from fakes import digits_round
 
 K = 5

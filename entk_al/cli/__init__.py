@@ -28,7 +28,7 @@ app.command("plot")(bench.plot)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console-script entry point.
+    """Console-script entry point; ``argv`` defaults to ``sys.argv[1:]``.
 
     User errors (:class:`EntkAlError`, click usage errors) print one line on stderr and exit
     with code 2; anything unexpected prints one line and exits with code 1. Set

@@ -13,7 +13,7 @@ def one_line(message: object) -> str:
 
 
 def fail(message: object, code: int = 2) -> NoReturn:
-    """Print ``error: MESSAGE`` on one line on stderr and exit with ``code`` (2: a user error)."""
+    """Print ``error: <message>`` on one line on stderr and exit with ``code`` (2: a user error)."""
     typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
 
