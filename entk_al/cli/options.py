@@ -13,9 +13,9 @@ import typer
 from ..config import default
 
 Device = Annotated[Optional[str], typer.Option(
-    help=f"auto, cpu or cuda[:N] (default: {default('device')}); overrides a config or protocol file.")]
+    help=f"auto, cpu or cuda[:N] (default: {default('device')}, unless a config or protocol file sets it).")]
 DataDir = Annotated[Optional[str], typer.Option(
-    help="Folder holding dataset files; overrides a config or protocol file.")]
+    help="Folder holding dataset files (overrides a config or protocol file).")]
 Download = Annotated[Optional[bool], typer.Option(
-    "--download/--no-download", help="Allow torchvision downloads; overrides a config or protocol file.")]
+    "--download/--no-download", help="Allow torchvision downloads (overrides a config or protocol file).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
