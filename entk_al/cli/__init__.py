@@ -15,7 +15,7 @@ import typer
 
 from ..errors import EntkAlError
 from . import bench, fidelity, label, run, strategies
-from .output import one_line
+from .output import echo_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Look-ahead active learning with empirical neural tangent kernels (pNTK).")
@@ -43,7 +43,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except EntkAlError as exc:
         if debug:
             raise
-        typer.echo(f"error: {one_line(exc)}", err=True)
+        echo_error(exc)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -53,15 +53,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     except Exception as exc:
         usage = _click_usage_message(exc)
         if usage is not None:
-            typer.echo(f"error: {usage}", err=True)
+            echo_error(usage)
             sys.exit(2)
         if _is_click_abort(exc):
             typer.echo("interrupted", err=True)
             sys.exit(130)
         if debug:
             raise
-        typer.echo(f"error: unexpected {type(exc).__name__}: {one_line(exc)} "
-                   f"(rerun with ENTK_AL_DEBUG=1 for the traceback, and please report it)", err=True)
+        echo_error(f"unexpected {type(exc).__name__}: {exc} "
+                   f"(rerun with ENTK_AL_DEBUG=1 for the traceback, and please report it)")
         sys.exit(1)
     if code == 130:
         typer.echo("interrupted", err=True)

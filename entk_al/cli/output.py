@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 import typer
 
 
@@ -12,10 +10,9 @@ def one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
-def fail(message: object, code: int = 2) -> NoReturn:
-    """Print ``error: <message>`` on one line on stderr and exit with ``code`` (2: a user error)."""
+def echo_error(message: object) -> None:
+    """Print ``error: <message>`` on one line on stderr (the caller picks the exit code)."""
     typer.echo(f"error: {one_line(message)}", err=True)
-    raise typer.Exit(code)
 
 
 def progress_bar(*, status: bool = True, remaining: bool = False, transient: bool = False):
