@@ -113,10 +113,16 @@ def run(
             (out_dir / name).unlink(missing_ok=True)
         for sub in ("queries", "labels"):  # human-in-the-loop files of the old run
             shutil.rmtree(out_dir / sub, ignore_errors=True)
+    from .progress import make_progress
     from .results import plot_curve
 
-    loop = ActiveLearningLoop(cfg, out_dir, curve_writer=plot_curve)
-    records = _run_with_progress(loop, resume is not None, quiet)
+    progress = make_progress(quiet)  # rich bars on a terminal, a line every 30 s otherwise, nothing with -q
+    loop = ActiveLearningLoop(cfg, out_dir, curve_writer=plot_curve, progress=progress)
+    try:
+        records = loop.run(resume=resume is not None, on_round=lambda rec: progress.note(
+            f"round {rec['round']}: {rec['n_labeled']} labels, test accuracy {100 * rec['test_accuracy']:.1f}%"))
+    finally:
+        progress.close()
     if loop.waiting_for is not None:
         typer.echo(f"waiting for labels: fill in the 'label' column of {loop.waiting_for} (class name or "
                    f"index), then run: entk-al label {out_dir} --from {loop.waiting_for} && "
@@ -125,22 +131,6 @@ def run(
     last = records[-1]
     typer.echo(f"done: {last['n_labeled']} labels, test accuracy {100 * last['test_accuracy']:.2f}% "
                f"(round 0: {100 * records[0]['test_accuracy']:.2f}%); results in {out_dir}")
-
-
-def _run_with_progress(loop, resume: bool, quiet: bool) -> list[dict]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    if quiet:
-        return loop.run(resume=resume)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False) as progress:
-        task = progress.add_task(f"{loop.cfg.strategy} on {loop.cfg.dataset}", total=loop.cfg.rounds + 1, status="")
-
-        def on_round(rec: dict) -> None:
-            progress.update(task, completed=rec["round"] + 1,
-                            status=f"{rec['n_labeled']} labels, acc {100 * rec['test_accuracy']:.1f}%")
-
-        return loop.run(resume=resume, on_round=on_round)
 
 
 @app.command("strategies")
@@ -164,6 +154,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     import os
 
     debug = os.environ.get("ENTK_AL_DEBUG", "") not in ("", "0")
+    restore_sigterm = _sigterm_as_interrupt()
     try:
         # Without standalone mode typer *returns* exit codes (typer.Exit, Ctrl-C -> 130).
         code = app(args=argv, standalone_mode=False)
@@ -190,9 +181,27 @@ def main(argv: Optional[list[str]] = None) -> None:
         typer.echo(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
                    f"(rerun with ENTK_AL_DEBUG=1 for the traceback, and please report it)", err=True)
         sys.exit(1)
+    finally:
+        restore_sigterm()
     if code == 130:
         typer.echo("interrupted", err=True)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _sigterm_as_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt (the clean "interrupted" exit of Ctrl-C, leaving the
+    last checkpoint to resume from); returns a function restoring the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers can only be set from the main thread
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _click_modules() -> list:

@@ -39,7 +39,9 @@ def fidelity(
 
     from .config import RunConfig
     from .fidelity import measure_fidelity, plot_fidelity
-    from .loop import ActiveLearningLoop
+    from .oracle import SimulatedOracle
+    from .pool import PoolState
+    from .run_setup import RunSetup
     from .fileio import write_json
     from .seeding import int_seed, numpy_rng, torch_generator
     from .train import train_model
@@ -53,15 +55,15 @@ def fidelity(
     cfg = RunConfig(strategy="random", dataset=dataset, model=model, width=width, initial=initial, query=1,
                     rounds=0, seed=seed, epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr,
                     loss=loss, device=device, data_dir=data_dir)
-    try:
-        loop = ActiveLearningLoop(cfg, out)
-    except ConfigError as exc:
-        if "exceeds the pool" not in str(exc):
-            raise
-        raise ConfigError(f"--initial {initial} exceeds the {dataset} pool") from None
-    state = loop.fresh_state()
-    lab = state.pool.labeled_ids()
-    unl = state.pool.unlabeled_ids()
+    loop = RunSetup.from_config(cfg, with_strategy=False)
+    if initial > loop.data.pool_size:
+        raise ConfigError(f"--initial {initial} exceeds the {dataset} pool of {loop.data.pool_size}")
+    # The loop's seeded initial set (ActiveLearningLoop.fresh_state with a simulated oracle).
+    pool = PoolState(loop.data.pool_size)
+    first = np.sort(numpy_rng(seed, -1, "initial").choice(loop.data.pool_size, initial, replace=False))
+    pool.add(first, SimulatedOracle(loop.data.y_train)(first), PoolState.INITIAL)
+    lab = pool.labeled_ids()
+    unl = pool.unlabeled_ids()
     if eval_size > len(unl):
         raise ConfigError(f"--eval-size {eval_size} exceeds the {len(unl)} unlabeled points")
     # Same round-0 training as the loop: θ_L is what the look-ahead linearizes around.
