@@ -115,25 +115,27 @@ class RoundContext:
         new = ids[row_of[ids] < 0]
         if new.size:
             missing = new[np.sort(np.unique(new, return_index=True)[1])]  # first-seen order
-            logits, feats = self._predict_into(missing)
+            logits, feats, fin = self._predict_into(missing)
             old_l, old_f = self._cache.get("logits"), self._cache.get("feats")
             start = 0 if old_l is None else len(old_l)
             if old_l is not None:
                 logits, feats = torch.cat([old_l, logits]), torch.cat([old_f, feats])
             self._cache["logits"], self._cache["feats"] = logits, feats
             row_of[missing] = np.arange(start, start + len(missing))
-            fin = torch.isfinite(logits[start:]).all(1) & torch.isfinite(feats[start:]).all(1)
-            for i in missing[~fin.cpu().numpy()].tolist():
+            for i in missing[~fin].tolist():
                 bad_out = not bool(torch.isfinite(logits[row_of[i]]).all())
                 self.excluded.setdefault(i, "outputs" if bad_out else "embeddings")
         return row_of[ids]
 
     @torch.no_grad()
-    def _predict_into(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _predict_into(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(logits, features, finite mask (len(ids),) bool) for ``ids``, batch by batch; the
+        finiteness test runs per batch so that its temporaries stay batch-sized."""
         captured: list[torch.Tensor] = []
         head = last_linear(self.model)
         handle = head.register_forward_hook(lambda m, inp, out: captured.append(inp[0].flatten(1)))
         logits = feats = None
+        finite = np.ones(len(ids), dtype=bool)
         bs = self.eval_batch_size
         dtype = next(self.model.parameters()).dtype
         try:
@@ -147,10 +149,11 @@ class RoundContext:
                         feats = f.new_empty((len(ids), f.shape[1]))
                     logits[s:s + len(x)] = out
                     feats[s:s + len(x)] = f
+                    finite[s:s + len(x)] = (torch.isfinite(out).all(1) & torch.isfinite(f).all(1)).cpu().numpy()
                     advance(len(x))
         finally:
             handle.remove()
-        return logits, feats
+        return logits, feats, finite
 
     def _rows(self, name: str, ids: np.ndarray) -> torch.Tensor:
         rows = self._ensure_predictions(np.asarray(ids, dtype=np.int64))
