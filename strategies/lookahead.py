@@ -136,15 +136,16 @@ class LookaheadSampling:
                 sel = torch.from_numpy(np.flatnonzero(keep)).to(k_ul.device)
                 u, x_u, k_ul, k_uu_diag = u[keep], x_u[sel], k_ul[sel], k_uu_diag[sel]
                 m = len(u)
+
+            def k_uu_block(rows: slice, cols: torch.Tensor) -> torch.Tensor:
+                return ctx.kernel_fn(ctx.model, x_u[rows], x_u[cols])
+
         if not ctx.keep_mask(lab).all() or not bool(torch.isfinite(k_ll).all()):
             raise StrategyError("the kernel of the labeled set has non-finite entries (float32 overflow?); "
                                 "check the inputs for huge values")
         cand_ids = cand_ids[ctx.keep_mask(cand_ids)]
         if len(cand_ids) < k:
             raise StrategyError(f"only {len(cand_ids)} candidates have a finite kernel, fewer than the {k} to query")
-
-            def k_uu_block(rows: slice, cols: torch.Tensor) -> torch.Tensor:
-                return ctx.kernel_fn(ctx.model, x_u[rows], x_u[cols])
 
         ridge = relative_ridge(k_ll, self.ridge)
         sysm = fit_lookahead(k_ll, k_ul, ctx.logits(lab), ctx.labeled_onehot(), ctx.logits(u), k_uu,

@@ -164,7 +164,8 @@ def _mlp():
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
 
 
-def test_float32_kernel_overflow_excludes_those_ids_in_lookahead():
+@pytest.mark.parametrize("dense_max", [8000, 5])  # dense k(U, U) and the streamed path
+def test_float32_kernel_overflow_excludes_those_ids_in_lookahead(dense_max):
     """Finite outputs but a non-finite kernel row (float32 overflow): the id is left out of
     candidates and U, and the picks equal those on the pool without it."""
     from strategies import LookaheadSampling
@@ -181,12 +182,12 @@ def test_float32_kernel_overflow_excludes_those_ids_in_lookahead():
 
     model, lab = _mlp(), np.arange(30, 40)
     ctx = _ctx(model, x, lab, overflowing)
-    picked = LookaheadSampling().select(ctx, 4)
+    picked = LookaheadSampling(dense_max=dense_max).select(ctx, 4)
     assert 5 not in picked.tolist() and ctx.info["nonfinite_ids"] == {"5": "kernel"}
     # reference: the same round with id 5 never a candidate
     ref = _ctx(model, x, lab)
     ref.candidate_ids = ref.unlabeled_ids = np.setdiff1d(ref.candidate_ids, [5])
-    assert picked.tolist() == LookaheadSampling().select(ref, 4).tolist()
+    assert picked.tolist() == LookaheadSampling(dense_max=dense_max).select(ref, 4).tolist()
 
 
 def test_top_k_leaves_out_nonfinite_scores_and_fails_when_too_few_remain():
