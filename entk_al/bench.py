@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .checkpoint import CHECKPOINT, RESUMABLE_CHANGES
 from .config import RunConfig, load_toml
 from .data import ALDataset, load_dataset
 from .errors import ConfigError, StrategyError
-from .loop import CHECKPOINT, RESUMABLE_CHANGES, ActiveLearningLoop
-from .plugins import available_strategies, load_strategy
 from .fileio import write_json
+from .loop import ActiveLearningLoop
+from .plugins import available_strategies, load_strategy
 from .results import plot_curve
 from .seeding import int_seed
 

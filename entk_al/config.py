@@ -99,6 +99,8 @@ class RunConfig:
             raise ConfigError(f"--width must be >= 1, got {self.width}")
         if self.oracle not in ("simulated", "files"):
             raise ConfigError(f"--oracle must be 'simulated' or 'files', got {self.oracle!r}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed must be in [0, 2**63), got {self.seed}")
         if self.subset < self.query:
             raise ConfigError(f"--subset ({self.subset}) must be >= --query ({self.query}): the strategy "
                               f"selects the queries from the candidate subset")

@@ -8,6 +8,7 @@ plugin) asks first.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -16,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import predict_with_features
+from .errors import StrategyError
+from .models import eval_mode, last_linear
+from .progress import NullProgress
 
 
 @runtime_checkable
@@ -54,7 +57,10 @@ class RoundContext:
         oracle: ``oracle(ids) -> labels``: ask for true labels mid-selection (sequential
             look-ahead). Ids asked must be among those the strategy then returns.
         info: dict a strategy may fill; it is written to the round's log as ``strategy_info``.
-        kernel_fn: ``kernel_fn(model, x1, x2) -> (N1, N2)`` the pNTK implementation used.
+        kernel_fn: ``kernel_fn(model, x1, x2) -> (N1, N2)`` the pNTK implementation used
+            (wrapped so that its time counts in :attr:`kernel_seconds`).
+        progress: the run's progress reporter; ``with ctx.progress.task(name, total) as advance``.
+        excluded: ids left out this round for non-finite values (see :meth:`finite_ids`).
     """
 
     round: int
@@ -73,44 +79,106 @@ class RoundContext:
     kernel_fn: Callable[..., torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 1024
+    #: progress reporter (:mod:`entk_al.progress`); kernels and strategies open tasks on it.
+    progress: NullProgress = field(default_factory=NullProgress)
+    #: seconds spent in ``kernel_fn`` this round (every call through the context counts).
+    kernel_seconds: float = 0.0
+    #: pool id -> why it was left out this round ("outputs", "embeddings", "kernel", "score").
+    excluded: dict[int, str] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        raw = self.kernel_fn
+
+        def timed_kernel(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
+            n2 = len(x1) if x2 is None else len(x2)
+            t0 = time.perf_counter()
+            with self.progress.task(f"kernel {len(x1)}x{n2}", total=1) as advance:
+                out = raw(model, x1, x2, **kw)
+                advance(1)
+            self.kernel_seconds += time.perf_counter() - t0
+            return out
+
+        self.kernel_fn = timed_kernel
 
     # -- cached per-round quantities ------------------------------------------------
     def _ensure_predictions(self, ids: np.ndarray) -> np.ndarray:
-        """Compute logits and features for ids not yet cached; return their cache rows."""
-        if "logits" not in self._cache:
-            self._cache["rows"] = {}
-            self._cache["logits"] = []
-            self._cache["feats"] = []
-        rows = self._cache["rows"]
-        missing = np.array([i for i in dict.fromkeys(ids.tolist()) if i not in rows], dtype=np.int64)
-        if missing.size:
-            logits, feats = predict_with_features(self.model, self.x_pool[torch.from_numpy(missing)],
-                                                  self.eval_batch_size, self.device)
-            start = sum(len(t) for t in self._cache["logits"])
-            self._cache["logits"].append(logits)
-            self._cache["feats"].append(feats)
-            for off, i in enumerate(missing.tolist()):
-                rows[i] = start + off
-            self._cache.pop("logits_cat", None)
-        if "logits_cat" not in self._cache:
-            self._cache["logits_cat"] = torch.cat(self._cache["logits"])
-            self._cache["feats_cat"] = torch.cat(self._cache["feats"])
-        return np.fromiter((rows[i] for i in ids.tolist()), dtype=np.int64, count=len(ids))
+        """Compute logits and features for ids not yet cached; return their cache rows.
+
+        One copy of each is held: rows are written into one preallocated (rows, O) and
+        (rows, H) array per quantity, in ``eval_batch_size`` batches (the batches, hence the
+        values, are those of :func:`entk_al.models.predict_with_features`).
+        """
+        if "row_of" not in self._cache:
+            self._cache["row_of"] = np.full(len(self.x_pool), -1, dtype=np.int64)
+        row_of = self._cache["row_of"]
+        new = ids[row_of[ids] < 0]
+        if new.size:
+            missing = new[np.sort(np.unique(new, return_index=True)[1])]  # first-seen order
+            logits, feats, fin = self._predict_into(missing)
+            old_l, old_f = self._cache.get("logits"), self._cache.get("feats")
+            start = 0 if old_l is None else len(old_l)
+            if old_l is not None:
+                logits, feats = torch.cat([old_l, logits]), torch.cat([old_f, feats])
+            self._cache["logits"], self._cache["feats"] = logits, feats
+            row_of[missing] = np.arange(start, start + len(missing))
+            for i in missing[~fin].tolist():
+                bad_out = not bool(torch.isfinite(logits[row_of[i]]).all())
+                self.excluded.setdefault(i, "outputs" if bad_out else "embeddings")
+        return row_of[ids]
+
+    @torch.no_grad()
+    def _predict_into(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(logits, features, finite mask (len(ids),) bool) for ``ids``, batch by batch; the
+        finiteness test runs per batch so that its temporaries stay batch-sized."""
+        captured: list[torch.Tensor] = []
+        head = last_linear(self.model)
+        handle = head.register_forward_hook(lambda m, inp, out: captured.append(inp[0].flatten(1)))
+        logits = feats = None
+        finite = np.ones(len(ids), dtype=bool)
+        bs = self.eval_batch_size
+        dtype = next(self.model.parameters()).dtype
+        try:
+            with eval_mode(self.model), self.progress.task("outputs", total=len(ids)) as advance:
+                for s in range(0, len(ids), bs):
+                    x = self.x_pool[torch.from_numpy(ids[s:s + bs])].to(device=self.device, dtype=dtype)
+                    out = self.model(x)
+                    f = captured.pop()
+                    if logits is None:
+                        logits = out.new_empty((len(ids), out.shape[1]))
+                        feats = f.new_empty((len(ids), f.shape[1]))
+                    logits[s:s + len(x)] = out
+                    feats[s:s + len(x)] = f
+                    finite[s:s + len(x)] = (torch.isfinite(out).all(1) & torch.isfinite(f).all(1)).cpu().numpy()
+                    advance(len(x))
+        finally:
+            handle.remove()
+        return logits, feats, finite
+
+    def _rows(self, name: str, ids: np.ndarray) -> torch.Tensor:
+        rows = self._ensure_predictions(np.asarray(ids, dtype=np.int64))
+        store = self._cache[name]
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+            return store[int(rows[0]):int(rows[-1]) + 1]  # a view, no copy
+        return store[torch.from_numpy(rows).to(store.device)]
 
     def logits(self, ids: np.ndarray) -> torch.Tensor:
-        """Network outputs f(x) at pool ``ids``: (len(ids), O) float32 on ``device``, eval mode."""
-        rows = self._ensure_predictions(np.asarray(ids, dtype=np.int64))
-        return self._cache["logits_cat"][torch.from_numpy(rows).to(self.device)]
+        """Network outputs f(x) at pool ``ids``: (len(ids), O) float32 on ``device``, eval mode.
+
+        May be a view of the round's cache: do not modify it in place.
+        """
+        return self._rows("logits", ids)
 
     def probs(self, ids: np.ndarray) -> torch.Tensor:
         """Softmax of :meth:`logits`: (len(ids), O) float32 class probabilities."""
         return F.softmax(self.logits(ids), dim=1)
 
     def embeddings(self, ids: np.ndarray) -> torch.Tensor:
-        """Penultimate features (input of the last ``nn.Linear``): (len(ids), H) float32."""
-        rows = self._ensure_predictions(np.asarray(ids, dtype=np.int64))
-        return self._cache["feats_cat"][torch.from_numpy(rows).to(self.device)]
+        """Penultimate features (input of the last ``nn.Linear``): (len(ids), H) float32.
+
+        May be a view of the round's cache: do not modify it in place.
+        """
+        return self._rows("feats", ids)
 
     def inputs(self, ids: np.ndarray) -> torch.Tensor:
         """Pool inputs at ``ids`` on ``device``: (len(ids), *input_shape) float32."""
@@ -119,14 +187,80 @@ class RoundContext:
     def kernel(self, ids1: np.ndarray, ids2: np.ndarray | None = None) -> torch.Tensor:
         """pNTK between pool ids (cached for the round): (len(ids1), len(ids2)) on ``device``.
 
-        Source: sum-of-logits pNTK, Mohamadi, Bae & Sutherland, arXiv 2206.12543.
+        Ids whose kernel rows (or columns) are non-finite (e.g. float32 overflow) are added to
+        :attr:`excluded`; the matrix is returned as computed, so callers drop them with
+        :meth:`keep_mask`. Source: sum-of-logits pNTK, Mohamadi, Bae & Sutherland, arXiv 2206.12543.
         """
         ids1 = np.asarray(ids1, dtype=np.int64)
-        key = ("kernel", ids1.tobytes(), None if ids2 is None else np.asarray(ids2, dtype=np.int64).tobytes())
+        ids2 = None if ids2 is None else np.asarray(ids2, dtype=np.int64)
+        key = ("kernel", ids1.tobytes(), None if ids2 is None else ids2.tobytes())
         if key not in self._cache:
             x2 = None if ids2 is None else self.inputs(ids2)
-            self._cache[key] = self.kernel_fn(self.model, self.inputs(ids1), x2)
+            k = self.kernel_fn(self.model, self.inputs(ids1), x2)
+            self._note_nonfinite_kernel(k, ids1, ids1 if ids2 is None else ids2)
+            self._cache[key] = k
         return self._cache[key]
+
+    def _note_nonfinite_kernel(self, k: torch.Tensor, ids1: np.ndarray, ids2: np.ndarray) -> None:
+        bad = ~torch.isfinite(k)
+        if not bool(bad.any()):
+            return
+        bad = bad.cpu().numpy()
+        if ids1 is ids2 or (len(ids1) == len(ids2) and np.array_equal(ids1, ids2)):
+            rows = bad.diagonal().copy()
+            cols = rows
+        else:
+            rows, cols = bad.all(1), bad.all(0)
+        rest = bad & ~rows[:, None] & ~cols[None, :]
+        rows = rows | rest.any(1)  # entries bad without a bad row or column: blame the row
+        for i in np.concatenate([ids1[rows], ids2[cols]]).tolist():
+            self.excluded.setdefault(int(i), "kernel")
+        self.record_excluded()
+
+    # -- non-finite values ----------------------------------------------------------------
+    def keep_mask(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids),) bool: True where the id has not been left out for a non-finite value."""
+        if not self.excluded:
+            return np.ones(len(ids), dtype=bool)
+        return ~np.isin(np.asarray(ids, dtype=np.int64), np.fromiter(self.excluded, dtype=np.int64))
+
+    def finite_ids(self, ids: np.ndarray) -> np.ndarray:
+        """``ids`` without those whose outputs or embeddings (or known kernel rows) are non-finite.
+
+        The rule for the whole kind: a pool id with a non-finite output, embedding, kernel
+        entry or score is left out of the candidates and evaluation sets this round and
+        listed in ``info`` (see :meth:`record_excluded`).
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        self._ensure_predictions(ids)
+        keep = self.keep_mask(ids)
+        self.record_excluded()
+        return ids if keep.all() else ids[keep]
+
+    def exclude(self, ids: np.ndarray, reason: str) -> None:
+        """Leave ``ids`` out this round because of a non-finite ``reason`` ("score", ...)."""
+        for i in np.asarray(ids, dtype=np.int64).tolist():
+            self.excluded.setdefault(int(i), reason)
+        self.record_excluded()
+
+    def record_excluded(self, cap: int = 20) -> None:
+        """Write how many ids were left out, and the first ``cap`` (with reasons), to ``info``."""
+        if self.excluded:
+            self.info["nonfinite_excluded"] = len(self.excluded)
+            self.info["nonfinite_ids"] = {str(i): why for i, why in list(sorted(self.excluded.items()))[:cap]}
+
+    def screen_candidates(self, k: int) -> None:
+        """Drop non-finite candidates from :attr:`candidate_ids` (the loop calls this first).
+
+        Raises:
+            StrategyError: fewer than ``k`` candidates with finite outputs and embeddings remain.
+        """
+        kept = self.finite_ids(self.candidate_ids)
+        if len(kept) < k:
+            raise StrategyError(f"round {self.round}: only {len(kept)} of {len(self.candidate_ids)} candidates "
+                                f"have finite model outputs and embeddings, fewer than the {k} to query "
+                                f"(check the inputs for huge or non-finite values)")
+        self.candidate_ids = kept
 
     def labeled_onehot(self) -> torch.Tensor:
         """One-hot targets of the labeled set: (n, O) float32 on ``device``."""

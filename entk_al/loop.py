@@ -10,68 +10,30 @@ the same results as an uninterrupted one on the CPU.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, RESUMABLE_CHANGES, LoopState, read_checkpoint,
+                         state_from_checkpoint, write_checkpoint)
 from .config import RunConfig
-from .context import RoundContext
-from .data import ALDataset, load_dataset
-from .errors import CheckpointError, ConfigError, EntkAlError, LabelError, StrategyError
-from .models import build_model, predict
-from .ntk import pntk
-from .oracle import FileOracle, SimulatedOracle, query_path, recorded_labels, write_queries
-from .plugins import load_strategy
-from .pool import PoolState, validate_selection
-from .fileio import atomic_write, write_json, write_jsonl
+from .data import ALDataset
+from .errors import CheckpointError, ConfigError, LabelError
+from .fileio import write_json, write_jsonl
 from .metrics import aubc
+from .models import predict
+from .oracle import FileOracle, SimulatedOracle, query_path, recorded_labels, write_queries
+from .pool import PoolState
+from .progress import NullProgress
+from .run_setup import RunSetup, resolve_device
 from .seeding import int_seed, numpy_rng, torch_generator
-from .train import TrainConfig, train_model
+from .selection import select_queries
+from .train import train_model
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
-#: Options that may differ between a checkpoint and a resumed run.
-RESUMABLE_CHANGES = {"rounds", "device", "data_dir", "download"}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU. Raises ConfigError for missing CUDA."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def read_checkpoint(path: Path) -> dict:
-    """Load ``checkpoint.pt`` on the CPU.
-
-    Raises:
-        CheckpointError: the file cannot be unpickled or is not a checkpoint dict.
-    """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({type(exc).__name__})") from None
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupted (not a checkpoint)")
-    return ckpt
-
-
-@dataclass
-class LoopState:
-    """What a checkpoint restores: the round to run next, the model, the pool and the log."""
-
-    next_round: int
-    model_state: dict | None
-    pool: PoolState
-    records: list[dict]
-    #: queries waiting for human labels (``--oracle files``): {"round": r, "ids": [...]};
-    #: round -2 is the seeded initial set.
-    pending: dict | None = None
+__all__ = ["ActiveLearningLoop", "run_experiment", "LoopState", "CHECKPOINT", "CHECKPOINT_VERSION",
+           "RESUMABLE_CHANGES", "read_checkpoint", "resolve_device"]
 
 
 class ActiveLearningLoop:
@@ -102,31 +64,36 @@ class ActiveLearningLoop:
     def __init__(self, cfg: RunConfig, out_dir: str | Path, *, strategy: Any = None,
                  dataset: ALDataset | None = None, oracle: Callable[[np.ndarray], np.ndarray] | None = None,
                  kernel_fn: Callable[..., torch.Tensor] | None = None,
-                 curve_writer: Callable[[list[dict], Path, str], None] | None = None):
-        self.cfg = cfg.validate()
+                 curve_writer: Callable[[list[dict], Path, str], None] | None = None,
+                 progress: NullProgress | None = None):
+        self.setup = RunSetup.from_config(cfg, strategy=strategy, dataset=dataset, kernel_fn=kernel_fn)
+        self.cfg = self.setup.cfg
         #: ``curve_writer(records, path, title)`` draws curve.png after each round; the loop
         #: itself draws nothing (plots belong to the results layer, which passes it in).
         self.curve_writer = curve_writer
+        #: progress reporter for rounds, training steps, kernels and scoring (entk_al.progress).
+        self.progress = progress or NullProgress()
         self.out_dir = Path(out_dir)
-        self.strategy = strategy if strategy is not None else load_strategy(cfg.strategy, cfg.strategy_options)
-        self.data = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
-        if cfg.budget > self.data.pool_size:
-            raise ConfigError(f"budget initial + query*rounds = {cfg.budget} exceeds the pool of "
-                              f"{self.data.pool_size} {cfg.dataset} training points")
+        if self.cfg.budget > self.data.pool_size:
+            raise ConfigError(f"budget initial + query*rounds = {self.cfg.budget} exceeds the pool of "
+                              f"{self.data.pool_size} {self.cfg.dataset} training points")
         if oracle is None:
-            oracle = FileOracle() if cfg.oracle == "files" else SimulatedOracle(self.data.y_train)
+            oracle = FileOracle() if self.cfg.oracle == "files" else SimulatedOracle(self.data.y_train)
         self.oracle = oracle
         if getattr(oracle, "deferred", False) and getattr(self.strategy, "mode", "batch") in ("sequential", "hybrid"):
             # Fail before training rather than mid-selection (FileOracle also refuses at call time).
             raise ConfigError(f"strategy {self.strategy.name!r} in {self.strategy.mode} mode needs labels during "
                               f"selection, which --oracle files cannot give; use mode=batch or --oracle simulated")
+        self.setup.check_sizes()
         #: set when the run stopped to wait for human labels: the queries CSV to fill in.
         self.waiting_for: Path | None = None
-        self.kernel_fn = kernel_fn or (lambda model, x1, x2=None: pntk(model, x1, x2))
-        self.device = resolve_device(cfg.device)
-        self.train_cfg = TrainConfig(loss=cfg.loss, epochs=cfg.epochs, min_steps=cfg.min_steps,
-                                     batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                     threads=cfg.threads)
+
+    # The parts of the setup, under the names users and tests know.
+    data = property(lambda self: self.setup.data)
+    strategy = property(lambda self: self.setup.strategy)
+    device = property(lambda self: self.setup.device)
+    train_cfg = property(lambda self: self.setup.train_cfg)
+    kernel_fn = property(lambda self: self.setup.kernel_fn)
 
     # -- state ---------------------------------------------------------------------
     def fresh_state(self) -> LoopState:
@@ -148,16 +115,7 @@ class ActiveLearningLoop:
                 # checkpoint): nothing was completed, so resuming is starting at round 0.
                 return self.fresh_state()
             raise CheckpointError(f"no checkpoint in {self.out_dir}; nothing to resume")
-        ckpt = read_checkpoint(path)
-        try:
-            version, saved_cfg = ckpt["version"], ckpt["config"]
-            state = LoopState(next_round=int(ckpt["next_round"]), model_state=ckpt["model"],
-                              pool=PoolState.from_state_dict(ckpt["pool"]), records=list(ckpt["records"]),
-                              pending=ckpt.get("pending"))
-        except Exception as exc:
-            raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({type(exc).__name__})") from None
-        if version != CHECKPOINT_VERSION:
-            raise CheckpointError(f"checkpoint {path} has version {version}, expected {CHECKPOINT_VERSION}")
+        state, saved_cfg = state_from_checkpoint(read_checkpoint(path), path)
         diff = self.cfg.differing_options(saved_cfg, RESUMABLE_CHANGES)
         if diff:
             raise CheckpointError(f"checkpoint {path} was made with different options: {', '.join(diff)}")
@@ -168,36 +126,17 @@ class ActiveLearningLoop:
             raise CheckpointError(f"checkpoint {path} has a pool of {state.pool.size}, dataset has {self.data.pool_size}")
         return state
 
-    def save_state(self, state: LoopState, model: torch.nn.Module) -> None:
-        ckpt = {"version": CHECKPOINT_VERSION, "config": self.cfg.to_dict(), "next_round": state.next_round,
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "pool": state.pool.state_dict(), "records": state.records, "pending": state.pending,
-                "classes": list(self.data.classes)}
-        atomic_write(self.out_dir / CHECKPOINT, lambda p: torch.save(ckpt, p))
+    def save_state(self, state: LoopState, model: torch.nn.Module | None) -> None:
+        write_checkpoint(self.out_dir / CHECKPOINT, state, model, self.cfg.to_dict(), list(self.data.classes))
 
     # -- the loop --------------------------------------------------------------------
     def new_model(self, round_idx: int) -> torch.nn.Module:
-        init_round = round_idx if self.cfg.retrain == "scratch" else -1
-        model = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes, self.cfg.width,
-                            seed=int_seed(self.cfg.seed, init_round, "init"))
-        return model.to(self.device)
+        """See :meth:`RunSetup.new_model`."""
+        return self.setup.new_model(round_idx)
 
     def check_model(self, model: torch.nn.Module) -> None:
-        """Fail fast, before any file is written, if the model cannot take the dataset's inputs.
-
-        Raises:
-            ConfigError: the forward pass fails or does not give (N, num_classes) outputs.
-        """
-        x = self.data.x_train[:2]
-        try:
-            with torch.no_grad():
-                out = predict(model, x, device=self.device)
-        except RuntimeError as exc:
-            raise ConfigError(f"model {self.cfg.model!r} cannot take {self.cfg.dataset} inputs of shape "
-                              f"{tuple(self.data.input_shape)} ({' '.join(str(exc).split())[:200]})") from None
-        if tuple(out.shape) != (len(x), self.data.num_classes):
-            raise ConfigError(f"model {self.cfg.model!r} gives outputs of shape {tuple(out.shape[1:])}, "
-                              f"expected ({self.data.num_classes},) for {self.cfg.dataset}")
+        """See :meth:`RunSetup.check_model`."""
+        self.setup.check_model(model)
 
     def run(self, *, resume: bool = False, on_round: Callable[[dict], None] | None = None) -> list[dict]:
         """Run (or resume) to completion; returns the per-round records.
@@ -216,49 +155,69 @@ class ActiveLearningLoop:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = self.load_state() if resume else self.fresh_state()
         write_json(self.out_dir / "config.json", self.cfg.to_dict())
+        if resume and state.records:
+            # The checkpoint is the one source of truth: a kill between the checkpoint and the
+            # log (or curve) leaves them behind it, so rewrite both from its records first.
+            self.write_results(state.records)
         if state.model_state is not None:
             model.load_state_dict(state.model_state)
-        if state.pending is not None and not self.take_pending_labels(state, model, fresh=not resume):
-            return state.records
-        last = state.records[-1] if state.records else None
-        if last is not None and not last["queried"] and last["round"] < self.cfg.rounds:
-            # A finished run resumed with more --rounds: its last round trained but did not
-            # query; query now with the same model and seeds, as an uninterrupted run would.
-            if self.query_round(state, last, model):
+        title = f"{self.cfg.strategy} on {self.cfg.dataset}"
+        with self.progress.task(title, total=self.cfg.rounds + 1) as advance_round:
+            advance_round(len(state.records))
+            if state.pending is not None and not self.take_pending_labels(state, model, fresh=not resume):
                 return state.records
-        for r in range(state.next_round, self.cfg.rounds + 1):
-            if r > 0 and self.cfg.retrain == "scratch":
-                model = self.new_model(r)
-            record = self.run_round(r, model, state.pool)
-            state.records.append(record)
-            state.next_round = r + 1
-            if r < self.cfg.rounds and self.query_round(state, record, model):
+            last = state.records[-1] if state.records else None
+            if last is not None and not last["queried"] and last["round"] < self.cfg.rounds:
+                # A finished run resumed with more --rounds: its last round trained but did not
+                # query; query now with the same model and seeds, as an uninterrupted run would.
+                if self.query_round(state, last, model):
+                    return state.records
+            for r in range(state.next_round, self.cfg.rounds + 1):
+                if r > 0 and self.cfg.retrain == "scratch":
+                    model = self.new_model(r)
+                record = self.train_and_evaluate(r, model, state.pool)
+                state.records.append(record)
+                state.next_round = r + 1
+                if r < self.cfg.rounds and self.query_round(state, record, model):
+                    if on_round:
+                        on_round(record)
+                    return state.records
+                # Checkpoint first: a crash in between leaves the log behind the checkpoint, and
+                # resuming rewrites the log from the checkpoint's records.
+                self.save_state(state, model)
+                self.write_results(state.records)
+                advance_round(1)
                 if on_round:
                     on_round(record)
-                return state.records
-            # Checkpoint first: a crash in between leaves the log behind the checkpoint, and
-            # resuming rewrites the log from the checkpoint's records.
-            self.save_state(state, model)
-            self.write_results(state.records)
-            if on_round:
-                on_round(record)
+        # Last, and only after the log holds every round: bench counts a run with summary.json
+        # as finished.
         write_json(self.out_dir / "summary.json", self.summary(state.records))
         return state.records
 
-    def run_round(self, r: int, model: torch.nn.Module, pool: PoolState) -> dict:
+    def train_and_evaluate(self, r: int, model: torch.nn.Module, pool: PoolState) -> dict:
+        """Train ``model`` in place on the labeled set and evaluate it on the test split.
+
+        Returns the round's record (``queried`` empty, ``select_seconds`` 0 until the query).
+        """
         cfg = self.cfg
         # Global torch RNG (dropout, user code) is re-seeded per round for resumability.
         torch.manual_seed(int_seed(cfg.seed, r, "torch-global"))
         lab = pool.labeled_ids()
         t0 = time.perf_counter()
-        stats = train_model(model, self.data.x_train[lab], self.data.y_train.new_tensor(pool.labels[lab]),
-                            self.train_cfg, torch_generator(cfg.seed, r, "train"))
+        steps = self.train_cfg.steps_for(len(lab))
+        with self.progress.task(f"round {r}: training", total=steps) as advance:
+            stats = train_model(model, self.data.x_train[lab], self.data.y_train.new_tensor(pool.labels[lab]),
+                                self.train_cfg, torch_generator(cfg.seed, r, "train"), on_step=advance)
         train_s = time.perf_counter() - t0
         acc = self.evaluate(model)
         record: dict[str, Any] = {"round": r, "n_labeled": int(len(lab)), "test_accuracy": acc,
                                   "train_seconds": train_s, "train_steps": stats["steps"],
-                                  "train_loss": stats["final_loss"], "queried": [], "select_seconds": 0.0}
+                                  "train_loss": stats["final_loss"], "queried": [], "select_seconds": 0.0,
+                                  "kernel_seconds": 0.0, "score_seconds": 0.0}
         return record
+
+    #: the former name of :meth:`train_and_evaluate`.
+    run_round = train_and_evaluate
 
     def query_round(self, state: LoopState, record: dict, model: torch.nn.Module) -> bool:
         """Select this round's queries and label them; True if the run now waits for a human.
@@ -268,8 +227,11 @@ class ActiveLearningLoop:
         """
         r = record["round"]
         t1 = time.perf_counter()
-        queried, labels, info = self.select(r, model, state.pool)
+        queried, labels, info, kernel_s = self.select(r, model, state.pool)
         record["select_seconds"] = time.perf_counter() - t1
+        # select = kernel (time inside kernel_fn) + score (everything else the strategy did).
+        record["kernel_seconds"] = kernel_s
+        record["score_seconds"] = max(0.0, record["select_seconds"] - kernel_s)
         record["queried"] = queried.tolist()
         if info:
             record["strategy_info"] = info
@@ -314,52 +276,10 @@ class ActiveLearningLoop:
         self.save_state(state, model)
         return True
 
-    def select(self, r: int, model: torch.nn.Module, pool: PoolState) -> tuple[np.ndarray, np.ndarray | None, dict]:
-        cfg = self.cfg
-        unl = pool.unlabeled_ids()
-        cand = unl
-        if len(unl) > cfg.subset:
-            cand = np.sort(numpy_rng(cfg.seed, r, "subset").choice(unl, cfg.subset, replace=False))
-        answers: dict[int, int] = {}
-
-        def ask(ids: np.ndarray) -> np.ndarray:
-            ids = np.asarray(ids, dtype=np.int64)
-            if pool.labeled_mask[ids].any():
-                raise StrategyError(f"strategy {self.strategy.name!r} asked the oracle for an already-labeled id")
-            got = self.oracle(ids)
-            answers.update(zip(ids.tolist(), np.asarray(got).tolist()))
-            return got
-
-        # Re-seeded here too, so that a selection resumed on its own (more --rounds) draws
-        # the same global numbers as one that followed training in the same process.
-        torch.manual_seed(int_seed(cfg.seed, r, "torch-select"))
-        lab = pool.labeled_ids()
-        ctx = RoundContext(round=r, seed=cfg.seed, model=model, device=self.device, x_pool=self.data.x_train,
-                           num_classes=self.data.num_classes, labeled_ids=lab, labeled_targets=pool.labels[lab],
-                           unlabeled_ids=unl, candidate_ids=cand, rng=numpy_rng(cfg.seed, r, "strategy"),
-                           torch_generator=torch_generator(cfg.seed, r, "strategy"), oracle=ask,
-                           kernel_fn=self.kernel_fn)
-        model.eval()
-        k = min(cfg.query, len(unl))
-        try:
-            answer = self.strategy.select(ctx, k)
-        except EntkAlError:
-            raise
-        except Exception as exc:
-            # A user's strategy failing is a user-facing error that must name the strategy.
-            raise StrategyError(f"strategy {self.strategy.name!r} failed in round {r}: "
-                                f"{type(exc).__name__}: {exc}") from exc
-        queried = validate_selection(self.strategy.name, answer, k, pool)
-        stray = set(answers) - set(queried.tolist())
-        if stray:
-            raise StrategyError(f"strategy {self.strategy.name!r} asked the oracle for ids it did not select")
-        if getattr(self.oracle, "deferred", False):
-            return queried, None, ctx.info
-        missing = np.array([i for i in queried.tolist() if i not in answers], dtype=np.int64)
-        if missing.size:
-            answers.update(zip(missing.tolist(), np.asarray(self.oracle(missing)).tolist()))
-        labels = np.array([answers[i] for i in queried.tolist()], dtype=np.int64)
-        return queried, labels, ctx.info
+    def select(self, r: int, model: torch.nn.Module, pool: PoolState
+               ) -> tuple[np.ndarray, np.ndarray | None, dict, float]:
+        """See :func:`entk_al.selection.select_queries`."""
+        return select_queries(self.setup, r, model, pool, self.oracle, progress=self.progress)
 
     def evaluate(self, model: torch.nn.Module) -> float:
         """Accuracy (fraction in [0, 1]) on the held-out test split."""

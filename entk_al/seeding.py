@@ -13,9 +13,23 @@ import numpy as np
 import torch
 
 
+#: Seeds must lie in [0, MAX_SEED): 63 bits, what every consumer (torch, JSON) takes whole.
+MAX_SEED = 2**63
+
+
 def _entropy(seed: int, round_idx: int, component: str) -> list[int]:
+    """SeedSequence entropy for (seed, round, component).
+
+    A seed below 2**32 is one word, as it always was (so results made with such seeds do not
+    change); a larger seed is its low word followed by its high word, so every bit counts and
+    it never collides with a 32-bit seed (that entropy list is one word longer).
+    """
+    seed = int(seed)
+    if not 0 <= seed < MAX_SEED:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    words = [seed & 0xFFFFFFFF] if seed < 2**32 else [seed & 0xFFFFFFFF, seed >> 32]
     # crc32 (not hash()) so the key is stable across processes and Python versions.
-    return [int(seed) & 0xFFFFFFFF, int(round_idx) + 1, zlib.crc32(component.encode("utf-8"))]
+    return [*words, int(round_idx) + 1, zlib.crc32(component.encode("utf-8"))]
 
 
 def numpy_rng(seed: int, round_idx: int, component: str) -> np.random.Generator:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,13 +75,15 @@ def auto_threads(model: nn.Module, batch_size: int) -> int:
 
 
 def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                generator: torch.Generator) -> dict[str, float]:
+                generator: torch.Generator, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
     """Train ``model`` in place on (x, y).
 
     Args:
         x: (n, *input_shape) inputs (any device; batches move to the model's device).
         y: (n,) int64 labels.
         generator: CPU generator that draws the mini-batches (seeded per round).
+        on_step: called with 1 after each optimizer step (progress display); the step count
+            is ``cfg.steps_for(n)``.
 
     Returns:
         ``{"steps": int, "final_loss": float}`` (loss averaged over the last 10% of steps).
@@ -90,14 +93,14 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
     if threads and threads != previous:
         torch.set_num_threads(threads)
     try:
-        return _train(model, x, y, cfg, generator)
+        return _train(model, x, y, cfg, generator, on_step)
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-           generator: torch.Generator) -> dict[str, float]:
+           generator: torch.Generator, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     n = len(x)
@@ -123,5 +126,7 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         if step >= steps - max(1, steps // 10):
             tail += loss.item()
             tail_n += 1
+        if on_step is not None:
+            on_step(1)
     model.eval()
     return {"steps": steps, "final_loss": tail / max(tail_n, 1)}

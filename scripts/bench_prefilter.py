@@ -5,7 +5,13 @@ then runs :func:`entk_al.prefilter.prefilter_knn` (IVF index above 100k points) 
 wall time per stage, peak RSS (ru_maxrss) against the embeddings' own size, and the IVF
 neighbour recall against exact search on a sample of queries.
 
-Usage: python scripts/bench_prefilter.py [--pool 1000000] [--dim 128] [--candidates 1000]
+It also measures the round cache in front of the prefilter (``RoundContext.embeddings`` and
+``probs`` of every unlabeled id, as ``lookahead`` with ``prefilter=knn`` asks for them), each in
+a fresh child process so that ru_maxrss is that path's own peak: the current context against a
+replica of the former one (per-batch list + concatenation + indexed copy), on a ``--hidden``-wide
+feature matrix (256: 0.95 GiB for 1M items).
+
+Usage: python scripts/bench_prefilter.py [--pool 1000000] [--dim 128] [--candidates 1000] [--hidden 256]
 """
 
 from __future__ import annotations
@@ -22,6 +28,53 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _round_cache_peak(pool: int, dim: int, hidden: int, former: bool) -> dict:
+    """Peak RSS of one round's outputs + embeddings for every pool id (run in a child process)."""
+    import torch
+    from torch import nn
+
+    from entk_al.context import RoundContext
+    from entk_al.models import predict_with_features
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    x = torch.randn(pool, dim)
+    model = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 10)).eval()
+    ids = np.arange(pool, dtype=np.int64)
+    rss_inputs = peak_rss_mb()
+    t0 = time.perf_counter()
+    if former:  # the former cache: gather copy, per-batch list, its concatenation, indexed copy
+        logits, feats = predict_with_features(model, x[torch.from_numpy(ids)], 1024)
+        emb = feats[torch.from_numpy(ids)]
+        probs = torch.softmax(logits[torch.from_numpy(ids)], dim=1)
+    else:
+        ctx = RoundContext(round=0, seed=0, model=model, device=torch.device("cpu"), x_pool=x, num_classes=10,
+                           labeled_ids=np.empty(0, dtype=np.int64), labeled_targets=np.empty(0, dtype=np.int64),
+                           unlabeled_ids=ids, candidate_ids=ids, rng=np.random.default_rng(0),
+                           torch_generator=torch.Generator(), oracle=lambda i: i, kernel_fn=lambda *a: None)
+        emb = ctx.embeddings(ids)
+        probs = ctx.probs(ids)
+    seconds = time.perf_counter() - t0
+    features_mb = emb.numel() * 4 / 2**20
+    peak = peak_rss_mb()
+    del emb, probs
+    return {"features_mb": features_mb, "inputs_mb": x.numel() * 4 / 2**20, "rss_after_inputs_mb": rss_inputs,
+            "peak_rss_mb": peak, "extra_over_features": (peak - rss_inputs) / features_mb, "seconds": seconds}
+
+
+def round_cache_comparison(pool: int, dim: int, hidden: int) -> dict:
+    import multiprocessing
+
+    mp = multiprocessing.get_context("spawn")
+    out = {}
+    for name, former in (("former", True), ("current", False)):
+        with mp.Pool(1) as workers:
+            out[name] = workers.apply(_round_cache_peak, (pool, dim, hidden, former))
+    out["peak_ratio_current_over_former"] = ((out["current"]["peak_rss_mb"] - out["current"]["rss_after_inputs_mb"])
+                                             / (out["former"]["peak_rss_mb"] - out["former"]["rss_after_inputs_mb"]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pool", type=int, default=1_000_000)
@@ -31,8 +84,18 @@ def main() -> None:
     ap.add_argument("--eval-size", type=int, default=4000)
     ap.add_argument("--neighbours", type=int, default=10)
     ap.add_argument("--recall-queries", type=int, default=200)
+    ap.add_argument("--hidden", type=int, default=256, help="feature width of the round-cache model")
+    ap.add_argument("--skip-cache", action="store_true", help="skip the round-cache measurement")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    cache = None if args.skip_cache else round_cache_comparison(args.pool, args.dim, args.hidden)
+    if cache is not None:
+        for name in ("former", "current"):
+            c = cache[name]
+            print(f"round cache ({name}): {args.pool:,} ids, features {c['features_mb']:.0f} MiB, inputs "
+                  f"{c['inputs_mb']:.0f} MiB; peak RSS {c['peak_rss_mb']:.0f} MiB = inputs + "
+                  f"{c['extra_over_features']:.2f} x features ({c['seconds']:.1f}s)")
+        print(f"round cache: current/former memory above the inputs {cache['peak_ratio_current_over_former']:.2f}")
 
     import faiss
 
@@ -72,7 +135,8 @@ def main() -> None:
            "build_index_seconds": t1 - t0, "prefilter_seconds": t2 - t1, "total_seconds": t2 - t0,
            "candidates": int(len(cand)), "eval_size": int(len(ev)),
            "rss_start_mb": rss0, "rss_after_embeddings_mb": rss_data, "peak_rss_prefilter_mb": rss_peak,
-           "embeddings_mb": emb.nbytes / 2**20, "recall_at_k_vs_exact": recall, "faiss_threads": faiss.omp_get_max_threads()}
+           "embeddings_mb": emb.nbytes / 2**20, "recall_at_k_vs_exact": recall, "faiss_threads": faiss.omp_get_max_threads(),
+           "round_cache": cache}
     print(f"pool {args.pool:,} x {args.dim}: {res['index']} (nlist {res['nlist']}, nprobe {res['nprobe']}) built in "
           f"{res['build_index_seconds']:.1f}s, prefilter {res['prefilter_seconds']:.1f}s -> {len(cand)} candidates, "
           f"|U| = {len(ev)}; peak RSS {rss_peak:.0f} MiB (embeddings {res['embeddings_mb']:.0f} MiB, "

@@ -69,9 +69,10 @@ class BALDSampling:
         ids = ctx.candidate_ids
         has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in ctx.model.modules())
         scores = self._scores_model_dropout(ctx, ids) if has_dropout else self._scores_feature_dropout(ctx, ids)
-        ctx.info.update(bald_max=float(scores.max()), bald_mean=float(scores.mean()),
+        ctx.info.update(bald_max=float(scores.nan_to_num(nan=-torch.inf).max()),
+                        bald_mean=float(scores[torch.isfinite(scores)].mean()),
                         dropout_site="model" if has_dropout else "penultimate")
-        return top_k(ids, scores, k)
+        return top_k(ids, scores, k, ctx)
 
     @torch.no_grad()
     def _scores_feature_dropout(self, ctx: RoundContext, ids: np.ndarray) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 
 from entk_al.acquisition import ACQUISITIONS
 from entk_al.context import RoundContext
+from entk_al.errors import StrategyError
 from entk_al.lookahead import fit_lookahead, relative_ridge
 from entk_al.prefilter import pntk_random_features, prefilter_knn
 from entk_al.sequential import MODES, Posterior, select_lookahead
@@ -76,12 +77,28 @@ class LookaheadSampling:
         self.embedding, self.embedding_dim, self.faiss_gpu = embedding, int(embedding_dim), faiss_gpu
         self.dense_max = int(dense_max)
 
+    def check_sizes(self, *, query: int, subset: int, pool_size: int, **_: int) -> None:
+        """Options that cannot work with the run's sizes (called by the loop before training).
+
+        Raises:
+            ValueError: ``knn`` keeps fewer candidates than ``query``, or shortlists fewer than
+                ``num_candidates``.
+        """
+        if self.prefilter != "knn":
+            return
+        if self.num_candidates < query:
+            raise ValueError(f"num_candidates={self.num_candidates} is smaller than --query {query}; "
+                             f"knn must keep at least the queries as candidates")
+        if self.shortlist is not None and self.shortlist < self.num_candidates:
+            raise ValueError(f"shortlist={self.shortlist} is smaller than num_candidates={self.num_candidates}; "
+                             f"the candidates are drawn from the shortlist")
+
     # -- candidates and evaluation set -------------------------------------------------
     def candidates(self, ctx: RoundContext) -> tuple[np.ndarray, np.ndarray]:
         """(candidate ids (C,), evaluation ids (m,)); the eval ids start with the candidates."""
         if self.prefilter == "random":
             return ctx.candidate_ids, ctx.candidate_ids
-        unl = ctx.unlabeled_ids
+        unl = ctx.finite_ids(ctx.unlabeled_ids)
         if self.embedding == "pntk":
             emb = pntk_random_features(ctx.model, ctx.inputs(unl), self.embedding_dim,
                                        seed=int(ctx.rng.integers(2**31)))
@@ -101,6 +118,11 @@ class LookaheadSampling:
         m, n = len(u), len(lab)
         if m + n <= self.dense_max:
             kfull = ctx.kernel(np.concatenate([u, lab]))
+            keep = ctx.keep_mask(u)  # the context marks ids with non-finite kernel rows
+            if not keep.all():
+                rows = torch.from_numpy(np.concatenate([np.flatnonzero(keep), m + np.arange(n)])).to(kfull.device)
+                kfull, u = kfull[rows][:, rows], u[keep]
+                m = len(u)
             k_uu, k_ul, k_ll = kfull[:m, :m], kfull[:m, m:], kfull[m:, m:]
             k_uu_diag, k_uu_block = None, None
         else:
@@ -108,9 +130,22 @@ class LookaheadSampling:
             x_u = ctx.inputs(u)
             k_uu_diag = torch.cat([ctx.kernel_fn(ctx.model, x_u[s:s + 256]).diagonal()
                                    for s in range(0, m, 256)])
+            keep = ctx.keep_mask(u) & torch.isfinite(k_uu_diag).cpu().numpy()
+            if not keep.all():
+                ctx.exclude(u[~keep], "kernel")
+                sel = torch.from_numpy(np.flatnonzero(keep)).to(k_ul.device)
+                u, x_u, k_ul, k_uu_diag = u[keep], x_u[sel], k_ul[sel], k_uu_diag[sel]
+                m = len(u)
 
             def k_uu_block(rows: slice, cols: torch.Tensor) -> torch.Tensor:
                 return ctx.kernel_fn(ctx.model, x_u[rows], x_u[cols])
+
+        if not ctx.keep_mask(lab).all() or not bool(torch.isfinite(k_ll).all()):
+            raise StrategyError("the kernel of the labeled set has non-finite entries (float32 overflow?); "
+                                "check the inputs for huge values")
+        cand_ids = cand_ids[ctx.keep_mask(cand_ids)]
+        if len(cand_ids) < k:
+            raise StrategyError(f"only {len(cand_ids)} candidates have a finite kernel, fewer than the {k} to query")
 
         ridge = relative_ridge(k_ll, self.ridge)
         sysm = fit_lookahead(k_ll, k_ul, ctx.logits(lab), ctx.labeled_onehot(), ctx.logits(u), k_uu,

@@ -67,7 +67,7 @@ def test_files_oracle_never_reads_ground_truth_and_matches_simulated(tmp_path, d
         ids = [int(r["id"]) for r in rows]
         assert [r["source"] for r in rows] == [digits.source_of(i) for i in ids]
         assert all(r["label"] == "" for r in rows)
-        ck = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+        ck = torch.load(run_dir / "checkpoint.pt", weights_only=True)
         assert ck["pending"]["ids"] == ids
         if loop.waiting_for.name != "initial.csv":
             # the guess is the model's argmax, stored as a class name
@@ -165,9 +165,9 @@ def test_label_then_resume_and_relabel(waiting_run, tmp_path, capsys):
     assert code == 0 and "replacing" in out
     code, out, _ = cli(capsys, "run", "--resume", run_dir, "-q")
     assert code == 0 and "round_001.csv" in out
-    ck = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    np.testing.assert_array_equal(ck["pool"]["labels"][ids], y)
-    assert (ck["pool"]["labeled_round"][ids] == 0).all()
+    ck = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    np.testing.assert_array_equal(np.asarray(ck["pool"]["labels"])[ids], y)
+    assert (np.asarray(ck["pool"]["labeled_round"])[ids] == 0).all()
     # labels for round 0 no longer apply to the round-1 queries
     code, _, err = cli(capsys, "label", run_dir, "--from", tmp_path / "r.csv")
     assert code == 2 and "was not queried in round 1" in err

@@ -1,7 +1,9 @@
 """Checkpoint/resume and TOML config: an interrupted run resumes to identical results."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,7 +45,7 @@ def _kill_at(monkeypatch, method, round_idx, before=True):
     orig = getattr(ActiveLearningLoop, method)
 
     def wrapped(self, *a, **kw):
-        r = a[0] if method in ("run_round", "select") else a[0].next_round - 1
+        r = a[0] if method in ("train_and_evaluate", "select") else a[0].next_round - 1
         if r == round_idx and before:
             raise Killed
         out = orig(self, *a, **kw)
@@ -58,7 +60,7 @@ def _kill_at(monkeypatch, method, round_idx, before=True):
     ("save_state", 0, False),   # right after round 0's checkpoint
     ("save_state", 1, True),    # results of round 1 written, its checkpoint not yet
     ("select", 2, True),        # in the middle of round 2 (trained, not yet queried)
-    ("run_round", 3, True),     # before the last round starts
+    ("train_and_evaluate", 3, True),  # before the last round starts
 ])
 def test_killed_run_resumes_to_identical_results(reference, tmp_path, capsys, monkeypatch, method, round_idx,
                                                  before):
@@ -81,11 +83,12 @@ def test_killed_run_resumes_to_identical_results(reference, tmp_path, capsys, mo
 
 
 def test_checkpoint_holds_model_pool_and_records(reference):
-    ck = torch.load(reference / "checkpoint.pt", weights_only=False)
+    ck = torch.load(reference / "checkpoint.pt", weights_only=True)  # plain types only
     assert ck["next_round"] == 4 and len(ck["records"]) == 4
-    assert (ck["pool"]["labeled_round"] != -1).sum() == 10 + 3 * 5
+    labeled_round = np.asarray(ck["pool"]["labeled_round"])
+    assert (labeled_round != -1).sum() == 10 + 3 * 5
     for rec in ck["records"][:-1]:
-        assert (ck["pool"]["labeled_round"][rec["queried"]] == rec["round"]).all()
+        assert (labeled_round[rec["queried"]] == rec["round"]).all()
     assert all(isinstance(v, torch.Tensor) for v in ck["model"].values())
 
 
@@ -180,3 +183,56 @@ def test_resume_before_round0_checkpoint_starts_over_and_fewer_rounds_refused(tm
     code, _, err = cli(capsys, "run", "--resume", ref, "--rounds", "0", "-q")
     assert code == 2 and "already ran 1 query rounds" in err
     assert json.loads((ref / "config.json").read_text())["rounds"] == 1
+
+
+BOUNDARY_ARGS = ["--strategy", "random", "--initial", "10", "--query", "5", "--rounds", "2", "--epochs", "1",
+                 "--min-steps", "3", "--subset", "100", "-q"]
+
+
+def _count_writes(monkeypatch, kill_at=None):
+    """Wrap every atomic file write (checkpoint, log, curve, config, summary); with ``kill_at``
+    raise Killed instead of the kill_at-th write (0-based). Returns the list of written names."""
+    import entk_al.checkpoint
+    import entk_al.fileio
+    import entk_al.results
+
+    orig = entk_al.fileio.atomic_write
+    written = []
+
+    def wrapped(path, write):
+        if kill_at is not None and len(written) == kill_at:
+            raise Killed
+        written.append(Path(path).name)
+        return orig(path, write)
+
+    for mod in (entk_al.fileio, entk_al.checkpoint, entk_al.results):
+        monkeypatch.setattr(mod, "atomic_write", wrapped)
+    return written
+
+
+def test_kill_at_every_write_boundary_resumes_to_the_same_log(tmp_path, capsys, monkeypatch):
+    """A kill before any one of a run's file writes (every boundary between the checkpoint,
+    rounds.jsonl, curve.png, config.json and summary.json), then --resume: the log, curve and
+    summary are those of an uninterrupted run; a killed run never has summary.json."""
+    ref = tmp_path / "ref"
+    with monkeypatch.context() as m:
+        names = _count_writes(m)
+        assert cli(capsys, "run", "--out", ref, *BOUNDARY_ARGS)[0] == 0
+    assert names.count("checkpoint.pt") == 3 and names.count("rounds.jsonl") == 3 and names[-1] == "summary.json"
+    ref_summary = json.loads((ref / "summary.json").read_text())
+    for k in range(len(names)):
+        out = tmp_path / f"kill{k}"
+        with monkeypatch.context() as m:
+            _count_writes(m, kill_at=k)
+            code, _, err = cli(capsys, "run", "--out", out, *BOUNDARY_ARGS)
+        assert code == 130 and "interrupted" in err, (k, names[k])
+        assert not (out / "summary.json").exists()
+        if not (out / "config.json").exists():
+            continue  # killed before anything was written: nothing to resume
+        code, _, err = cli(capsys, "run", "--resume", out, "-q")
+        assert code == 0, (k, names[k], err)
+        assert records(out) == records(ref), (k, names[k])
+        assert (out / "curve.png").is_file()
+        got = json.loads((out / "summary.json").read_text())
+        assert {key: v for key, v in got.items() if not key.endswith("_seconds")} == \
+            {key: v for key, v in ref_summary.items() if not key.endswith("_seconds")}, (k, names[k])

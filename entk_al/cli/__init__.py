@@ -37,6 +37,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     import os
 
     debug = os.environ.get("ENTK_AL_DEBUG", "") not in ("", "0")
+    restore_sigterm = _sigterm_as_interrupt()
     try:
         # Without standalone mode typer *returns* exit codes (typer.Exit, Ctrl-C -> 130).
         code = app(args=argv, standalone_mode=False)
@@ -63,9 +64,27 @@ def main(argv: Optional[list[str]] = None) -> None:
         echo_error(f"unexpected {type(exc).__name__}: {exc} "
                    f"(rerun with ENTK_AL_DEBUG=1 for the traceback, and please report it)")
         sys.exit(1)
+    finally:
+        restore_sigterm()
     if code == 130:
         typer.echo("interrupted", err=True)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _sigterm_as_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt (the clean "interrupted" exit of Ctrl-C, leaving the
+    last checkpoint to resume from); returns a function restoring the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers can only be set from the main thread
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _click_modules() -> list:

@@ -44,7 +44,9 @@ def fidelity(
     from ..config import RunConfig
     from ..fidelity import measure_fidelity, plot_fidelity
     from ..fileio import write_json
-    from ..loop import ActiveLearningLoop
+    from ..oracle import SimulatedOracle
+    from ..pool import PoolState
+    from ..run_setup import RunSetup
     from ..seeding import int_seed, numpy_rng, torch_generator
     from ..train import train_model
 
@@ -57,30 +59,30 @@ def fidelity(
     cfg = RunConfig(strategy="random", dataset=dataset, model=model, width=width, initial=initial, query=1,
                     rounds=0, seed=seed, epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr,
                     loss=loss, device=device, data_dir=data_dir)
-    try:
-        loop = ActiveLearningLoop(cfg, out)
-    except ConfigError as exc:
-        if "exceeds the pool" not in str(exc):
-            raise
-        raise ConfigError(f"--initial {initial} exceeds the {dataset} pool") from None
-    state = loop.fresh_state()
-    lab = state.pool.labeled_ids()
-    unl = state.pool.unlabeled_ids()
+    setup = RunSetup.from_config(cfg, with_strategy=False)
+    if initial > setup.data.pool_size:
+        raise ConfigError(f"--initial {initial} exceeds the {dataset} pool of {setup.data.pool_size}")
+    # The loop's seeded initial set (ActiveLearningLoop.fresh_state with a simulated oracle).
+    pool = PoolState(setup.data.pool_size)
+    first = np.sort(numpy_rng(seed, -1, "initial").choice(setup.data.pool_size, initial, replace=False))
+    pool.add(first, SimulatedOracle(setup.data.y_train)(first), PoolState.INITIAL)
+    lab = pool.labeled_ids()
+    unl = pool.unlabeled_ids()
     if eval_size > len(unl):
         raise ConfigError(f"--eval-size {eval_size} exceeds the {len(unl)} unlabeled points")
     # Same round-0 training as the loop: θ_L is what the look-ahead linearizes around.
-    net = loop.new_model(0)
+    net = setup.new_model(0)
     torch.manual_seed(int_seed(seed, 0, "torch-global"))
-    x_l, y_l = loop.data.x_train[lab], loop.data.y_train[lab]
-    train_model(net, x_l, y_l, loop.train_cfg, torch_generator(seed, 0, "train"))
+    x_l, y_l = setup.data.x_train[lab], setup.data.y_train[lab]
+    train_model(net, x_l, y_l, setup.train_cfg, torch_generator(seed, 0, "train"))
     eval_ids = np.sort(numpy_rng(seed, 0, "fidelity-eval").choice(unl, eval_size, replace=False))
     cand = np.sort(numpy_rng(seed, 0, "fidelity-candidates").choice(eval_size, candidates, replace=False))
-    x_u = loop.data.x_train[eval_ids]
+    x_u = setup.data.x_train[eval_ids]
     make_gen = lambda: torch_generator(seed, 1, "train")  # noqa: E731  (the loop's round-1 stream)
 
     def measure(progress=None):
-        return measure_fidelity(net, loop.kernel_fn, x_l, y_l, x_u, cand, loop.train_cfg, make_gen,
-                                loop.data.num_classes, ridge_rel=ridge, top_k=top_k, progress=progress)
+        return measure_fidelity(net, setup.kernel_fn, x_l, y_l, x_u, cand, setup.train_cfg, make_gen,
+                                setup.data.num_classes, ridge_rel=ridge, top_k=top_k, progress=progress)
 
     if quiet:
         result = measure()
@@ -89,7 +91,7 @@ def fidelity(
             task = bar.add_task(f"retraining on {dataset}", total=candidates)
             result = measure(lambda done: bar.update(task, completed=done))
     result.update(dataset=dataset, model=model, seed=seed, eval_ids=eval_ids.tolist(),
-                  candidate_ids=eval_ids[cand].tolist(), labeled_ids=lab.tolist(), device=str(loop.device))
+                  candidate_ids=eval_ids[cand].tolist(), labeled_ids=lab.tolist(), device=str(setup.device))
     write_json(out / "fidelity.json", result)
     plot_fidelity(result, out / "fidelity.png", title=f"look-ahead fidelity: {model} on {dataset}, "
                   f"n={len(lab)}, {candidates} candidates, |U|={eval_size}")

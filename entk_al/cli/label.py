@@ -16,7 +16,7 @@ def pending_queries(run_dir: Path) -> tuple[int, list[int], list[str]]:
         CheckpointError: no readable checkpoint in ``run_dir``.
         LabelError: the run is not waiting for labels.
     """
-    from ..loop import CHECKPOINT, read_checkpoint
+    from ..checkpoint import CHECKPOINT, read_checkpoint
 
     path = run_dir / CHECKPOINT
     if not path.is_file():

@@ -11,7 +11,6 @@ import typer
 from ..config import default
 from ..errors import ConfigError
 from .options import DataDir, Device, Download, Quiet
-from .output import progress_bar
 
 RUN_FILES = ("config.json", "rounds.jsonl", "curve.png", "checkpoint.pt", "summary.json")
 
@@ -57,8 +56,9 @@ def run(
     quiet: Quiet = False,
 ) -> None:
     """Run pool-based active learning; writes config.json, rounds.jsonl, curve.png, checkpoint.pt, summary.json."""
+    from ..checkpoint import CHECKPOINT
     from ..config import parse_options, resolve_config
-    from ..loop import CHECKPOINT, ActiveLearningLoop
+    from ..loop import ActiveLearningLoop
 
     flags = dict(strategy=strategy, dataset=dataset, model=model, width=width, initial=initial, query=query,
                  rounds=rounds, subset=subset, seed=seed, retrain=retrain, loss=loss, epochs=epochs,
@@ -85,10 +85,16 @@ def run(
             (out_dir / name).unlink(missing_ok=True)
         for sub in ("queries", "labels"):  # human-in-the-loop files of the old run
             shutil.rmtree(out_dir / sub, ignore_errors=True)
+    from ..progress import make_progress
     from ..results import plot_curve
 
-    loop = ActiveLearningLoop(cfg, out_dir, curve_writer=plot_curve)
-    records = _run_with_progress(loop, resume is not None, quiet)
+    progress = make_progress(quiet)  # rich bars on a terminal, a line every 30 s otherwise, nothing with -q
+    loop = ActiveLearningLoop(cfg, out_dir, curve_writer=plot_curve, progress=progress)
+    try:
+        records = loop.run(resume=resume is not None, on_round=lambda rec: progress.note(
+            f"round {rec['round']}: {rec['n_labeled']} labels, test accuracy {100 * rec['test_accuracy']:.1f}%"))
+    finally:
+        progress.close()
     if loop.waiting_for is not None:
         typer.echo(f"waiting for labels: fill in the 'label' column of {loop.waiting_for} (class name or "
                    f"index), then run: entk-al label {out_dir} --from {loop.waiting_for} && "
@@ -98,15 +104,3 @@ def run(
     typer.echo(f"done: {last['n_labeled']} labels, test accuracy {100 * last['test_accuracy']:.2f}% "
                f"(round 0: {100 * records[0]['test_accuracy']:.2f}%); results in {out_dir}")
 
-
-def _run_with_progress(loop, resume: bool, quiet: bool) -> list[dict]:
-    if quiet:
-        return loop.run(resume=resume)
-    with progress_bar() as progress:
-        task = progress.add_task(f"{loop.cfg.strategy} on {loop.cfg.dataset}", total=loop.cfg.rounds + 1, status="")
-
-        def on_round(rec: dict) -> None:
-            progress.update(task, completed=rec["round"] + 1,
-                            status=f"{rec['n_labeled']} labels, acc {100 * rec['test_accuracy']:.1f}%")
-
-        return loop.run(resume=resume, on_round=on_round)

@@ -28,10 +28,40 @@ _SPECS = {
 SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 
 
+#: The only globals a CIFAR batch may name: NumPy's array reconstruction and codecs' encode
+#: (Python 3's protocol-2 pickles of bytes). Anything else in a batch could run code on load.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's batch files: plain containers and NumPy arrays, nothing that runs code.
+
+    CIFAR is distributed as Python pickles, a format that can run any code when loaded; a
+    batch file received from anyone but the CIFAR site could carry such code. ``find_class``
+    refuses every global outside :data:`_CIFAR_GLOBALS`.
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS or (module in ("numpy", "numpy.dtypes") and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (CIFAR batches hold only NumPy arrays "
+                                     f"and plain containers)")
+
+
 def _unpickle(path: Path) -> dict:
+    """Read one CIFAR pickle batch with :class:`_BatchUnpickler`.
+
+    Raises:
+        DataFormatError: not a CIFAR batch, or it names a type a batch never holds.
+    """
     try:
         with path.open("rb") as fh:
-            data = pickle.load(fh, encoding="latin1")
+            data = _BatchUnpickler(fh, encoding="latin1").load()
     except Exception as exc:  # truncated or foreign files raise many types
         raise DataFormatError(f"{path}: not a CIFAR pickle batch ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):

@@ -50,7 +50,8 @@ def kernel(
         Tensor in the model dtype on the model device (float64 for float64 models).
     Raises:
         ValueError: unknown kind/method, bad sizes, empty input, x1/x2 feature-shape mismatch,
-            model without trainable parameters.
+            model without trainable parameters, a model whose forward returns no tensor (a
+            tuple or dict: "model must return an (N, O) tensor").
     """
     common.check_kind_method(kind, method)
     common.check_sizes(batch_size, tile_size)
@@ -58,7 +59,7 @@ def kernel(
     device, dtype = common.model_device_dtype(model)
     params = common.trainable(model)
     with common.eval_mode(model):
-        n_out = common.n_outputs(model, x1)
+        n_out = _n_outputs(model, x1)
         V, full = common.directions(kind, n_out, device, dtype)
         if method in ("auto", "gram"):
             from . import gram
@@ -71,6 +72,16 @@ def kernel(
             blocks = tiled_kernel(
                 feats, lambda a, b: reference.pair_materialized(a, b, full), x1, x2, tile, full)
     return common.finish(blocks, kind)
+
+
+def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
+    """O, from one forward pass; a model returning anything but a tensor is refused here, at
+    the first call, rather than deep inside the kernel code."""
+    with torch.no_grad():
+        out = model(x[:1])
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"model must return an (N, O) tensor, got a {type(out).__name__}")
+    return out.reshape(1, -1).shape[1]
 
 
 def pntk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int | None = None,
