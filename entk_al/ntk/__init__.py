@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import common, reference
+from . import common, jacobian
 from .tiling import tiled_kernel
 
 __all__ = ["pntk", "entk", "kernel"]
@@ -66,10 +66,10 @@ def kernel(
             blocks = gram.gram_blocks(model, params, x1, x2, V, full, batch_size, tile_size)
         else:
             P = sum(p.numel() for p in params.values())
-            tile = tile_size or reference.default_tile(P, V.shape[0], V.element_size())
-            feats = reference.make_features(model, params, V, batch_size)
+            tile = tile_size or jacobian.default_tile(P, V.shape[0], V.element_size())
+            feats = jacobian.make_features(model, params, V, batch_size)
             blocks = tiled_kernel(
-                feats, lambda a, b: reference.pair_materialized(a, b, full), x1, x2, tile, full)
+                feats, lambda a, b: jacobian.pair_materialized(a, b, full), x1, x2, tile, full)
     return common.finish(blocks, kind)
 
 
