@@ -12,18 +12,20 @@ the per-sample weight gradient is dW_g(n) = sum_t G[n, t, g]^T A[n, t, g], so
 Conv inputs are unfolded once per tile and layer by :func:`im2col` (a strided copy of the
 padded input, faster than ``F.unfold`` on CPU) into (N, g*di, T), viewed as A (N, T, g, di).
 
-Cost model (``linear_use_exact``), for one square pair of n-sample tiles, K directions,
-kk = K^2 (full) or K (diagonal kinds); the cheaper form is chosen per layer:
-    materialized: features one bmm per direction and group, (N, do, T) x (N, T, di):
-                  2 K n T g di do flops, K n g di do floats kept per tile (the bias gradient
-                  is sum_t G, a separate small block; A is not copied to append a ones column);
-                  kernel one GEMM per big layer block (small blocks merged): 2 kk n^2 g di do.
-    exact (*):    features are A and G themselves (n T g (di + K do) floats; the bias is folded
-                  in as a ones column of A); kernel 2 n^2 T^2 g (di + kk do) flops, with
-                  n m T^2 g temporaries (computed in row chunks).
-    Materialized is used unless exact is not more expensive, or the materialized block would
-    exceed MATERIALIZE_BUDGET_BYTES. In the benchmarks (tiles of 256-1024): CNN conv1/conv2,
-    ResNet-18 stem/layer1/layer2 materialized; ResNet-18 layer3 (T = 4), layer4, Linear exact.
+Cost model (``linear_costs`` / ``linear_use_exact``), for one n x m pair of tiles of the size the
+kernel is actually computed with (``min(tile, N)``), K directions, kk = K^2 (full) or K (diagonal
+kinds), P = g di do, in flop-equivalents (flops + BYTE_COST x bytes moved):
+    materialized: per-sample grads of the column tile, one bmm (m, do, T) x (m, T, di) per
+                  direction and group: 2 K m T P flops, K m P floats written; kernel share:
+                  part of one GEMM over all materialized columns, 2 kk n m P flops reading
+                  K (n + m) P floats.
+    exact (*):    2 n m T^2 g (di + kk do) flops; the (n, T, m, S) products are written,
+                  multiplied and reduced: (2 + 4 kk) n m T^2 g floats moved.
+    The cheaper one is used. No memory cap forces the factored form (its cost grows like
+    N^2 T^2: on a 32x32 ResNet stage it is thousands of times the materialized cost); instead
+    the default tile shrinks until a tile's features fit ``gram.FEATURE_TILE_BYTES``.
+    CIFAR ResNet-18 (fp32, pNTK): stem and layer1-layer3 materialized, layer4 3x3 convs
+    (T = 16, di up to 4608) and the readout factored, at every tile size.
 Diagonal tiles of a symmetric kernel compute the long-contraction terms from upper half-blocks
 (3/4 of the GEMM flops; :func:`entk_al.ntk.gram.sym_product`).
 For T = 1 the exact form is the Hadamard product (A1 A2^T) o (G1 G2^T), always the cheaper one.
@@ -39,7 +41,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MATERIALIZE_BUDGET_BYTES = 256 << 20  # per layer and tile
 EXACT_CHUNK_ELEMS = 1 << 24  # n_chunk * m * T^2 * g temporaries of the exact form
 FORCE_FORM: str | None = None  # "exact" / "materialized" overrides the cost model (tests)
 
