@@ -237,10 +237,12 @@ def loadavg() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per worker (1: ratios least disturbed by a shared machine)")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per method; min kept")
     ap.add_argument("--max-n", type=int, default=None, help="skip rows with N above this")
+    ap.add_argument("--min-n", type=int, default=None, help="skip rows with N below this")
     ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--vs-nt", metavar="PYTHON", default=None,
                     help="interpreter with neural-tangents 0.6.5 for a side-by-side timing")
@@ -264,7 +266,7 @@ def main() -> None:
         if name not in CASES:
             raise SystemExit(f"unknown case {name!r}; choose from {', '.join(CASES)}")
         for n, jac in CASES[name][2]:
-            if a.max_n and n > a.max_n:
+            if (a.max_n and n > a.max_n) or (a.min_n and n < a.min_n):
                 continue
             before = loadavg()
             r = _run(["--worker", "time", name, str(n), "1" if jac else "0", str(a.threads),
