@@ -296,7 +296,7 @@ def main() -> None:
         print(f"| {r['case']} | {r['n']} | {r['params'] / 1e6:.2f}M | {r['gram']:.2f} | {jac} "
               f"| {ratio} | {r['floor']:.2f} | {r['gram'] / r['floor']:.2f} | {mem} | {nts} "
               f"| {ntr} | {r['load']} |")
-    print(f"\nGEMM rate (GFLOP/s, per worker): "
+    print("\nGEMM rate (GFLOP/s, per worker): "
           + ", ".join(f"{r['case']}/{r['n']}: {r['gemm_gflops']:.0f}" for r in rows))
     if a.json:
         with open(a.json, "w") as fh:
