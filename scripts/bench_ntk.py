@@ -1,125 +1,306 @@
-"""Benchmark the pNTK engines: method="gram" vs method="jacobian" (same tile size), CPU.
+"""Benchmark the pNTK engines: method="gram" vs method="jacobian" (torch.func) vs a floor, CPU.
 
-Each (case, method, N) runs in its own subprocess so peak RSS (resource.getrusage ru_maxrss,
-minus the RSS after model/input setup) is clean. Where the jacobian path would take too long
-at the full N it is measured at a smaller N (``--jac-n``), and the gram engine is measured at
-that same N too so the printed ratio compares equal work; rows are labelled with their N.
+For each (case, N) one worker subprocess times, back to back and ``--repeat`` times (min
+reported, all runs kept in the JSON):
+    gram      pntk(model, x, method="gram")                     (default tile)
+    jacobian  pntk(model, x, method="jacobian")                 (torch.func vmap(grad) + matmul;
+              skipped where it would take too long, see CASES)
+    floor     one batched forward+backward over the N inputs (parameter gradients of the summed
+              outputs) + 2 N^2 P / R, with R the fp32 GEMM rate measured in the same worker
+              (2048^3 matmul, best of 3): what a dense Gram over all P parameters would cost
+              if it ran at the machine's GEMM rate after one batched pass.
+A second subprocess per (case, N) runs the gram engine once and reports its peak RSS
+(resource.getrusage ru_maxrss: torch allocations are invisible to tracemalloc).
 
-    python scripts/bench_ntk.py            # all cases
-    python scripts/bench_ntk.py --quick    # smaller N for the jacobian path
-    python scripts/bench_ntk.py --repeat 3 # each measurement 3 times, interleaved, min reported
+    python scripts/bench_ntk.py                          # all cases
+    python scripts/bench_ntk.py --cases resnet18_cifar --repeat 3
+    python scripts/bench_ntk.py --vs-nt ~/nt-venv/bin/python   # + neural-tangents (mlp, cnn)
 
-On a shared machine use ``--repeat``: the gram and jacobian workers of a case then alternate
-(gram, jacobian, gram, ...) so both see similar load, and the minimum time is reported (all
-times are printed too).
+``--vs-nt PYTHON`` runs the same MLP / CNN with neural-tangents' structured-derivatives pNTK
+(JAX, jit, float32, warm-up call at full size) in that interpreter; it is skipped with a message
+when the interpreter or neural_tangents is missing (see docs/ntk_bench.md for the venv recipe).
+The machine may be shared: the load average is printed before and after every case.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
+# case: model name, input shape, [(N, run jacobian?)]
+CASES = {
+    "mlp": ("mlp", (784,), [(1024, True)]),
+    "cnn": ("cnn", (1, 28, 28), [(1024, True)]),
+    "cnn_bn": ("cnn_bn", (1, 28, 28), [(512, True)]),
+    "resnet18_cifar": ("resnet18_cifar", (3, 32, 32), [(16, True), (32, True), (64, True),
+                                                       (128, False)]),
+    "wrn28_2": ("wrn28_2", (3, 32, 32), [(64, True), (128, False)]),
+}
 
-def build(case: str):
+
+def build(name: str):
     import torch
     from torch import nn
 
+    from entk_al import models
+
     torch.manual_seed(0)
-    if case == "mlp":
-        m = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                          nn.Linear(512, 10))
-        return m, (784,)
-    if case == "cnn":
-        m = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
-        return m, (1, 28, 28)
-    if case == "resnet18":
-        import torchvision
+    if name == "mlp":  # 784-512-512-10
+        return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                             nn.Linear(512, 10))
+    if name == "cnn":  # conv32-pool-conv64-pool-fc128-fc10, no BatchNorm
+        return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
+                             nn.Linear(128, 10))
+    if name == "cnn_bn":  # entk_al.models.CNN: the same with BatchNorm after each conv
+        return models.CNN((1, 28, 28), 10)
+    if name == "resnet18_cifar":  # 3x3 stride-1 stem, no max-pool (entk_al.models.resnet18_32)
+        return models.resnet18_32((3, 32, 32), 10)
+    if name == "wrn28_2":  # WRN-28-2: 4 blocks per group, widths 32/64/128
+        return models.WideResNet((3, 32, 32), 10, width=128, blocks=4)
+    raise SystemExit(f"unknown case {name}")
 
-        return torchvision.models.resnet18(num_classes=10), (3, 32, 32)
-    raise SystemExit(f"unknown case {case}")
+
+def gemm_rate(torch) -> float:
+    a = torch.randn(2048, 2048)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(3))
+    return 2 * 2048 ** 3 / best
 
 
-def worker(case: str, method: str, n: int, tile: int | None, threads: int) -> dict:
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def fwd_bwd(model, x) -> None:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    torch.autograd.grad(model(x).sum(), params)
+
+
+def worker_time(name: str, n: int, jac: bool, threads: int, repeat: int) -> dict:
+    import torch
+
+    from entk_al.models import eval_mode
+    from entk_al.ntk import pntk
+
+    torch.set_num_threads(threads)
+    model = build(name)
+    x = torch.randn(n, *CASES[name][1])
+    P = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    pntk(model, x[:4])  # warm-up: kernels, allocator
+    runs = {"gram": [], "jacobian": [], "fwd_bwd": []}
+    rate = gemm_rate(torch)
+    sums = {}
+    for _ in range(repeat):  # interleaved, so that every method sees similar load
+        t0 = time.perf_counter()
+        sums["gram"] = float(pntk(model, x, method="gram").double().sum())
+        runs["gram"].append(time.perf_counter() - t0)
+        if jac:
+            t0 = time.perf_counter()
+            sums["jacobian"] = float(pntk(model, x, method="jacobian").double().sum())
+            runs["jacobian"].append(time.perf_counter() - t0)
+        with eval_mode(model):
+            runs["fwd_bwd"].append(_timed(lambda: fwd_bwd(model, x)))
+    out = {"case": name, "n": n, "params": P, "gemm_gflops": rate / 1e9, "runs": runs,
+           "threads": threads}
+    best = {k: min(v) for k, v in runs.items() if v}
+    out.update(best)
+    out["floor"] = best["fwd_bwd"] + 2 * n * n * P / rate
+    if jac:
+        out["rel_diff"] = abs(sums["gram"] - sums["jacobian"]) / max(abs(sums["jacobian"]), 1e-30)
+    return out
+
+
+def worker_mem(name: str, n: int, threads: int) -> dict:
     import torch
 
     from entk_al.ntk import pntk
 
     torch.set_num_threads(threads)
-    model, shape = build(case)
-    x = torch.randn(n, *shape)
-    pntk(model, x[:4], method=method, tile_size=tile)  # warm-up: kernels, allocator
+    model = build(name)
+    x = torch.randn(n, *CASES[name][1])
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    k = pntk(model, x, method=method, tile_size=tile)
+    pntk(model, x)
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"case": case, "method": method, "n": n, "tile": tile, "seconds": dt,
-            "peak_mib": (peak - base) / 1024, "checksum": float(k.double().sum())}
+    return {"case": name, "n": n, "peak_mib": peak / 1024, "delta_mib": (peak - base) / 1024,
+            "seconds": dt}
 
 
-def run(case, method, n, tile, threads) -> dict:
-    cmd = [sys.executable, __file__, "--worker", case, method, str(n), str(tile or 0),
-           str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+def _run(args: list[str]) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), *args]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"worker {args} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def best(runs: list[dict]) -> dict:
-    """The fastest of repeated runs, with every time listed under "all"."""
-    r = dict(min(runs, key=lambda r: r["seconds"]))
-    r["all"] = [x["seconds"] for x in runs]
-    r["peak_mib"] = max(x["peak_mib"] for x in runs)
-    return r
+# ---------------------------------------------------------------- neural-tangents side
+NT_SCRIPT = r'''
+import json, sys, time
+import jax, jax.numpy as jnp
+from jax import lax
+import neural_tangents as nt
+
+case, n = sys.argv[1], int(sys.argv[2])
+key = jax.random.PRNGKey(0)
+
+def dense(k, i, o):
+    k1, k2 = jax.random.split(k)
+    return {"w": jax.random.normal(k1, (i, o)) / jnp.sqrt(i), "b": jnp.zeros(o)}
+
+def conv(k, ci, co):
+    k1, k2 = jax.random.split(k)
+    return {"w": jax.random.normal(k1, (co, ci, 3, 3)) / jnp.sqrt(9 * ci), "b": jnp.zeros(co)}
+
+def conv_apply(p, x):
+    y = lax.conv_general_dilated(x, p["w"], (1, 1), ((1, 1), (1, 1)),
+                                 dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return y + p["b"][None, :, None, None]
+
+def pool(x):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+ks = jax.random.split(key, 4)
+if case == "mlp":
+    params = [dense(ks[0], 784, 512), dense(ks[1], 512, 512), dense(ks[2], 512, 10)]
+    shape = (n, 784)
+    def f(p, x):
+        h = jax.nn.relu(x @ p[0]["w"] + p[0]["b"])
+        h = jax.nn.relu(h @ p[1]["w"] + p[1]["b"])
+        return h @ p[2]["w"] + p[2]["b"]
+elif case == "cnn":
+    params = [conv(ks[0], 1, 32), conv(ks[1], 32, 64), dense(ks[2], 64 * 7 * 7, 128),
+              dense(ks[3], 128, 10)]
+    shape = (n, 1, 28, 28)
+    def f(p, x):
+        h = pool(jax.nn.relu(conv_apply(p[0], x)))
+        h = pool(jax.nn.relu(conv_apply(p[1], h)))
+        h = h.reshape(h.shape[0], -1)
+        h = jax.nn.relu(h @ p[2]["w"] + p[2]["b"])
+        return h @ p[3]["w"] + p[3]["b"]
+else:
+    print(json.dumps({"skip": f"no JAX port of case {case}"})); sys.exit(0)
+
+def s(p, x):  # pNTK = NTK of the scaled logit sum (Mohamadi et al. 2022, eq. 3)
+    out = f(p, x)
+    return out.sum(-1, keepdims=True) / jnp.sqrt(out.shape[-1])
+
+kfn = jax.jit(nt.empirical_ntk_fn(s, trace_axes=(), vmap_axes=0,
+              implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES))
+x = jax.random.normal(key, shape)
+kfn(x, None, params).block_until_ready()  # warm-up at full size (compile)
+best = min(
+    (lambda t0: (kfn(x, None, params).block_until_ready(), time.perf_counter() - t0)[1])(
+        time.perf_counter()) for _ in range(3))
+print(json.dumps({"seconds": best}))
+'''
+
+
+def run_nt(python: str, case: str, n: int) -> dict:
+    """neural-tangents pNTK time in ``python``; {"skip": reason} when it cannot run."""
+    if not os.path.exists(python):
+        return {"skip": f"interpreter {python} not found"}
+    probe = subprocess.run([python, "-c", "import neural_tangents"], capture_output=True,
+                           text=True)
+    if probe.returncode:
+        return {"skip": f"neural_tangents does not import in {python}: "
+                        f"{(probe.stderr.strip().splitlines() or ['?'])[-1]}"}
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
+        fh.write(NT_SCRIPT)
+    try:
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        out = subprocess.run([python, fh.name, case, str(n)], capture_output=True, text=True,
+                             env=env)
+    finally:
+        os.unlink(fh.name)
+    if out.returncode:
+        return {"skip": f"neural-tangents run failed: {out.stderr.strip()[-300:]}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as fh:
+        return " ".join(fh.read().split()[:3])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller jacobian N")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cases", default="mlp1024,mlp4096,cnn,resnet18")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per measurement (interleaved gram/jacobian); min is reported")
-    ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per worker (1: ratios least disturbed by a shared machine)")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per method; min kept")
+    ap.add_argument("--max-n", type=int, default=None, help="skip rows with N above this")
+    ap.add_argument("--min-n", type=int, default=None, help="skip rows with N below this")
+    ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--vs-nt", metavar="PYTHON", default=None,
+                    help="interpreter with neural-tangents 0.6.5 for a side-by-side timing")
+    ap.add_argument("--json", default=None, help="also write all measurements to this file")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        case, method, n, tile, threads = a.worker
-        print(json.dumps(worker(case, method, int(n), int(tile) or None, int(threads))))
+        kind, name, n, *rest = a.worker
+        if kind == "time":
+            r = worker_time(name, int(n), rest[0] == "1", int(rest[1]), int(rest[2]))
+        else:
+            r = worker_mem(name, int(n), int(rest[0]))
+        print(json.dumps(r))
         return
-    # case: (model, full N, jacobian N normal, jacobian N quick, tile)
-    specs = {"mlp1024": ("mlp", 1024, 1024, 512, 512), "mlp4096": ("mlp", 4096, 4096, 1024, 512),
-             "cnn": ("cnn", 1024, 1024, 256, 256), "resnet18": ("resnet18", 256, 32, 16, 32)}
+    import torch
+
+    print(f"torch {torch.__version__}, {a.threads} threads, {os.cpu_count()} CPUs; "
+          f"loadavg {loadavg()}", flush=True)
     rows = []
-    # the machine may be shared: record its load so timings can be judged
-    print("loadavg before:", open("/proc/loadavg").read().strip(), flush=True)
     for name in a.cases.split(","):
-        case, n, jn, jq, tile = specs[name]
-        jn = jq if a.quick else jn
-        fulls, gs, js = [], [], []
-        for _ in range(a.repeat):
-            fulls.append(run(case, "gram", n, None, a.threads))
-            gs.append(run(case, "gram", jn, tile, a.threads))
-            js.append(run(case, "jacobian", jn, tile, a.threads))
-        g_full, g, j = best(fulls), best(gs), best(js)
-        rows.append((name, "gram (default tile)", g_full))
-        rows += [(name, f"gram tile={tile}", g), (name, f"jacobian tile={tile}", j)]
-        rel = abs(g["checksum"] - j["checksum"]) / max(abs(j["checksum"]), 1e-30)
-        print(f"{name}: N={jn} tile={tile}: jacobian/gram time {j['seconds'] / g['seconds']:.1f}x, "
-              f"peak-RSS delta {j['peak_mib']:.0f} vs {g['peak_mib']:.0f} MiB, "
-              f"checksum rel diff {rel:.1e}", flush=True)
-        print(f"{name}: gram at N={n} (default tile): {g_full['seconds']:.3f} s, "
-              f"{g_full['peak_mib']:.0f} MiB", flush=True)
-    print("loadavg after:", open("/proc/loadavg").read().strip())
-    print("\n| case | method | N | seconds (min) | all runs (s) | peak RSS delta (MiB) |\n"
-          "|---|---|---|---|---|---|")
-    for name, label, r in rows:
-        runs = " / ".join(f"{t:.2f}" for t in r["all"])
-        print(f"| {name} | {label} | {r['n']} | {r['seconds']:.3f} | {runs} | "
-              f"{r['peak_mib']:.0f} |")
+        if name not in CASES:
+            raise SystemExit(f"unknown case {name!r}; choose from {', '.join(CASES)}")
+        for n, jac in CASES[name][2]:
+            if (a.max_n and n > a.max_n) or (a.min_n and n < a.min_n):
+                continue
+            before = loadavg()
+            r = _run(["--worker", "time", name, str(n), "1" if jac else "0", str(a.threads),
+                      str(a.repeat)])
+            if not a.no_mem:
+                r["mem"] = _run(["--worker", "mem", name, str(n), str(a.threads)])
+            if a.vs_nt and name in ("mlp", "cnn"):
+                r["nt"] = run_nt(a.vs_nt, name, n)
+            r["load"] = f"{before} -> {loadavg()}"
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    if a.vs_nt and not any("nt" in r for r in rows):
+        print("--vs-nt: no mlp/cnn case selected; neural-tangents comparison skipped")
+    for r in rows:
+        if "skip" in r.get("nt", {}):
+            print(f"neural-tangents skipped for {r['case']}: {r['nt']['skip']}")
+    print("\n| case | N | P | gram (s) | torch.func (s) | func/gram | floor (s) | gram/floor "
+          "| peak RSS (MiB) | NT SD (s) | NT/gram | loadavg |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        jac = f"{r['jacobian']:.2f}" if "jacobian" in r else "-"
+        ratio = f"{r['jacobian'] / r['gram']:.1f}x" if "jacobian" in r else "-"
+        mem = f"{r['mem']['peak_mib']:.0f}" if "mem" in r else "-"
+        nt = r.get("nt", {})
+        nts = f"{nt['seconds']:.2f}" if "seconds" in nt else "-"
+        ntr = f"{nt['seconds'] / r['gram']:.1f}x" if "seconds" in nt else "-"
+        print(f"| {r['case']} | {r['n']} | {r['params'] / 1e6:.2f}M | {r['gram']:.2f} | {jac} "
+              f"| {ratio} | {r['floor']:.2f} | {r['gram'] / r['floor']:.2f} | {mem} | {nts} "
+              f"| {ntr} | {r['load']} |")
+    print("\nGEMM rate (GFLOP/s, per worker): "
+          + ", ".join(f"{r['case']}/{r['n']}: {r['gemm_gflops']:.0f}" for r in rows))
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -290,3 +290,101 @@ def test_resnet18_cifar_shape():
     plan = _plan(m, x1)
     assert not plan.fallback
     assert m.training
+
+
+def test_cost_model_picks_form_for_the_tile_it_is_called_with():
+    """CIFAR ResNet-18 shapes: the old model forced the factored form (cost n^2 T^2) on
+    layer2/layer3 convs whenever their materialized block exceeded a fixed budget at
+    n = 1024, whatever N was. Large-T convs must stay materialized at any tile size; small-T
+    wide convs (layer4) are cheaper factored."""
+    use = layers.linear_use_exact
+    for n in (16, 128, 1024):
+        assert not use(1024, 1, 576, 64, 1, n, n, 4, True)  # layer1: T = 32*32
+        assert not use(256, 1, 1152, 128, 1, n, n, 4, True)  # layer2
+        assert not use(64, 1, 2304, 256, 1, n, n, 4, True)  # layer3
+        assert use(16, 1, 4608, 512, 1, n, n, 4, True)  # layer4: T = 4*4, di = 4608
+    assert use(1, 1, 512, 10, 1, 64, 64, 4, True)  # dense readout: Hadamard form
+
+
+def test_default_tile_shrinks_to_feature_budget(monkeypatch):
+    """With a tiny feature budget the default tile shrinks (and the kernel stays exact)."""
+    seen = []
+    real = gram.tiled_kernel
+
+    def spy(feats, pair_fn, x1, x2, tile, full, *a, **k):
+        seen.append(tile)
+        return real(feats, pair_fn, x1, x2, tile, full, *a, **k)
+
+    monkeypatch.setattr(gram, "tiled_kernel", spy)
+    m = mlp()
+    x = torch.randn(9, 6, dtype=torch.float64)
+    ref = brute_entk(m, x).sum((2, 3)) / 3
+    close(pntk(m, x, method="gram"), ref)
+    assert seen[-1] >= 9  # fits: one tile
+    monkeypatch.setattr(gram, "MIN_TILE", 2)
+    monkeypatch.setattr(gram, "FEATURE_TILE_BYTES", 3 * gram.build_plan(
+        m, dict(m.named_parameters()), x, torch.ones(1, 3, dtype=torch.float64) / 3 ** 0.5, 9,
+        True).bytes_per_sample(1, 8))
+    close(pntk(m, x, method="gram"), ref)
+    assert seen[-1] == 3
+
+
+def _pntk_brute_autograd(m, x1, x2):
+    """pNTK from per-sample gradients of s(x) = sum_k f_k(x) / sqrt(O), one plain autograd call
+    per sample (independent of both engines and of torch.func)."""
+    params = [p for p in m.parameters() if p.requires_grad]
+
+    def g(x):
+        out = m(x.unsqueeze(0)).reshape(-1)
+        gs = torch.autograd.grad(out.sum() / out.numel() ** 0.5, params)
+        return torch.cat([t.reshape(-1) for t in gs])
+
+    was = m.training
+    m.eval()
+    try:
+        j1 = torch.stack([g(x) for x in x1])
+        j2 = torch.stack([g(x) for x in x2])
+    finally:
+        m.train(was)
+    return j1 @ j2.T
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", [None, "materialized"])
+def test_resnet18_cifar_exact(form, monkeypatch):
+    """CIFAR-form ResNet-18 (3x3 stride-1 stem, no max-pool: 32x32 first stage), float64,
+    against per-sample autograd gradients: default cost-model forms (layer4 factored, the rest
+    materialized) and everything materialized; cross kernel, symmetric kernel, tiles of 2."""
+    pytest.importorskip("torchvision")
+    from entk_al.models import resnet18_32
+
+    monkeypatch.setattr(layers, "FORCE_FORM", form)
+    torch.manual_seed(8)
+    m = resnet18_32((3, 32, 32), 10).double()
+    m.train()
+    with torch.no_grad():
+        m(torch.randn(8, 3, 32, 32, dtype=torch.float64))  # non-trivial running stats
+    x1 = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    x2 = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    ref = _pntk_brute_autograd(m, x1, torch.cat([x1, x2]))
+    close(pntk(m, x1, x2, method="gram"), ref[:, 4:])
+    close(pntk(m, x1, method="gram", tile_size=2), ref[:, :4])
+    plan = _plan(m, x1)
+    assert not plan.fallback
+    if form is None:
+        assert {lp.mod.weight.shape[0] for lp in plan.layers if lp.exact} == {512, 10}
+    assert m.training
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_smoke():
+    """Same code on CUDA: gram engine vs the jacobian path, CNN with BatchNorm, float32."""
+    torch.manual_seed(9)
+    m = BNCNN().cuda().eval()
+    x1 = torch.randn(6, 2, 8, 8, device="cuda")
+    x2 = torch.randn(3, 2, 8, 8, device="cuda")
+    g = pntk(m, x1, x2, method="gram")
+    j = pntk(m, x1, x2, method="jacobian")
+    assert g.device.type == "cuda" and g.shape == (6, 3)
+    close(g.double(), j.double(), rtol=1e-4)
+    close(pntk(m, x1, tile_size=4).double(), pntk(m, x1, method="jacobian").double(), rtol=1e-4)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import common, reference
+from . import common, jacobian
 from .tiling import tiled_kernel
 
 __all__ = ["pntk", "entk", "kernel"]
@@ -39,13 +39,25 @@ def kernel(
         x2: (N2, *F) inputs or None for x2 = x1 (symmetric; only upper tiles are computed).
         kind: "pntk" (N1, N2); "entk" (N1, N2, O, O); "first_logit" Theta_11 (N1, N2);
             "trace" (1/O) sum_k Theta_kk (N1, N2); "block_diag" Theta_kk (N1, N2, O).
-        method: "jacobian" (torch.func per-sample gradients, J J^T), "gram" (layer-wise hook
-            engine, exact, falls back to torch.func per parameter for unsupported modules),
+        method: one of
+            "gram" (:mod:`.gram`: layer-wise engine; one batched forward and K backward passes
+                per tile, each layer's share either from materialized per-sample gradients or
+                in factored form, whichever its cost model finds cheaper; exact; parameters of
+                unsupported or shared modules go to the jacobian path).
+                Use when: the model is built from Linear / Conv1d / Conv2d / Embedding /
+                BatchNorm / LayerNorm / GroupNorm layers (MLPs, CNNs, ResNets), i.e. almost
+                always; it is the fast path.
+            "jacobian" (:mod:`.jacobian`: torch.func vmap(grad) per-sample gradients, J J^T).
+                Use when: cross-checking the gram engine, or the model is mostly custom
+                parameters / functional weight reuse that the gram engine would send to this
+                path anyway; memory K * tile * P floats per tile, so tiles are small for big P.
             "auto" (= "gram").
+                Use when: no reason to choose; it follows the recommended engine.
         batch_size: samples per vmap chunk in torch.func computations (None: whole tile).
         tile_size: samples per tile along N1 and N2; peak memory is O(K^2 N1 N2 + tile features).
-            Default: 1024 for "gram"; for "jacobian" the largest tile whose per-sample gradients
-            fit in 512 MiB (at most 512).
+            Default: for "gram" the largest tile (at most 1024) whose features fit in 1.5 GiB
+            (CIFAR ResNet-18, float32: about 128); for "jacobian" the largest tile whose
+            per-sample gradients fit in 512 MiB (at most 512).
     Returns:
         Tensor in the model dtype on the model device (float64 for float64 models).
     Raises:
@@ -67,10 +79,10 @@ def kernel(
             blocks = gram.gram_blocks(model, params, x1, x2, V, full, batch_size, tile_size)
         else:
             P = sum(p.numel() for p in params.values())
-            tile = tile_size or reference.default_tile(P, V.shape[0], V.element_size())
-            feats = reference.make_features(model, params, V, batch_size)
+            tile = tile_size or jacobian.default_tile(P, V.shape[0], V.element_size())
+            feats = jacobian.make_features(model, params, V, batch_size)
             blocks = tiled_kernel(
-                feats, lambda a, b: reference.pair_materialized(a, b, full), x1, x2, tile, full)
+                feats, lambda a, b: jacobian.pair_materialized(a, b, full), x1, x2, tile, full)
     return common.finish(blocks, kind)
 
 

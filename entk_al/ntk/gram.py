@@ -7,7 +7,7 @@ built from (input, G) by :mod:`.layers`; the shares are summed (the NTK is a sum
 parameters, Jacot et al. 2018 eq. 3; layer-wise structure as in Novak et al. 2022, Sec. 3).
 Parameters of other modules, of modules called more than once (weight sharing), tied across
 modules, or whose reconstructed gradient does not match autograd's on a probe batch, go to the
-torch.func per-sample-gradient fallback of :mod:`.reference`, so the result stays exact.
+torch.func per-sample-gradient fallback of :mod:`.jacobian`, so the result stays exact.
 """
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import jacobian
 from . import layers as L
-from . import reference
 from .tiling import nbytes, tiled_kernel
 
-DEFAULT_TILE = 1024
+DEFAULT_TILE = 1024  # samples per tile, unless the features need a smaller one:
+FEATURE_TILE_BYTES = 3 << 29  # 1.5 GiB of features per tile (two tiles + column cache live)
+MIN_TILE = 16
 PROBE_SAMPLES = 4
 
 
@@ -32,12 +34,52 @@ class LayerPlan:
     names: list[str]  # trainable direct parameter names, e.g. ["weight", "bias"]
     exact: bool = False  # linear weight in factored form (else materialized)
     fold_bias: bool = False  # bias as an extra all-ones input column of the weight
+    dims: tuple | None = None  # linear-family geometry (T, g, di, do, n_emb) for the cost model
+
+
+def _mat_sizes(lp: LayerPlan) -> list[int]:
+    """Per-sample, per-direction widths of the layer's materialized blocks, in the order
+    :func:`_layer_tensors` writes them."""
+    if lp.kind == "norm":
+        return [getattr(lp.mod, n).numel() for n in lp.names]
+    sizes = []
+    if "weight" in lp.names and not lp.exact:
+        sizes.append(lp.mod.weight.numel())
+    if "bias" in lp.names and not lp.fold_bias:
+        sizes.append(lp.mod.bias.numel())
+    return sizes
 
 
 @dataclass
 class Plan:
     layers: list[LayerPlan] = field(default_factory=list)
     fallback: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def mat_width(self) -> int:
+        """Columns of a tile's materialized feature buffer (K, n, width)."""
+        return (sum(sum(_mat_sizes(lp)) for lp in self.layers)
+                + sum(p.numel() for p in self.fallback.values()))
+
+    def bytes_per_sample(self, K: int, itemsize: int) -> int:
+        """Feature bytes one sample adds to a tile (materialized columns + factored A and G)."""
+        floats = K * self.mat_width()
+        for lp in self.layers:
+            if lp.exact and lp.dims is not None:
+                T, g, di, do, n_emb = lp.dims
+                floats += T * g * ((1 if n_emb is not None else di + lp.fold_bias) + K * do)
+        return floats * itemsize
+
+    def choose_forms(self, K: int, n: int, m: int, itemsize: int, full: bool) -> None:
+        """Per linear layer, the cheaper exact form for n x m tile pairs (layers.linear_costs)."""
+        for lp in self.layers:
+            if lp.dims is None:
+                continue
+            T, g, di, do, n_emb = lp.dims
+            has_b = "bias" in lp.names
+            lp.exact = L.linear_use_exact(T, g, di + has_b, do, K, n, m, itemsize, full, n_emb)
+            # exact form: bias as a ones column of A (one Hadamard term instead of two);
+            # materialized: the bias gradient is the position-sum of G (no copy of A)
+            lp.fold_bias = has_b and lp.exact
 
 
 def _run_hooked(model, mods, x, V, with_params=()):
@@ -81,24 +123,26 @@ def _run_hooked(model, mods, x, V, with_params=()):
     return calls, inputs, G, pgrads
 
 
-def _layer_tensors(lp: LayerPlan, inp, G):
-    """Materialized per-sample grads (list of (K, N, P)) and the Exact feature or None."""
+def _layer_tensors(lp: LayerPlan, inp, G, outs):
+    """Write the materialized per-sample grads into ``outs`` (views (K, N, P_i), sizes from
+    :func:`_mat_sizes`); return the Exact feature or None."""
     if lp.kind == "norm":
-        return L.norm_materialize(lp.mod, inp, G, lp.names), None
+        for o, t in zip(outs, L.norm_materialize(lp.mod, inp, G, lp.names)):
+            o.copy_(t)
+        return None
     A, ids, Gf = L.linear_geometry(lp.mod, inp, G)
-    mats, ex = [], None
-    has_w = "weight" in lp.names
-    if "bias" in lp.names and not lp.fold_bias:
-        mats.append(Gf.sum(2).reshape(Gf.shape[0], Gf.shape[1], -1))
-    if has_w:
+    outs, ex = iter(outs), None
+    if "weight" in lp.names:
         if lp.fold_bias:
             A = torch.cat([A, A.new_ones(A.shape[:-1] + (1,))], dim=-1)
         if lp.exact:
             ex = L.Exact(G=Gf, A=A, ids=ids)
         else:
             n_emb = lp.mod.num_embeddings if ids is not None else None
-            mats.insert(0, L.linear_materialize(A, ids, Gf, n_emb))
-    return mats, ex
+            L.linear_materialize(A, ids, Gf, n_emb, out=next(outs))
+    if "bias" in lp.names and not lp.fold_bias:
+        next(outs).copy_(Gf.sum(2).reshape(Gf.shape[0], Gf.shape[1], -1))
+    return ex
 
 
 def _summed(lp: LayerPlan, inp, G):
@@ -121,8 +165,10 @@ def _summed(lp: LayerPlan, inp, G):
     return out, dims
 
 
-def build_plan(model: nn.Module, params: dict, x: torch.Tensor, V: torch.Tensor, tile: int,
-               full: bool) -> Plan:
+def build_plan(model: nn.Module, params: dict, x: torch.Tensor, V: torch.Tensor, n: int,
+               full: bool, m: int | None = None) -> Plan:
+    """Which layers the engine handles (and in which form, for n x m tile pairs; m = n if None)
+    and which parameters go to the torch.func fallback."""
     name_of = {id(p): n for n, p in params.items()}
     owners = defaultdict(list)
     for mod in model.modules():
@@ -166,58 +212,57 @@ def build_plan(model: nn.Module, params: dict, x: torch.Tensor, V: torch.Tensor,
     vals = torch.stack(stats).tolist() if stats else []
     good = iter(e <= tol * max(sc, 1e-30) for e, sc in zip(vals[::2], vals[1::2]))
     for lp, dims, sr in checked:
-        if not all([next(good) for _ in sr]):
+        if not all([next(good) for _ in sr]):  # noqa: C419 (advance past every check)  # noqa: C419 (consume every check)
             continue
-        if dims is not None:
-            T, g, di, do, n_emb = dims
-            has_b = "bias" in lp.names
-            lp.exact = L.linear_use_exact(T, g, di + has_b, do, V.shape[0], tile,
-                                          V.element_size(), full, n_emb)
-            # exact form: bias as a ones column of A (one Hadamard term instead of two);
-            # materialized: the bias gradient is the position-sum of G (no copy of A)
-            lp.fold_bias = has_b and lp.exact
+        lp.dims = dims
         plan.layers.append(lp)
-        covered.update(id(getattr(lp.mod, n)) for n in lp.names)
-    plan.fallback = {n: p for n, p in params.items() if id(p) not in covered}
+        covered.update(id(getattr(lp.mod, nm)) for nm in lp.names)
+    plan.fallback = {nm: p for nm, p in params.items() if id(p) not in covered}
+    plan.choose_forms(V.shape[0], n, n if m is None else m, V.element_size(), full)
     return plan
 
 
-MAT_SPLIT_P = 4096  # a materialized block with K*P at least this stays its own GEMM operand
-
-
 class GramFeatures:
-    """Features of one tile: materialized blocks, each (K, N, P_i), and a list of Exact."""
+    """Features of one tile: every materialized block in one buffer ``mat`` (K, N, P_mat), so
+    that their kernel share is one GEMM, and a list of Exact (factored) layers."""
 
-    def __init__(self, mats, exacts):
-        self.mats, self.exacts = mats, exacts
+    def __init__(self, mat, exacts):
+        self.mat, self.exacts = mat, exacts
 
     def tensors(self):
-        ts = list(self.mats)
+        ts = [self.mat] if self.mat is not None else []
         for e in self.exacts:
             ts += e.tensors()
         return ts
 
 
 def tile_features(plan: Plan, model, x, V, chunk_size) -> GramFeatures:
-    mats, exacts = [], []
+    K, n = V.shape[0], x.shape[0]
+    width = plan.mat_width()
+    mat = V.new_empty(K, n, width) if width else None
+    exacts, off = [], 0
+
+    def take(size):
+        nonlocal off
+        off += size
+        return mat[:, :, off - size:off]
+
     if plan.layers:
         _, inputs, G, _ = _run_hooked(model, [lp.mod for lp in plan.layers], x, V)
         for i, lp in enumerate(plan.layers):
-            m, ex = _layer_tensors(lp, inputs[i], G.pop(i))
-            mats += m
+            outs = [take(sz) for sz in _mat_sizes(lp)]
+            if i not in G:  # output does not depend on the parameters for this input
+                for o in outs:
+                    o.zero_()
+                continue
+            ex = _layer_tensors(lp, inputs.pop(i), G.pop(i), outs)
             if ex is not None:
                 exacts.append(ex)
-        del inputs
+        del inputs, G
     if plan.fallback:
-        mats.append(reference.per_sample_grads(model, plan.fallback, x, V, chunk_size))
-    # The kernel is a sum over parameters, so blocks need not be concatenated: big ones are
-    # kept apart (no copy), small ones (biases, norm affines) merged into one GEMM operand.
-    # (classified per sample, so that every tile, the last short one too, has the same blocks)
-    big = [m for m in mats if m.shape[0] * m.shape[2] >= MAT_SPLIT_P]
-    small = [m for m in mats if m.shape[0] * m.shape[2] < MAT_SPLIT_P]
-    if small:
-        big.append(torch.cat(small, dim=2) if len(small) > 1 else small[0])
-    return GramFeatures(big, exacts)
+        take(sum(p.numel() for p in plan.fallback.values())).copy_(
+            jacobian.per_sample_grads(model, plan.fallback, x, V, chunk_size))
+    return GramFeatures(mat, exacts)
 
 
 SYM_MIN_ROWS = 512  # diagonal tiles at least this tall are split in two row halves ...
@@ -240,36 +285,42 @@ def sym_product(fn, n: int, full: bool):
     return out
 
 
-def _pair_mat(a: torch.Tensor, b: torch.Tensor, full: bool) -> torch.Tensor:
-    """(K, Na, P) x (K, Nb, P) -> (K, K, Na, Nb) if full else (K, Na, Nb); K = 1 as one mm."""
+def _pair_mat(a: torch.Tensor, b: torch.Tensor, full: bool, out=None) -> torch.Tensor:
+    """(K, Na, P) x (K, Nb, P) -> (K, K, Na, Nb) if full else (K, Na, Nb), added into ``out``
+    when given; K = 1 as one addmm."""
     if a.shape[0] == 1:
-        o = a[0] @ b[0].T
-        return o.view((1, 1) + o.shape if full else (1,) + o.shape)
-    return reference.pair_materialized(a, b, full)
-
-
-def _add(out, s):
-    return s if out is None else out.add_(s)
+        if out is None:
+            o = a[0] @ b[0].T
+            return o.view((1, 1) + o.shape if full else (1,) + o.shape)
+        o2 = out.view(out.shape[-2:])
+        o2.addmm_(a[0], b[0].T)
+        return out
+    r = jacobian.pair_materialized(a, b, full)
+    return r if out is None else out.add_(r)
 
 
 def pair(a: GramFeatures, b: GramFeatures, full: bool) -> torch.Tensor:
-    """Kernel block of two tiles: sum of the per-layer terms. For a diagonal tile of a
-    symmetric kernel (``a is b``) the long-contraction terms (big materialized blocks, T = 1
-    dense layers with wide inputs) are computed from upper half-blocks; short ones, whose cost
-    is call overhead rather than flops, in one call."""
+    """Kernel block of two tiles: one GEMM over all materialized columns plus the factored
+    layers' terms, accumulated into one output. For a diagonal tile of a symmetric kernel
+    (``a is b``) the long-contraction terms (the materialized GEMM, T = 1 dense layers with
+    wide inputs) are computed from upper half-blocks; short ones, whose cost is call overhead
+    rather than flops, in one call."""
+    K, n = (a.mat.shape[0], a.mat.shape[1]) if a.mat is not None else a.exacts[0].G.shape[:2]
+    m = b.mat.shape[1] if b.mat is not None else b.exacts[0].G.shape[1]
     out = None
-    for ma, mb in zip(a.mats, b.mats):
-        if a is b and ma.shape[1] >= SYM_MIN_ROWS and ma.shape[2] >= SYM_MIN_DIM:
-            out = _add(out, sym_product(lambda r, c: _pair_mat(ma[:, r], ma[:, c], full),
-                                        ma.shape[1], full))
+    if a.mat is not None:
+        ma, mb = a.mat, b.mat
+        if a is b and n >= SYM_MIN_ROWS and ma.shape[2] >= SYM_MIN_DIM:
+            out = sym_product(lambda r, c: _pair_mat(ma[:, r], ma[:, c], full), n, full)
         else:
-            out = _add(out, _pair_mat(ma, mb, full))
+            out = ma.new_zeros((K, K, n, m) if full else (K, n, m))
+            _pair_mat(ma, mb, full, out)
     for ea, eb in zip(a.exacts, b.exacts):
-        n = ea.G.shape[1]
         if a is b and n >= SYM_MIN_ROWS and ea.wide_t1(SYM_MIN_DIM):
-            out = _add(out, sym_product(lambda r, c: ea.rows(r).pair(ea.rows(c), full), n, full))
+            t = sym_product(lambda r, c, e=ea: e.rows(r).pair(e.rows(c), full), n, full)
         else:
-            out = _add(out, ea.pair(eb, full))
+            t = ea.pair(eb, full)
+        out = t if out is None else out.add_(t)
     return out
 
 
@@ -284,12 +335,23 @@ def gram_blocks(model, params, x1, x2, V, full, batch_size, tile_size) -> torch.
     """Kernel blocks (K, K, N1, N2) if ``full`` else (K, N1, N2); model already in eval mode."""
     if _needs_batch_stats(model):
         P = sum(p.numel() for p in params.values())
-        tile = tile_size or reference.default_tile(P, V.shape[0], V.element_size())
-        feats = reference.make_features(model, params, V, batch_size)
-        return tiled_kernel(feats, lambda a, b: reference.pair_materialized(a, b, full),
+        tile = tile_size or jacobian.default_tile(P, V.shape[0], V.element_size())
+        feats = jacobian.make_features(model, params, V, batch_size)
+        return tiled_kernel(feats, lambda a, b: jacobian.pair_materialized(a, b, full),
                             x1, x2, tile, full)
+    n1, n2 = len(x1), len(x1 if x2 is None else x2)
+    K, isz = V.shape[0], V.element_size()
     tile = tile_size or DEFAULT_TILE
-    plan = build_plan(model, params, x1, V, tile, full)
+    plan = build_plan(model, params, x1, V, min(tile, n1), full, min(tile, n2))
+    if tile_size is None:
+        # Largest tile whose features fit the budget; the forms are re-chosen for that tile
+        # (smaller tiles favour the materialized form), then the tile re-checked.
+        for _ in range(2):
+            fit = max(MIN_TILE, FEATURE_TILE_BYTES // max(1, plan.bytes_per_sample(K, isz)))
+            if fit >= min(tile, max(n1, n2)):
+                break
+            tile = int(fit)
+            plan.choose_forms(K, min(tile, n1), min(tile, n2), isz, full)
 
     def feats(x):
         f = tile_features(plan, model, x, V, batch_size)

@@ -12,18 +12,20 @@ the per-sample weight gradient is dW_g(n) = sum_t G[n, t, g]^T A[n, t, g], so
 Conv inputs are unfolded once per tile and layer by :func:`im2col` (a strided copy of the
 padded input, faster than ``F.unfold`` on CPU) into (N, g*di, T), viewed as A (N, T, g, di).
 
-Cost model (``linear_use_exact``), for one square pair of n-sample tiles, K directions,
-kk = K^2 (full) or K (diagonal kinds); the cheaper form is chosen per layer:
-    materialized: features one bmm per direction and group, (N, do, T) x (N, T, di):
-                  2 K n T g di do flops, K n g di do floats kept per tile (the bias gradient
-                  is sum_t G, a separate small block; A is not copied to append a ones column);
-                  kernel one GEMM per big layer block (small blocks merged): 2 kk n^2 g di do.
-    exact (*):    features are A and G themselves (n T g (di + K do) floats; the bias is folded
-                  in as a ones column of A); kernel 2 n^2 T^2 g (di + kk do) flops, with
-                  n m T^2 g temporaries (computed in row chunks).
-    Materialized is used unless exact is not more expensive, or the materialized block would
-    exceed MATERIALIZE_BUDGET_BYTES. In the benchmarks (tiles of 256-1024): CNN conv1/conv2,
-    ResNet-18 stem/layer1/layer2 materialized; ResNet-18 layer3 (T = 4), layer4, Linear exact.
+Cost model (``linear_costs`` / ``linear_use_exact``), for one n x m pair of tiles of the size the
+kernel is actually computed with (``min(tile, N)``), K directions, kk = K^2 (full) or K (diagonal
+kinds), P = g di do, in flop-equivalents (flops + BYTE_COST x bytes moved):
+    materialized: per-sample grads of the column tile, one bmm (m, do, T) x (m, T, di) per
+                  direction and group: 2 K m T P flops, K m P floats written; kernel share:
+                  part of one GEMM over all materialized columns, 2 kk n m P flops reading
+                  K (n + m) P floats.
+    exact (*):    2 n m T^2 g (di + kk do) flops; the (n, T, m, S) products are written,
+                  multiplied and reduced: (2 + 4 kk) n m T^2 g floats moved.
+    The cheaper one is used. No memory cap forces the factored form (its cost grows like
+    N^2 T^2: on a 32x32 ResNet stage it is thousands of times the materialized cost); instead
+    the default tile shrinks until a tile's features fit ``gram.FEATURE_TILE_BYTES``.
+    CIFAR ResNet-18 (fp32, pNTK): stem and layer1-layer3 materialized, layer4 3x3 convs
+    (T = 16, di up to 4608) and the readout factored, at every tile size.
 Diagonal tiles of a symmetric kernel compute the long-contraction terms from upper half-blocks
 (3/4 of the GEMM flops; :func:`entk_al.ntk.gram.sym_product`).
 For T = 1 the exact form is the Hadamard product (A1 A2^T) o (G1 G2^T), always the cheaper one.
@@ -39,7 +41,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MATERIALIZE_BUDGET_BYTES = 256 << 20  # per layer and tile
 EXACT_CHUNK_ELEMS = 1 << 24  # n_chunk * m * T^2 * g temporaries of the exact form
 FORCE_FORM: str | None = None  # "exact" / "materialized" overrides the cost model (tests)
 
@@ -55,7 +56,7 @@ class Exact:
     def tensors(self):
         return [t for t in (self.G, self.A, self.ids) if t is not None]
 
-    def rows(self, r: slice) -> "Exact":
+    def rows(self, r: slice) -> Exact:
         """The same features for the samples ``r`` (views)."""
         if r == slice(None):
             return self
@@ -67,14 +68,14 @@ class Exact:
         return (self.A is not None and self.A.shape[1] == 1
                 and self.A.shape[2] * self.A.shape[3] >= min_dim)
 
-    def aa(self, other: "Exact", rows: slice) -> torch.Tensor:
+    def aa(self, other: Exact, rows: slice) -> torch.Tensor:
         """(n_c, T, m, S, g) input inner products."""
         if self.ids is not None:
             eq = self.ids[rows, :, None, None] == other.ids[None, None]
             return eq.to(self.G.dtype).unsqueeze(-1)
         return torch.einsum("ntgi,msgi->ntmsg", self.A[rows], other.A)
 
-    def pair(self, other: "Exact", full: bool) -> torch.Tensor:
+    def pair(self, other: Exact, full: bool) -> torch.Tensor:
         K, n, T, g, _ = self.G.shape
         m, S = other.G.shape[1], other.G.shape[2]
         if T == 1 and S == 1 and self.ids is None:
@@ -87,7 +88,7 @@ class Exact:
             for k in range(K):
                 for l in (range(K) if full else (k,)):
                     gg = torch.einsum("ntgo,msgo->ntmsg", self.G[k, r], other.G[l])
-                    v = (aa * gg).sum(dim=(1, 3, 4))
+                    v = gg.mul_(aa).sum(dim=(1, 3, 4))
                     if full:
                         out[k, l, r] = v
                     else:
@@ -166,42 +167,66 @@ def im2col(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:
     return v.reshape(N, C * kh * kw, Ho * Wo)
 
 
-def linear_use_exact(T, g, di, do, K, n, itemsize, full, n_emb=None) -> bool:
-    """Cost model of the module docstring, for one pair of n-sample tiles."""
+BYTE_COST = 8.0  # flop-equivalents per byte moved (CPU: ~100 GFLOP/s vs ~10 GB/s streamed)
+
+
+def linear_costs(T, g, di, do, K, n, m, itemsize, full, n_emb=None) -> tuple[float, float]:
+    """(materialized, exact) cost of one layer for one n x m pair of tiles, in flop-equivalents
+    (flops + BYTE_COST * bytes moved), as in the module docstring. The per-sample gradients of
+    the column tile (m samples) are charged to the pair: with square tiles every pair needs
+    about one tile's features computed."""
+    kk = K * K if full else K
+    if n_emb is not None:  # embedding: A is one-hot of size n_emb, its products are id matches
+        P = g * n_emb * do
+        psg = K * m * T * do  # index_add of G rows
+        di_ex = 1
+    else:
+        P = g * di * do
+        psg = 2 * K * m * T * g * di * do  # one bmm per sample, direction and group
+        di_ex = di
+    mat = (psg + BYTE_COST * itemsize * K * m * P  # write the per-sample gradients
+           + 2 * kk * n * m * P + BYTE_COST * itemsize * K * (n + m) * P)  # GEMM, its operands
+    el = n * m * T * T * g  # entries of the (n, T, m, S) products, per direction pair
+    exact = (2 * el * (di_ex + kk * do)
+             + BYTE_COST * itemsize * el * (2 + 4 * kk))  # write aa, gg; multiply; reduce
+    return mat, exact
+
+
+def linear_use_exact(T, g, di, do, K, n, m, itemsize, full, n_emb=None) -> bool:
+    """Cost model of the module docstring for one n x m pair of tiles: True for the factored form."""
     if FORCE_FORM is not None:
         return FORCE_FORM == "exact"
     if T == 1 and n_emb is None:
         return True
-    kk = K * K if full else K
-    if n_emb is not None:  # embedding: A is one-hot of size n_emb, its products are id matches
-        di_mat, di_ex = n_emb, 1
-    else:
-        di_mat = di_ex = di
-    mat_bytes = K * n * g * di_mat * do * itemsize
-    mat_flops = K * n * T * g * di_mat * do + kk * n * n * g * di_mat * do
-    exact_flops = n * n * T * T * g * (di_ex + kk * do)
-    return exact_flops <= mat_flops or mat_bytes > MATERIALIZE_BUDGET_BYTES
+    mat, exact = linear_costs(T, g, di, do, K, n, m, itemsize, full, n_emb)
+    return exact < mat
 
 
-def linear_materialize(A, ids, G, n_emb):
-    """Per-sample weight gradients (K, N, g*do*di) in the weight's flattening order.
+def linear_materialize(A, ids, G, n_emb, out=None):
+    """Per-sample weight gradients (K, N, g*do*di) in the weight's flattening order, written
+    into ``out`` (a (K, N, P) view, e.g. a column slice of the tile's feature buffer) if given.
 
     Dense case: one ``bmm`` (N, do, T) x (N, T, di) per direction and group, on the strided
     views of G and A (no einsum re-layout; A is usually the transposed view of im2col output).
     """
     K, N, T, g, do = G.shape
     if ids is not None:
-        out = G.new_zeros(K, N * n_emb, do)
+        res = G.new_zeros(K, N * n_emb, do)
         rows = (torch.arange(N, device=ids.device)[:, None] * n_emb + ids).reshape(-1)
-        out.index_add_(1, rows, G.reshape(K, N * T, do))
-        return out.reshape(K, N, n_emb * do)
+        res.index_add_(1, rows, G.reshape(K, N * T, do))
+        res = res.reshape(K, N, n_emb * do)
+        if out is None:
+            return res
+        out.copy_(res)
+        return out
     di = A.shape[-1]
-    out = G.new_empty(K, N, g, do, di)
+    if out is None:
+        out = G.new_empty(K, N, g * do * di)
+    o5 = out.view(K, N, g, do, di)
     for k in range(K):
         for gi in range(g):
-            r = torch.bmm(G[k, :, :, gi].transpose(1, 2), A[:, :, gi])
-            out[k, :, gi] = r
-    return out.reshape(K, N, -1)
+            o5[k, :, gi] = torch.bmm(G[k, :, :, gi].transpose(1, 2), A[:, :, gi])
+    return out
 
 
 def linear_summed_weight(feat: Exact, mod) -> torch.Tensor:

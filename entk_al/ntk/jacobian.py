@@ -1,4 +1,5 @@
-"""Reference NTK path: per-sample Jacobians with torch.func (vmap of grad / jacrev).
+"""Jacobian NTK path (``method="jacobian"``, and the gram engine's fallback for unsupported
+parameters): per-sample gradients with torch.func (vmap of grad / jacrev).
 
 Features of a tile are the materialized per-sample gradients J_V(x) = V J(x), shape (K, N, P),
 and a kernel block is J_V(x) J_V(x')^T (empirical NTK, Jacot et al. 2018 eq. 3 / Novak et al.
