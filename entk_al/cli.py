@@ -230,3 +230,5 @@ if __name__ == "__main__":
 from . import cli_label  # noqa: E402,F401  (registers commands)
 from . import cli_bench  # noqa: E402,F401  (registers commands)
 from . import cli_fidelity  # noqa: E402,F401  (registers commands)
+from .cli_approx import approx  # noqa: E402
+app.command()(approx)

@@ -168,3 +168,38 @@ def _allowed_types(param: inspect.Parameter) -> set[str] | None:
     if default is param.empty or default is None or type(default).__name__ not in _SCALARS:
         return None
     return {type(default).__name__}
+
+
+def load_object(spec: str, what: str = "model") -> Any:
+    """The object named by ``package.module:Name`` or ``path/to/file.py:Name`` (e.g. a model class).
+
+    Raises:
+        ConfigError: a spec without ``:``, a module or file that cannot be imported or run, or
+            no such attribute; the message names ``what`` and the spec.
+    """
+    from .errors import ConfigError
+
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise ConfigError(f"{what} {spec!r}: expected module:Name or path/file.py:Name")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise ConfigError(f"{what} {spec!r}: file {path} does not exist")
+        mod_name = f"entk_al_user_{what}_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(mod_name, None)
+            raise ConfigError(f"{what} {spec!r}: executing {path} failed ({type(exc).__name__}: {exc})") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as exc:
+            raise ConfigError(f"{what} {spec!r}: cannot import module {where!r} ({exc})") from None
+    if not hasattr(module, attr):
+        raise ConfigError(f"{what} {spec!r}: {where} has no attribute {attr!r}")
+    return getattr(module, attr)
