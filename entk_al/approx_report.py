@@ -123,7 +123,8 @@ def write_figures(result: dict, out: Path, title: str) -> list[Path]:
 
 
 def tables(result: dict):
-    """rich Tables: kernel distance per width × checkpoint; spectrum and regression; cost per width."""
+    """rich Tables: kernel distance per width × checkpoint; spectrum and regression; linearized vs
+    trained network (init rows); cost per width."""
     from rich.table import Table
 
     s = result["settings"]
@@ -146,6 +147,16 @@ def tables(result: dict):
         r_t.add_row(str(r["width"]), cp(r["checkpoint"]), f"{sp['lambda_max_rel_diff']:+.3f}",
                     f"{sp['cond_rel_diff']:+.3f}", pct(kr["accuracy_entk"]), pct(kr["accuracy_pntk"]),
                     pct(kr["agreement"]), pct(lin["agreement"]))
+    lin_rows = [r for r in result["records"] if "rel_error_entk_vs_real" in r["linearized"]]
+    l_t = Table(title=f"linearized at init vs the network trained on those {s['kr_labels']} labels "
+                      f"(relative output error; argmax agreement %)")
+    for col in ("width", "err eNTK-lin", "err pNTK-lin", "err f_init", "agree eNTK", "agree pNTK", "net acc %"):
+        l_t.add_column(col, justify="right")
+    for r in lin_rows:
+        lin = r["linearized"]
+        l_t.add_row(str(r["width"]), f"{lin['rel_error_entk_vs_real']:.3f}", f"{lin['rel_error_pntk_vs_real']:.3f}",
+                    f"{lin['rel_error_init_vs_real']:.3f}", pct(lin["agreement_entk_vs_real"]),
+                    pct(lin["agreement_pntk_vs_real"]), pct(lin["real_accuracy"]))
     c = Table(title=f"kernel cost at init (max N within {s['memory_budget_gib']:.1f} GiB)")
     for col in ("width", "N", "pNTK s", "eNTK s", "pNTK MiB", "eNTK MiB", "max N pNTK", "max N eNTK"):
         c.add_column(col, justify="right")
@@ -155,7 +166,7 @@ def tables(result: dict):
             c.add_row(str(cost["width"]), str(row["n"]), f"{row['pntk_seconds']:.3f}", f"{row['entk_seconds']:.3f}",
                       mib(row["pntk_peak_bytes"]), mib(row["entk_peak_bytes"]),
                       str(cost["largest_n_pntk"]), str(cost["largest_n_entk"]))
-    return d_t, r_t, c
+    return (d_t, r_t, l_t, c) if lin_rows else (d_t, r_t, c)
 
 
 def slope_line(result: dict) -> str:

@@ -68,6 +68,9 @@ def approx(
     eval_size: Annotated[Optional[int], typer.Option(
         help="Test points the regression is evaluated on (default: min(1000, test split)).")] = None,
     cost_sizes: Annotated[str, typer.Option(help="N at which kernel time and memory are measured.")] = "64,128,256",
+    method: Annotated[str, typer.Option(
+        help="Kernel engine: auto (= gram), gram or jacobian (per-sample gradients; faster for eNTKs of "
+             "wide CNNs, where the gram engine pays per pair of positions and outputs).")] = "auto",
     ridge: Annotated[float, typer.Option(help="Ridge relative to trace(K)/dim(K), as in the look-ahead.")] = 1e-3,
     memory_gib: Annotated[Optional[float], typer.Option(
         help="Memory budget (GiB) for eNTKs and for 'largest N' (default: half the device memory).")] = None,
@@ -93,11 +96,13 @@ def approx(
         raise typer.Exit(2) from None
 
 
-def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, eval_size, cost_sizes, ridge,
+def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, eval_size, cost_sizes, method, ridge,
             memory_gib, seed, epochs, min_steps, batch_size, lr, loss, device, threads, float64, data_dir, out, quiet):
     width_list = parse_int_list(widths, "--widths") if widths is not None else [None]
     cps = parse_int_list(checkpoints, "--checkpoints", allow_init=True)
     sizes = parse_int_list(cost_sizes, "--cost-sizes")
+    if method not in ("auto", "gram", "jacobian"):
+        raise ConfigError(f"--method must be auto, gram or jacobian, got {method!r}")
     if threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {threads}")
     if memory_gib is not None and memory_gib <= 0:
@@ -122,7 +127,7 @@ def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, e
         widths=width_list, checkpoints=cps, n_points=n_points, subsets=subsets, kr_labels=kr_labels,
         eval_size=eval_size if eval_size is not None else min(1000, len(data.x_test)), cost_sizes=sizes,
         ridge_rel=ridge, memory_budget_gib=memory_gib if memory_gib is not None else default_memory_gib(dev),
-        seed=seed)
+        seed=seed, method=method)
     train_cfg = TrainConfig(loss=loss, epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr,
                             weight_decay=cfg.weight_decay, threads=cfg.threads)
     dtype = torch.float64 if float64 else torch.float32

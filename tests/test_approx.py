@@ -209,6 +209,7 @@ def test_cli_bad_inputs(tmp_path):
     err = _fails([*FAST, "--n-points", "400", "--subsets", "1", "--memory-gib", "0.01"], "GiB", tmp_path)
     assert "400 x 400 points" in err and "0.01 GiB budget" in err
     _fails([*FAST, "--n-points", "5000"], "test points", tmp_path)
+    _fails([*FAST, "--method", "magic"], "--method", tmp_path)
 
 
 def test_cli_user_model_end_to_end(tmp_path):
@@ -227,7 +228,7 @@ def test_cli_user_model_end_to_end(tmp_path):
     assert math.isfinite(result["fits"]["0"]["error_pntk"]["slope"])
     for name in ("approx_width.png", "approx_training.png", "approx_regression.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert "fitted slope" in res.stdout
+    assert "fitted slope" in res.stdout and "linearized at init" in res.stdout
     # a class without a width parameter cannot vary width: one line, exit 2
     net.write_text(net.read_text().replace(", width=8", "").replace("width)", "8)").replace("(width,", "(8,"))
     _fails(["--model", f"{net}:Net", "--widths", "4", *FAST], "width", tmp_path)
