@@ -78,8 +78,11 @@ def test_kernel_distance_and_offdiag_share_vs_explicit_kronecker(setup):
     want = torch.linalg.norm(flat * mask) / torch.linalg.norm(flat)
     assert offdiag_share(theta) == pytest.approx(float(want), rel=1e-10)
     assert 0 < offdiag_share(theta) < 1
-    # the best any k ⊗ I can do is to keep only the diagonal blocks
+    # the best any k ⊗ I can do is to keep only the diagonal blocks; the trace kernel (mean of the
+    # diagonal entries) is the Frobenius projection onto {k ⊗ I}, so no stand-in beats it
     assert min(kernel_distance(theta, k) for k in ks.values()) >= offdiag_share(theta) - 1e-12
+    assert kernel_distance(theta, ks["trace"]) == pytest.approx(min(kernel_distance(theta, k) for k in ks.values()))
+    assert kernel_distance(theta, ks["trace"]) <= kernel_distance(theta, ks["trace"] * 1.01)
 
 
 def test_kronecker_is_exact_for_a_linear_readout():
