@@ -425,7 +425,8 @@ def cost_records(model: nn.Module, x_test: torch.Tensor, sizes: list[int], budge
 
 def run_approx(factory: Callable[[int | None], nn.Module], data, settings: ApproxSettings, train_cfg: TrainConfig,
                *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-               progress: Callable[[str, int], None] | None = None) -> dict:
+               progress: Callable[[str, int], None] | None = None,
+               on_width: Callable[[dict], None] | None = None) -> dict:
     """Measure pNTK ⊗ I against the eNTK for each width and checkpoint (see module docstring).
 
     Args:
@@ -434,6 +435,8 @@ def run_approx(factory: Callable[[int | None], nn.Module], data, settings: Appro
         train_cfg: the loop's training recipe (checkpoints are trained from the init weights).
         progress: called with (description, steps done) after each step; total steps =
             ``len(widths) * (len(checkpoints) + 1)`` (the +1 is the cost measurement).
+        on_width: called with the result so far (``"finished": False``) after each width, so a
+            long study can save partial results.
     Returns:
         JSON-ready dict: ``settings``, ``records`` (one per width × checkpoint), ``cost``
         (one per width), ``fits`` (slope of log error vs log width at init).
@@ -488,6 +491,13 @@ def run_approx(factory: Callable[[int | None], nn.Module], data, settings: Appro
         step += 1
         if progress:
             progress(f"width {width}: cost", step)
+        if on_width and width != s.widths[-1]:
+            on_width(_result(s, train_cfg, data, o, logit, device, dtype, kr, eval_ids, subsets, records, costs,
+                             finished=False))
+    return _result(s, train_cfg, data, o, logit, device, dtype, kr, eval_ids, subsets, records, costs, finished=True)
+
+
+def _result(s, train_cfg, data, o, logit, device, dtype, kr, eval_ids, subsets, records, costs, finished) -> dict:
     fits = {}
     for n in s.checkpoints:
         rows = [r for r in records if r["checkpoint"] == n and r["width"] is not None]
@@ -497,4 +507,4 @@ def run_approx(factory: Callable[[int | None], nn.Module], data, settings: Appro
                          "random_logit": logit, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
                          "labeled_ids": kr.tolist(), "eval_ids": eval_ids.tolist(),
                          "subset_ids": [x.tolist() for x in subsets]},
-            "records": records, "cost": costs, "fits": fits}
+            "records": list(records), "cost": list(costs), "fits": fits, "finished": finished}

@@ -139,7 +139,7 @@ def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, e
         torch.set_num_threads(threads)
     try:
         result = _measure(factory, data, settings, train_cfg, kwargs, model, dataset, len(width_list) * (len(cps) + 1),
-                          quiet)
+                          quiet, out)
     finally:
         torch.set_num_threads(previous_threads)
     result["settings"]["threads"] = threads
@@ -153,8 +153,15 @@ def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, e
     console.print(f"wrote {out / 'approx.json'} and {', '.join(p.name for p in figs)}")
 
 
-def _measure(factory, data, settings, train_cfg, kwargs, model, dataset, total, quiet):
+def _measure(factory, data, settings, train_cfg, kwargs, model, dataset, total, quiet, out):
     from .approx import run_approx
+    from .fileio import write_json
+
+    def save_partial(partial: dict) -> None:  # a killed study keeps the widths it finished
+        partial["settings"]["model"] = model
+        write_json(out / "approx.json", partial)
+
+    kwargs = {**kwargs, "on_width": save_partial}
 
     if quiet:
         return run_approx(factory, data, settings, train_cfg, **kwargs)

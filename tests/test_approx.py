@@ -154,7 +154,9 @@ def test_run_approx_records_match_brute_force():
                        cost_sizes=[4, 8], ridge_rel=1e-2, memory_budget_gib=1.0)
     factory = lambda w: tiny_net(width=w, seed=3)  # noqa: E731
     cfg = TrainConfig(epochs=1, min_steps=3, batch_size=8)
-    res = run_approx(factory, data, s, cfg, dtype=torch.float64)
+    partial = []
+    res = run_approx(factory, data, s, cfg, dtype=torch.float64, on_width=partial.append)
+    assert [len(p["records"]) for p in partial] == [2] and not partial[0]["finished"] and res["finished"]
     assert [(r["width"], r["checkpoint"]) for r in res["records"]] == [(4, 0), (4, 12), (16, 0), (16, 12)]
     st = res["settings"]
     model = factory(16)
