@@ -54,6 +54,8 @@ def plot_width(result: dict, path: str | Path, title: str = "") -> bool:
     ax.plot(w, y0 * np.sqrt(w[0] / w), color="gray", lw=1, ls=":", label="1/√width guide")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(w, [str(int(v)) for v in w])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.set_xlabel("readout width")
     ax.set_ylabel("‖k⊗I − eNTK‖_F / ‖eNTK‖_F")
     ax.set_title(title or "kernel error at init", fontsize=9)
