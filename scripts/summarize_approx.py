@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from entk_al.approx import fit_slope
+
 
 def cp(n: int) -> str:
     return "init" if n == 0 else str(n)
@@ -36,6 +38,13 @@ def summarize(folder: Path) -> str:
     out += ["", "Fitted slope of log error vs log width: " + "; ".join(
         f"{cp(int(c))}: pNTK {f['error_pntk']['slope']:.2f}, off-diag {f['offdiag_share']['slope']:.2f}"
         for c, f in fits.items())]
+    init = [x for x in r["records"] if x["checkpoint"] == 0]
+    if len(init) >= 4:  # local slope of the widest half: is the rate approaching the theorem's -1/2?
+        wide = init[len(init) // 2:]
+        tail = {k: fit_slope([x["width"] for x in wide], [x["distance"][k] for x in wide])["slope"]
+                for k in ("error_pntk", "offdiag_share")}
+        out.append(f"Slope at init over widths {wide[0]['width']}–{wide[-1]['width']}: pNTK {tail['error_pntk']:.2f}, "
+                   f"off-diag {tail['offdiag_share']:.2f}.")
     lin_rows = [x for x in r["records"] if "rel_error_entk_vs_real" in x["linearized"]]
     if lin_rows:
         out += ["", f"Linearized at init vs the network trained on the {s['kr_labels']} labels (test split):", "",
