@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .errors import StrategyError
+from .errors import ConfigError, StrategyError
 
 ENTRY_POINT_GROUP = "entk_al.strategies"
 #: The top-level package holding the built-in strategies (a sibling of ``entk_al``).
@@ -139,32 +139,7 @@ def resolve_strategy_class(spec: str) -> Any:
         names = ", ".join(sorted(set(builtins) | set(plugins)))
         raise StrategyError(f"unknown strategy {spec!r}; choose from {names}, or give module:Class "
                             f"or path/file.py:Class")
-    where, _, attr = spec.rpartition(":")
-    if where.endswith(".py"):
-        module = _load_file(Path(where), spec)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except Exception as exc:
-            raise StrategyError(f"strategy {spec!r}: cannot import module {where!r} ({exc})") from None
-    if not hasattr(module, attr):
-        raise StrategyError(f"strategy {spec!r}: {where} has no attribute {attr!r}")
-    return getattr(module, attr)
-
-
-def _load_file(path: Path, spec: str):
-    if not path.is_file():
-        raise StrategyError(f"strategy {spec!r}: file {path} does not exist")
-    mod_name = f"entk_al_user_strategy_{abs(hash(str(path.resolve())))}"
-    module_spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[mod_name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(mod_name, None)
-        raise StrategyError(f"strategy {spec!r}: executing {path} failed ({type(exc).__name__}: {exc})") from None
-    return module
+    return load_object(spec, "strategy", StrategyError)
 
 
 def load_strategy(spec: str, options: dict[str, Any] | None = None) -> Any:
@@ -273,3 +248,41 @@ def describe_options(cls: Any) -> list[tuple[str, str, str, str]]:
         default = "required" if p.default is p.empty else repr(p.default)
         out.append((name, str(type_text), default, first_sentence(docs.get(name, ""))))
     return out
+
+
+def load_object(spec: str, what: str = "model", error: type[Exception] = ConfigError) -> Any:
+    """The object named by ``package.module:Name`` or ``path/to/file.py:Name`` (a strategy or model class).
+
+    Args:
+        spec: ``module:Name`` or ``path/file.py:Name``.
+        what: what the object is, for the error messages (``"strategy"``, ``"model"``).
+        error: the error class raised (:class:`StrategyError` for strategies).
+
+    Raises:
+        ConfigError: (or ``error``) a spec without ``:``, a module or file that cannot be
+            imported or run, or no such attribute; the message names ``what`` and the spec.
+    """
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise error(f"{what} {spec!r}: expected module:Name or path/file.py:Name")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise error(f"{what} {spec!r}: file {path} does not exist")
+        mod_name = f"entk_al_user_{what}_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(mod_name, None)
+            raise error(f"{what} {spec!r}: executing {path} failed ({type(exc).__name__}: {exc})") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as exc:
+            raise error(f"{what} {spec!r}: cannot import module {where!r} ({exc})") from None
+    if not hasattr(module, attr):
+        raise error(f"{what} {spec!r}: {where} has no attribute {attr!r}")
+    return getattr(module, attr)

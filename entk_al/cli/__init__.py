@@ -1,4 +1,4 @@
-"""Command-line interface: ``entk-al run | strategies | label | fidelity | bench | plot``.
+"""Command-line interface: ``entk-al run | strategies | label | fidelity | bench | plot | approx``.
 
 This module owns ``app`` and registers the plain command functions of the leaf modules
 (:mod:`.run`, :mod:`.strategies`, ...), which never import it; options several commands share
@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from ..errors import EntkAlError
-from . import bench, fidelity, label, run, strategies
+from . import approx, bench, fidelity, label, run, strategies
 from .output import echo_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -25,6 +25,7 @@ app.command("label")(label.label)
 app.command("fidelity")(fidelity.fidelity)
 app.command("bench")(bench.bench)
 app.command("plot")(bench.plot)
+app.command("approx")(approx.approx)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
