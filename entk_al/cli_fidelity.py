@@ -21,7 +21,7 @@ def fidelity(
     candidates: int = typer.Option(50, help="Candidates retrained one by one (each a full retraining)."),
     eval_size: int = typer.Option(500, help="Evaluation set U (random unlabeled points; holds the candidates)."),
     seed: int = typer.Option(0, help="Seed (initial set, init, candidates, mini-batches)."),
-    ridge: float = typer.Option(1e-3, help="Ridge relative to trace(K)/n, as in the lookahead strategy."),
+    ridge_rel: float = typer.Option(1e-3, "--ridge-rel", help="Ridge relative to trace(K)/n (lookahead's ridge_rel)."),
     top_k: int = typer.Option(10, help="k of the top-k overlap."),
     epochs: int = typer.Option(20, help="Training epochs per (re)training [loop default]."),
     min_steps: int = typer.Option(200, help="Minimum optimizer steps per (re)training [loop default]."),
@@ -44,8 +44,8 @@ def fidelity(
     from .seeding import int_seed, numpy_rng, torch_generator
     from .train import train_model
 
-    if ridge < 0:
-        raise ConfigError(f"--ridge must be >= 0, got {ridge}")
+    if ridge_rel < 0:
+        raise ConfigError(f"--ridge-rel must be >= 0, got {ridge_rel}")
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     if candidates < 3 or eval_size < candidates:
@@ -76,7 +76,7 @@ def fidelity(
 
     def measure(progress=None):
         return measure_fidelity(net, loop.kernel_fn, x_l, y_l, x_u, cand, loop.train_cfg, make_gen,
-                                loop.data.num_classes, ridge_rel=ridge, top_k=top_k, progress=progress)
+                                loop.data.num_classes, ridge_rel=ridge_rel, top_k=top_k, progress=progress)
 
     if quiet:
         result = measure()
