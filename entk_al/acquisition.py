@@ -16,8 +16,34 @@ plus whatever true labels a sequential selection has already folded in):
   argmax f_{L+j}(U_i) ≠ argmax ref_i. Needs (rows × cols × O) per block.
 - ``emoc``: E_{y∼p_j} Σ_i ‖f_{L+j,y}(U_i) − ref_i‖₂ over the O one-hot labels, p_j the
   model's softmax (or simplex-projected outputs) at the candidate. O times the mlmoc cost.
+- ``variance_reduction`` (Cohn, Ghahramani & Jordan, "Active learning with statistical
+  models", JAIR 1996, Sec. 3 — the expected reduction of the learner's variance over the
+  reference distribution, here U): Σ_i M_ij²/(M_jj + λ). Under the kernel posterior
+  (M the posterior covariance of the linearized model given L), adding x_j with noise λ lowers
+  the variance at U_i by exactly M_ij²/(M_jj + λ) (the diagonal of the rank-one update in
+  :mod:`entk_al.sequential`), whatever label it gets; it ignores the outputs.
+- ``variance_reduction_error``: the same times ‖y_j − base_j‖₂, the size of the error the
+  pseudo-label y_j says the linearized model makes at the candidate. MLMOC with g = 0 is
+  ‖δ_j‖ Σ_i |M_ij|/(M_jj + λ); this is ‖δ_j‖ Σ_i M_ij²/(M_jj + λ), which no longer rewards a
+  small own variance M_jj (see ``variance_power`` below).
 
-Nothing of size C × m × O is ever built: the block shape is bounded by ``memory_budget``.
+Two modifiers apply to every acquisition:
+
+- ``eval_weights`` w_i ≥ 0 weight the sum over U (flip: the weighted fraction Σ w_i·[flip] / Σ w_i).
+  With w the predicted uncertainty of U_i, the score counts the change where the model is likely
+  wrong: the expected-error-reduction idea of Roy & McCallum, ICML 2001 (their estimate of the
+  error on U after adding the candidate), with the model's uncertainty standing in for its
+  error.
+- ``variance_power`` p: the score is multiplied by √(M_jj + λ)^p. For λ ≪ M_jj and g ≈ 0,
+  |c_ij| = |ρ_ij| √(M_ii / M_jj) with ρ the posterior correlation, so
+  MLMOC_j ≈ ‖δ_j‖ Σ_i |ρ_ij| √M_ii / √M_jj: the 1/√M_jj rewards candidates whose own
+  posterior variance is small, i.e. points the kernel already predicts from L, where the
+  pseudo-label's δ_j is mostly the regressor's departure from one-hot. p = 1 cancels it
+  (‖δ_j‖ Σ_i |ρ_ij| √M_ii: the L1 analogue of Cohn's Σ_i ρ_ij² M_ii), p = 2 weights by the
+  candidate's variance like ``variance_reduction``. A degenerate candidate (denominator at
+  round-off, see :meth:`entk_al.lookahead.LookaheadSystem.denominators`) scores 0 when p ≠ 0.
+
+Nothing of size C × m × O is ever built: the block shape is bounded by ``memory_budget_bytes``.
 Ties in argmax go to the lowest class index (``torch.argmax`` returns the first maximum).
 """
 
@@ -27,7 +53,9 @@ from typing import Callable, Protocol
 
 import torch
 
-ACQUISITIONS = ("mlmoc", "flip", "emoc")
+ACQUISITIONS = ("mlmoc", "flip", "emoc", "variance_reduction", "variance_reduction_error")
+#: Acquisitions that need no label per candidate beyond the pseudo-label's error size.
+VARIANCE_ACQUISITIONS = ("variance_reduction", "variance_reduction_error")
 
 
 class PosteriorLike(Protocol):
@@ -90,7 +118,8 @@ def block_shape(num_eval: int, num_cand: int, per_entry: int, budget: int) -> tu
 
 def lookahead_scores(post: PosteriorLike, cand: torch.Tensor, *, acquisition: str = "mlmoc",
                      y_cand: torch.Tensor | None = None, probs: torch.Tensor | None = None,
-                     exclude_self: bool = False, memory_budget: int = 256 * 2**20,
+                     exclude_self: bool = False, memory_budget_bytes: int = 256 * 2**20,
+                     eval_weights: torch.Tensor | None = None, variance_power: float = 0.0,
                      progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Streamed look-ahead score of each candidate (higher = more informative).
 
@@ -98,19 +127,26 @@ def lookahead_scores(post: PosteriorLike, cand: torch.Tensor, *, acquisition: st
         post: the round's posterior (:class:`entk_al.sequential.Posterior` or anything with
             ``base``, ``ref`` (m, O), ``m_block(rows, cols)`` and ``denominators(cols)``).
         cand: (C,) int64 candidate positions in U.
-        acquisition: ``mlmoc`` | ``flip`` | ``emoc`` (see the module docstring).
-        y_cand: (C, O) targets for mlmoc/flip; default: one-hot argmax of ``post.ref[cand]``.
+        acquisition: ``mlmoc`` | ``flip`` | ``emoc`` | ``variance_reduction`` |
+            ``variance_reduction_error`` (see the module docstring).
+        y_cand: (C, O) targets for mlmoc/flip/variance_reduction_error; default: one-hot argmax
+            of ``post.ref[cand]``.
         probs: (C, O) label probabilities for emoc; default: softmax of ``post.ref[cand]``.
         exclude_self: leave i = j out of candidate j's sum (flip then divides by m − 1).
-        memory_budget: bytes for the per-block work arrays.
+        memory_budget_bytes: bytes for the per-block work arrays.
+        eval_weights: (m,) nonnegative weights of the terms over U (default: all 1).
+        variance_power: p; scores are multiplied by √(M_jj + λ)^p (0: unchanged).
         progress: called with the number of candidates finished after each column block.
 
     Returns:
         (C,) float64 on the posterior's device: mlmoc/emoc in output-space L2 norm summed
-        over U; flip a fraction in [0, 1].
+        over U; flip a fraction in [0, 1]; variance_reduction in kernel units (summed
+        variance), times an output-space norm for variance_reduction_error; all times
+        √(M_jj + λ)^p and with the sum over U weighted when those options are given.
 
     Raises:
-        ValueError: unknown acquisition, positions out of range, or bad y_cand/probs shapes.
+        ValueError: unknown acquisition, positions out of range, bad y_cand/probs/eval_weights
+            shapes, or negative eval_weights.
     """
     if acquisition not in ACQUISITIONS:
         raise ValueError(f"unknown acquisition {acquisition!r}; choose from {', '.join(ACQUISITIONS)}")
@@ -129,11 +165,17 @@ def lookahead_scores(post: PosteriorLike, cand: torch.Tensor, *, acquisition: st
         y_cand = pseudo_labels(ref[cand]) if y_cand is None else y_cand.to(base)
         if y_cand.shape != (num_c, n_out):
             raise ValueError(f"y_cand must be ({num_c}, {n_out}), got {tuple(y_cand.shape)}")
+    if eval_weights is not None:
+        eval_weights = eval_weights.to(base)
+        if eval_weights.shape != (m,):
+            raise ValueError(f"eval_weights must have shape ({m},), got {tuple(eval_weights.shape)}")
+        if bool((eval_weights < 0).any()):
+            raise ValueError("eval_weights must be >= 0")
     g = base - ref
     g_sq = (g * g).sum(dim=1)
     ref_arg = ref.argmax(dim=1)
     out = torch.zeros(num_c, dtype=torch.float64, device=dev)
-    rows_n, cols_n = block_shape(m, max(num_c, 1), _bytes_per_entry(acquisition, n_out), memory_budget)
+    rows_n, cols_n = block_shape(m, max(num_c, 1), _bytes_per_entry(acquisition, n_out), memory_budget_bytes)
     for s in range(0, num_c, cols_n):
         cb = cand[s:s + cols_n]
         den = post.denominators(cb)
@@ -145,7 +187,10 @@ def lookahead_scores(post: PosteriorLike, cand: torch.Tensor, *, acquisition: st
             inside = ((cb >= rows.start) & (cb < rows.stop)).nonzero().squeeze(1)
             self_rc = (cb[inside] - rows.start, inside)
             g_r, gsq_r = g[rows], g_sq[rows].unsqueeze(1)
-            if acquisition == "mlmoc":
+            if acquisition in VARIANCE_ACQUISITIONS:
+                # M_ij² / (M_jj + λ) = c_ij² (M_jj + λ); a degenerate column (den = inf) has c = 0.
+                part = coef.square_().mul_(torch.where(torch.isfinite(den), den, torch.zeros_like(den)))
+            elif acquisition == "mlmoc":
                 delta = y_cand[s:s + cols_n] - base_c
                 part = _l2_change(gsq_r, g_r @ delta.T, (delta * delta).sum(dim=1), coef)
             elif acquisition == "emoc":
@@ -163,11 +208,22 @@ def lookahead_scores(post: PosteriorLike, cand: torch.Tensor, *, acquisition: st
                 part = (new.argmax(dim=2) != ref_arg[rows].unsqueeze(1)).to(torch.float64)
             if exclude_self and inside.numel():
                 part[self_rc] = 0.0
+            if eval_weights is not None:
+                part.mul_(eval_weights[rows].unsqueeze(1))
             out[s:s + cols_n] += part.sum(dim=0)
+        if acquisition == "variance_reduction_error":
+            out[s:s + cols_n] *= (y_cand[s:s + cols_n] - base_c).norm(dim=1)
+        if variance_power != 0.0:
+            scale = torch.where(torch.isfinite(den), den.pow(variance_power / 2), torch.zeros_like(den))
+            out[s:s + cols_n] *= scale
         if progress is not None:
             progress(min(num_c, s + cols_n))
     if acquisition == "flip":
-        out /= max(1, m - 1) if exclude_self else max(1, m)
+        if eval_weights is None:
+            out /= max(1, m - 1) if exclude_self else max(1, m)
+        else:
+            total = eval_weights.sum() - (eval_weights[cand] if exclude_self else 0.0)
+            out /= torch.clamp_min(total, torch.finfo(torch.float64).tiny)
     return out
 
 

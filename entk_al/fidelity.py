@@ -49,7 +49,7 @@ def lookahead_eval_outputs(model: nn.Module, kernel_fn: Callable[..., torch.Tens
     ridge = relative_ridge(k_ll, ridge_rel)
     dev = next(model.parameters()).device
     f_l, f_u = predict(model, x_l, device=dev), predict(model, x_u, device=dev)
-    sysm = fit_lookahead(k_ll, k_ul, f_l, F.one_hot(y_l.to(dev), num_classes).double(), f_u, k_uu, ridge=ridge)
+    sysm = fit_lookahead(k_ll, k_ul, k_uu, f_l, F.one_hot(y_l.to(dev), num_classes).double(), f_u, ridge=ridge)
     out = sysm.outputs(cand.to(dev), F.one_hot(y_cand.to(dev), num_classes).double())
     return out, sysm.f_u, {"ridge": ridge, "jitter": sysm.jitter}
 

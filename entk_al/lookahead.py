@@ -155,18 +155,21 @@ def relative_ridge(k_ll: torch.Tensor, rel: float) -> float:
     return rel * float(k_ll.diagonal().double().sum()) / n if n else 0.0
 
 
-def fit_lookahead(k_ll: torch.Tensor, k_ul: torch.Tensor, f_l: torch.Tensor, y_l: torch.Tensor,
-                  f_u: torch.Tensor, k_uu: torch.Tensor | None = None, *, k_uu_diag: torch.Tensor | None = None,
+def fit_lookahead(k_ll: torch.Tensor, k_ul: torch.Tensor, k_uu: torch.Tensor | None, f_l: torch.Tensor,
+                  y_l: torch.Tensor, f_u: torch.Tensor, *, k_uu_diag: torch.Tensor | None = None,
                   ridge: float = 0.0) -> LookaheadSystem:
     """Factor K + λI once and precompute base, (K+λI)⁻¹Aᵀ and diag(M).
+
+    The tensors come in the same order as in :func:`lookahead_outputs` (kernels K, A, B, then
+    outputs f_L, targets Y_L, outputs f_U); everything else is keyword-only.
 
     Args:
         k_ll: (n, n) K = k(X_L, X_L).
         k_ul: (m, n) A = k(U, X_L).
+        k_uu: (m, m) B = k(U, U), or None if ``k_uu_diag`` is given and columns come later.
         f_l: (n, O) network outputs on the labeled set.
         y_l: (n, O) targets (one-hot) of the labeled set.
         f_u: (m, O) network outputs on U.
-        k_uu: (m, m) B = k(U, U), or None if ``k_uu_diag`` is given and columns come later.
         k_uu_diag: (m,) diagonal of B, needed only when ``k_uu`` is None.
         ridge: absolute ridge λ ≥ 0 on the (augmented) kernel system.
 
@@ -206,7 +209,7 @@ def fit_lookahead(k_ll: torch.Tensor, k_ul: torch.Tensor, f_l: torch.Tensor, y_l
 
 
 def lookahead_outputs(k_ll: torch.Tensor, k_ul: torch.Tensor, k_uu: torch.Tensor, f_l: torch.Tensor,
-                      y_l: torch.Tensor, f_u: torch.Tensor, cand: torch.Tensor, y_cand: torch.Tensor,
+                      y_l: torch.Tensor, f_u: torch.Tensor, *, cand: torch.Tensor, y_cand: torch.Tensor,
                       ridge: float = 0.0) -> torch.Tensor:
     """Predicted outputs at every U_i of the network retrained on L ∪ {(U_cand_j, y_cand_j)}.
 
@@ -215,10 +218,10 @@ def lookahead_outputs(k_ll: torch.Tensor, k_ul: torch.Tensor, k_uu: torch.Tensor
     ``f_u + k(U, X⁺)(k(X⁺, X⁺) + λI)⁻¹(Y⁺ − f(X⁺))`` for X⁺ = X_L ∪ {U_{c_j}}.
 
     Args:
-        k_ll: (n, n) K; k_ul: (m, n) A; k_uu: (m, m) B.
+        k_ll: (n, n) K; k_ul: (m, n) A; k_uu: (m, m) B (the order of :func:`fit_lookahead`).
         f_l, y_l: (n, O) outputs and one-hot targets of the labeled set.
         f_u: (m, O) outputs on U.
-        cand: (C,) int64 positions in U.
+        cand: (C,) int64 positions in U (keyword-only, like everything after ``f_u``).
         y_cand: (C, O) target assumed for each candidate.
         ridge: absolute ridge λ ≥ 0 on the augmented system (K⁺ + λI).
 
@@ -229,7 +232,7 @@ def lookahead_outputs(k_ll: torch.Tensor, k_ul: torch.Tensor, k_uu: torch.Tensor
     Raises:
         ValueError: inconsistent shapes, or ``cand`` out of range.
     """
-    return fit_lookahead(k_ll, k_ul, f_l, y_l, f_u, k_uu, ridge=ridge).outputs(cand, y_cand)
+    return fit_lookahead(k_ll, k_ul, k_uu, f_l, y_l, f_u, ridge=ridge).outputs(cand, y_cand)
 
 
 def _check_cand(cand: torch.Tensor, y_cand: torch.Tensor, sysm: LookaheadSystem) -> None:
@@ -240,7 +243,7 @@ def _check_cand(cand: torch.Tensor, y_cand: torch.Tensor, sysm: LookaheadSystem)
 
 
 def mlmoc_scores(sysm: LookaheadSystem, cand: torch.Tensor, y_cand: torch.Tensor, *,
-                 exclude_self: bool = False, memory_budget: int = 256 * 2**20) -> torch.Tensor:
+                 exclude_self: bool = False, memory_budget_bytes: int = 256 * 2**20) -> torch.Tensor:
     """MLMOC score of each candidate, streamed: Σ_i ‖f_{L+j}(U_i) − f(U_i)‖₂.
 
     Source: Eq. 13 of arXiv 2206.12569 ("most likely model output change"), with y_cand the
@@ -254,10 +257,10 @@ def mlmoc_scores(sysm: LookaheadSystem, cand: torch.Tensor, y_cand: torch.Tensor
         cand: (C,) int64 positions in U.
         y_cand: (C, O) pseudo-label per candidate.
         exclude_self: leave i = j (the candidate itself) out of its own sum.
-        memory_budget: bytes for the per-block work arrays.
+        memory_budget_bytes: bytes for the per-block work arrays.
 
     Returns:
         (C,) float64 scores on the system's device (units: output-space L2 norm summed over U).
     """
     return lookahead_scores(sysm, cand, acquisition="mlmoc", y_cand=y_cand, exclude_self=exclude_self,
-                            memory_budget=memory_budget)
+                            memory_budget_bytes=memory_budget_bytes)

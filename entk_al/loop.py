@@ -16,8 +16,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, RESUMABLE_CHANGES, LoopState, read_checkpoint,
-                         state_from_checkpoint, write_checkpoint)
+from .checkpoint import (
+    CHECKPOINT,
+    CHECKPOINT_VERSION,
+    RESUMABLE_CHANGES,
+    LoopState,
+    read_checkpoint,
+    state_from_checkpoint,
+    write_checkpoint,
+)
 from .config import RunConfig
 from .data import ALDataset
 from .errors import CheckpointError, ConfigError, LabelError

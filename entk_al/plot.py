@@ -15,6 +15,15 @@ Statistics:
   paired t-test over the seeds both strategies share; when p < 0.05 and strategy i has the
   higher mean accuracy, P[i, j] += 1 / (number of rounds compared in that setting). Row i
   beats column j; a column's mean is how often that strategy is beaten.
+* Paired AUBC differences (``paired.csv``, ``paired.png``): seeds are paired across
+  strategies (a grid gives every strategy the same run seed at a seed index: the same initial
+  set, model initialization and candidate draws before the first query). For each strategy S,
+  each reference R (default ``random`` and ``margin`` when present) and query size, over the
+  seeds both finished: d_s = AUBC(S, s) − AUBC(R, s); the mean of d, its 95% Student-t
+  interval mean ± t_{0.975, n−1} · sd(d) / √n (NaN for n < 2), the two-sided Wilcoxon
+  signed-rank p-value (scipy.stats.wilcoxon, zero differences dropped as in Wilcoxon's
+  original test; 1.0 when every difference is 0, NaN when n = 0), and wins/ties/losses
+  (d > 0 / d = 0 / d < 0). Differences are AUBC fractions (× 100 = percentage points).
 """
 
 from __future__ import annotations
@@ -257,11 +266,118 @@ def plot_penalty(strategies: list[str], pen: np.ndarray, path: str | Path, title
     plt.close(fig)
 
 
-def plot_runs(runs_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write ``curves.png``, ``summary.csv`` and ``penalty.png`` for the finished runs.
+#: References of paired.csv when none is named: those of these present in the grid.
+DEFAULT_REFERENCES = ("random", "margin")
+
+PAIRED_FIELDS = ["strategy", "reference", "query", "n_seeds", "mean_diff", "ci95_low", "ci95_high",
+                 "wilcoxon_p", "wins", "ties", "losses"]
+
+
+def paired_rows(runs: list[RunResult], references: list[str] | tuple[str, ...] | None = None) -> list[dict]:
+    """Rows of paired.csv: every strategy against every reference (see the module docstring).
+
+    Args:
+        runs: finished runs.
+        references: reference strategy names; default: ``random`` and ``margin`` where present.
+
+    Returns:
+        One dict per (reference, query, strategy ≠ reference) with the keys of
+        :data:`PAIRED_FIELDS`; ordered by reference, query, then mean difference (best first).
 
     Raises:
-        ConfigError: no run directory, or none finished.
+        ConfigError: a named reference has no finished run in the grid.
+    """
+    from scipy import stats
+
+    names = {r.strategy for r in runs}
+    if references is None:
+        references = [r for r in DEFAULT_REFERENCES if r in names]
+    else:
+        missing = [r for r in references if r not in names]
+        if missing:
+            raise ConfigError(f"reference {', '.join(missing)} has no finished run here; "
+                              f"strategies: {', '.join(sorted(names))}")
+    table: dict[int, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in runs:
+        table[r.query][r.strategy][r.seed] = r.aubc
+    rows = []
+    for ref in references:
+        for q in sorted(table):
+            if ref not in table[q]:
+                continue
+            block = []
+            for strat in sorted(table[q]):
+                if strat == ref:
+                    continue
+                seeds = sorted(set(table[q][strat]) & set(table[q][ref]))
+                d = np.array([table[q][strat][s] - table[q][ref][s] for s in seeds], dtype=np.float64)
+                mean, half = mean_ci(d)
+                if d.size == 0:
+                    p = float("nan")
+                elif not np.any(d != 0):
+                    p = 1.0
+                else:
+                    p = float(stats.wilcoxon(d).pvalue)
+                block.append(dict(strategy=strat, reference=ref, query=q, n_seeds=int(d.size), mean_diff=mean,
+                                  ci95_low=mean - half, ci95_high=mean + half, wilcoxon_p=p,
+                                  wins=int((d > 0).sum()), ties=int((d == 0).sum()), losses=int((d < 0).sum())))
+            rows += sorted(block, key=lambda row: -row["mean_diff"] if row["n_seeds"] else np.inf)
+    return rows
+
+
+def write_paired_csv(rows: list[dict], path: str | Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=PAIRED_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text_atomic(path, buf.getvalue())
+
+
+def plot_paired(rows: list[dict], path: str | Path, title: str = "") -> None:
+    """One panel per reference: mean paired AUBC difference (points) with its 95% t-interval."""
+    plt = _pyplot()
+    refs = list(dict.fromkeys(r["reference"] for r in rows))
+    height = max(len([r for r in rows if r["reference"] == ref]) for ref in refs)
+    fig, axes = plt.subplots(1, len(refs), figsize=(4.2 * len(refs), 1.2 + 0.35 * height), dpi=120,
+                             squeeze=False)
+    for ax, ref in zip(axes[0], refs):
+        mine = [r for r in rows if r["reference"] == ref][::-1]
+        labels = [r["strategy"] if len({x["query"] for x in rows}) == 1 else f"{r['strategy']} (q={r['query']})"
+                  for r in mine]
+        y = np.arange(len(mine))
+        mean = np.array([r["mean_diff"] for r in mine]) * 100
+        low = np.array([r["ci95_low"] for r in mine]) * 100
+        high = np.array([r["ci95_high"] for r in mine]) * 100
+        err = np.nan_to_num(np.stack([mean - low, high - mean]))
+        colors = ["tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray" for lo, hi in zip(low, high)]
+        for i, color in enumerate(colors):
+            ax.errorbar(mean[i], y[i], xerr=err[:, i:i + 1], fmt="o", color=color, ecolor=color, capsize=3,
+                        markersize=4)
+        for yi, r in zip(y, mine):
+            ax.annotate(f"{r['wins']}/{r['ties']}/{r['losses']}", (1.0, yi), xycoords=("axes fraction", "data"),
+                        xytext=(3, 0), textcoords="offset points", va="center", fontsize=6)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.set_xlabel(f"AUBC − {ref} (points), mean ± 95% CI", fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title or "paired over seeds; right: wins/ties/losses", fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def plot_runs(runs_dir: str | Path, out_dir: str | Path | None = None,
+              references: list[str] | None = None) -> list[Path]:
+    """Write ``curves.png``, ``summary.csv`` and ``penalty.png`` for the finished runs, and
+    ``paired.csv`` / ``paired.png`` when the grid holds a reference strategy.
+
+    Args:
+        references: references of the paired comparison; default ``random`` and ``margin``
+            where present (no paired files when neither is).
+
+    Raises:
+        ConfigError: no run directory, none finished, or a named reference not in the grid.
     """
     runs_dir = Path(runs_dir)
     out_dir = Path(out_dir) if out_dir is not None else runs_dir
@@ -271,7 +387,13 @@ def plot_runs(runs_dir: str | Path, out_dir: str | Path | None = None) -> list[P
     note = f" ({unfinished} unfinished runs left out)" if unfinished else ""
     paths = [out_dir / "curves.png", out_dir / "summary.csv", out_dir / "penalty.png"]
     strategies, pen = penalty_matrix(runs)  # computed first: a failure writes no file at all
+    paired = paired_rows(runs, references)
     plot_curves(runs, paths[0], title=f"{runs_dir.name}: mean ± 95% CI over seeds{note}")
     write_summary_csv(runs, paths[1])
     plot_penalty(strategies, pen, paths[2])
+    if paired:
+        paths += [out_dir / "paired.csv", out_dir / "paired.png"]
+        write_paired_csv(paired, paths[3])
+        plot_paired(paired, paths[4], title=f"{runs_dir.name}: paired AUBC differences over seeds{note}; "
+                                            f"right: wins/ties/losses")
     return paths

@@ -12,7 +12,6 @@ import zlib
 import numpy as np
 import torch
 
-
 #: Seeds must lie in [0, MAX_SEED): 63 bits, what every consumer (torch, JSON) takes whole.
 MAX_SEED = 2**63
 

@@ -22,11 +22,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .acquisition import label_probabilities, lookahead_scores, pseudo_labels
+from .acquisition import label_probabilities, lookahead_scores, project_simplex, pseudo_labels
+from .batch_diversity import SELECTIONS, change_gram, gumbel_top_k, kmeanspp_seeding, top_k
 from .lookahead import LookaheadSystem, safe_denominators
 
 #: Selection modes of :func:`select_lookahead`.
 MODES = ("batch", "sequential", "hybrid")
+#: What scores measure the change from: the network outputs f(U) or the linearized base.
+REFERENCES = ("network", "base")
+#: Weights of the sum over U: none, or the predicted uncertainty of each U_i.
+EVAL_WEIGHTS = ("none", "uncertainty")
 
 KuuBlock = Callable[[slice, torch.Tensor], torch.Tensor]
 
@@ -34,19 +39,25 @@ KuuBlock = Callable[[slice, torch.Tensor], torch.Tensor]
 class Posterior:
     """Current linearized model on U: ``base`` (m, O), ``ref`` (m, O) and blocks of M.
 
-    ``ref`` is what scores compare against: the network outputs f(U) plus the change that
-    the labels folded so far made to the linearized prediction (ref − base stays constant).
+    ``ref`` is what scores compare against, plus the change that the labels folded so far made
+    to the linearized prediction (ref − base stays constant): with ``reference="network"``
+    the network outputs f(U) (Eq. 13 of arXiv 2206.12569: the change of the model), with
+    ``"base"`` the linearized prediction from L, base = f(U) + A(K+λI)⁻¹R, so that the
+    candidate-independent term g = base − f(U) drops out of every score.
 
     Args:
         sysm: the round's :class:`~entk_al.lookahead.LookaheadSystem` (one Cholesky).
         k_uu_block: ``k_uu_block(rows, cols) -> B[rows, cols]`` (r, c); default: slices of
             ``sysm.k_uu``. Supply it to stream B from a kernel function or features.
+        reference: ``network`` (default) | ``base``.
 
     Raises:
-        ValueError: no ``k_uu_block`` and the system holds no ``k_uu``.
+        ValueError: no ``k_uu_block`` and the system holds no ``k_uu``; unknown reference.
     """
 
-    def __init__(self, sysm: LookaheadSystem, k_uu_block: KuuBlock | None = None):
+    def __init__(self, sysm: LookaheadSystem, k_uu_block: KuuBlock | None = None, reference: str = "network"):
+        if reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
         if k_uu_block is None:
             if sysm.k_uu is None:
                 raise ValueError("the system holds no k_uu; pass k_uu_block")
@@ -55,7 +66,7 @@ class Posterior:
         self.sysm = sysm
         self.k_uu_block = k_uu_block
         self.base = sysm.base.clone()
-        self.ref = sysm.f_u.clone()
+        self.ref = (sysm.f_u if reference == "network" else sysm.base).clone()
         self.m_diag = sysm.m_diag.clone()
         self.ridge = sysm.ridge
         self._u = torch.zeros(sysm.num_eval, 0, dtype=torch.float64, device=sysm.base.device)
@@ -93,25 +104,55 @@ class Posterior:
         self.folded.append(int(j))
 
 
+def uncertainty_weights(ref: torch.Tensor) -> torch.Tensor:
+    """Predicted uncertainty of each U_i, (m,) float64 in [0, 1]: 1 − (p_(1) − p_(2)).
+
+    p is the Euclidean projection of the outputs ``ref`` (m, O) onto the simplex
+    (:func:`entk_al.acquisition.project_simplex`): networks trained with the squared loss on
+    one-hot targets give nearly flat softmaxes, whose margins would make every weight ≈ 1.
+    Used as eval weights, the look-ahead counts the change where the model is unsure, the
+    expected-error-reduction idea of Roy & McCallum, ICML 2001.
+    """
+    p = project_simplex(ref.to(torch.float64))
+    top2 = torch.topk(p, min(2, p.shape[1]), dim=1).values
+    margin = top2[:, 0] - top2[:, 1] if p.shape[1] > 1 else top2[:, 0]
+    return 1.0 - margin
+
+
 def _top(scores: torch.Tensor, k: int) -> np.ndarray:
-    s = np.nan_to_num(scores.detach().cpu().numpy(), nan=-np.inf)
-    return np.argsort(-s, kind="stable")[:k]  # ties: earlier position wins
+    return top_k(scores.detach().cpu().numpy(), k)
+
+
+def _choose(post: Posterior, pos: torch.Tensor, scores: torch.Tensor, y: torch.Tensor, n: int, selection: str,
+            rng: np.random.Generator | None, diversity_pool: int, temperature: float) -> np.ndarray:
+    """Indices into ``pos`` of the n candidates one batch step queries (see :mod:`entk_al.batch_diversity`)."""
+    if selection == "topk" or n >= pos.numel():
+        return _top(scores, n)
+    s = scores.detach().cpu().numpy()
+    if selection == "gumbel":
+        return gumbel_top_k(s, n, rng, temperature)
+    pool = _top(scores, min(pos.numel(), max(n, diversity_pool)))  # pool[0] is the top score
+    gram = change_gram(post, pos[torch.from_numpy(pool).to(pos.device)], y[torch.from_numpy(pool).to(y.device)])
+    return pool[kmeanspp_seeding(gram.cpu().numpy(), n, 0, rng)]
 
 
 def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "batch",
                      hybrid_size: int = 1, acquisition: str = "mlmoc", exclude_self: bool = False,
                      probs: str = "softmax", oracle: Callable[[np.ndarray], np.ndarray] | None = None,
-                     memory_budget: int = 256 * 2**20,
+                     memory_budget_bytes: int = 256 * 2**20, variance_power: float = 0.0,
+                     eval_weight: str = "none", selection: str = "topk", rng: np.random.Generator | None = None,
+                     diversity_pool: int = 100, gumbel_temperature: float = 1.0,
                      progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
     """Pick ``k`` candidates by look-ahead score.
 
-    - ``batch``: one scoring pass, top-k with pseudo-labels (the paper's batch mode).
+    - ``batch``: one scoring pass, then the batch rule ``selection`` with pseudo-labels
+      (``topk``: the paper's batch mode).
     - ``sequential``: pick the best, ask ``oracle`` for its true label, fold it into the
       posterior (rank-one, no SGD), rescore, repeat k times (the paper's sequential mode).
-    - ``hybrid``: the same with sub-batches of ``hybrid_size`` taken top-c by pseudo-label
-      scores; ``hybrid_size=1`` is sequential, ``hybrid_size=k`` is batch.
+    - ``hybrid``: the same with sub-batches of ``hybrid_size`` chosen by ``selection`` from
+      pseudo-label scores; ``hybrid_size=1`` is sequential, ``hybrid_size=k`` is batch.
 
-    Pseudo-labels and emoc probabilities come from the current ``post.ref``.
+    Pseudo-labels, emoc probabilities and uncertainty weights come from the current ``post.ref``.
 
     Args:
         post: the posterior (modified in place by folds).
@@ -119,15 +160,29 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
         k: number to select (≤ C).
         oracle: ``oracle(positions) -> labels`` (int64 class indices); needed unless batch.
         probs: ``softmax`` or ``simplex`` (emoc only).
+        variance_power: p of :func:`entk_al.acquisition.lookahead_scores` (× √(M_jj+λ)^p).
+        eval_weight: ``none`` | ``uncertainty`` (:func:`uncertainty_weights` on the sum over U).
+        selection: ``topk`` | ``gumbel`` | ``kmeanspp`` (:mod:`entk_al.batch_diversity`).
+        rng: generator for ``gumbel`` / ``kmeanspp``.
+        diversity_pool: ``kmeanspp`` seeds among this many top-scored candidates (at least
+            the step's batch size).
+        gumbel_temperature: τ of ``gumbel``.
 
     Returns:
         (positions (k,) int64 in pick order, info dict with per-pick scores).
 
     Raises:
-        ValueError: unknown mode, k > C, hybrid_size < 1, or no oracle for a folding mode.
+        ValueError: unknown mode/selection/eval_weight, k > C, hybrid_size < 1, no oracle for a
+            folding mode, or no rng for a random batch rule.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"unknown selection {selection!r}; choose from {', '.join(SELECTIONS)}")
+    if eval_weight not in EVAL_WEIGHTS:
+        raise ValueError(f"unknown eval_weight {eval_weight!r}; choose from {', '.join(EVAL_WEIGHTS)}")
+    if selection != "topk" and rng is None:
+        raise ValueError(f"selection {selection!r} needs an rng")
     cand = np.asarray(cand, dtype=np.int64)
     if k > len(cand):
         raise ValueError(f"cannot select {k} from {len(cand)} candidates")
@@ -144,13 +199,17 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
     while len(picked) < k:
         pos = torch.from_numpy(remaining).to(dev)
         kw = {}
+        y_pos = pseudo_labels(post.ref[pos])
         if acquisition == "emoc":
             kw["probs"] = label_probabilities(post.ref[pos], probs)
         else:
-            kw["y_cand"] = pseudo_labels(post.ref[pos])
+            kw["y_cand"] = y_pos
+        if eval_weight == "uncertainty":
+            kw["eval_weights"] = uncertainty_weights(post.ref)
         scores = lookahead_scores(post, pos, acquisition=acquisition, exclude_self=exclude_self,
-                                  memory_budget=memory_budget, **kw)
-        take = _top(scores, min(step, k - len(picked)))
+                                  memory_budget_bytes=memory_budget_bytes, variance_power=variance_power, **kw)
+        take = _choose(post, pos, scores, y_pos, min(step, k - len(picked)), selection, rng, diversity_pool,
+                       gumbel_temperature)
         chosen = remaining[take]
         picked.extend(chosen.tolist())
         pick_scores.extend(scores[torch.from_numpy(take).to(dev)].tolist())

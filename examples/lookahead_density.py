@@ -46,7 +46,7 @@ class LookaheadDensity:
         k_uu, k_ul, k_ll = kfull[:m, :m], kfull[:m, m:], kfull[m:, m:]
         ridge = self.ridge * float(k_ll.diagonal().double().sum()) / max(len(lab), 1)
         f_u = ctx.logits(u)
-        system = fit_lookahead(k_ll, k_ul, ctx.logits(lab), ctx.labeled_onehot(), f_u, k_uu, ridge=ridge)
+        system = fit_lookahead(k_ll, k_ul, k_uu, ctx.logits(lab), ctx.labeled_onehot(), f_u, ridge=ridge)
         y_guess = F.one_hot(f_u.argmax(dim=1), ctx.num_classes).to(torch.float64)
         score = mlmoc_scores(system, torch.arange(m, device=system.base.device), y_guess)
         # Cosine similarity in pNTK feature space; clamp so that density stays a weight >= 0.

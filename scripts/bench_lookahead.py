@@ -76,10 +76,10 @@ def run_single(m: int, n: int, p: int, o: int, budget_mb: int) -> dict:
     k_ll, k_ul = phi_l @ phi_l.T, phi_u @ phi_l.T
     rss_inputs = peak_rss_mb()
     t0 = time.perf_counter()
-    sysm = fit_lookahead(k_ll, k_ul, f_l, y_l, f_u, None, k_uu_diag=(phi_u * phi_u).sum(1), ridge=1e-3)
+    sysm = fit_lookahead(k_ll, k_ul, None, f_l, y_l, f_u, k_uu_diag=(phi_u * phi_u).sum(1), ridge=1e-3)
     post = Posterior(sysm, lambda rows, cols: phi_u[rows] @ phi_u[cols].T)
     t1 = time.perf_counter()
-    scores = lookahead_scores(post, torch.arange(m), memory_budget=budget_mb * 2**20)
+    scores = lookahead_scores(post, torch.arange(m), memory_budget_bytes=budget_mb * 2**20)
     t2 = time.perf_counter()
     rss_scoring = peak_rss_mb()
     assert torch.isfinite(scores).all()

@@ -17,7 +17,6 @@ Usage: python scripts/bench_prefilter.py [--pool 1000000] [--dim 128] [--candida
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 

@@ -2,8 +2,13 @@
 
 Source: Mohamadi, Bae & Sutherland, NeurIPS 2022 (arXiv 2206.12569), Eq. 11–13, with the
 sum-of-logits pNTK (arXiv 2206.12543). Acquisitions ``mlmoc`` (Eq. 13), ``flip`` (their
-code's default) and ``emoc``; modes ``batch`` (top-k), ``sequential`` (fold each true label
-in by a rank-one update, the paper's sequential setting) and ``hybrid`` (sub-batches).
+code's default), ``emoc`` and the expected variance reduction of Cohn et al. 1996
+(``variance_reduction``, ``variance_reduction_error``); modes ``batch``, ``sequential`` (fold
+each true label in by a rank-one update, the paper's sequential setting) and ``hybrid``
+(sub-batches); batch rules ``topk``, ``gumbel`` (Kool et al. 2019) and ``kmeanspp`` (BADGE's
+seeding, Ash et al. 2020); modifiers ``reference``, ``variance_power``, ``eval_weight``
+(Roy & McCallum 2001). Formulas and sources: :mod:`entk_al.acquisition`,
+:mod:`entk_al.batch_diversity`, :mod:`entk_al.sequential`.
 With ``prefilter=random`` the loop's random candidate subset is both the candidates and the
 evaluation set U, as in the paper; ``prefilter=knn`` shortlists a large pool with faiss
 (:mod:`entk_al.prefilter`).
@@ -11,24 +16,42 @@ evaluation set U, as in the paper; ``prefilter=knn`` shortlists a large pool wit
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 from entk_al.acquisition import ACQUISITIONS
+from entk_al.batch_diversity import SELECTIONS
 from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
 from entk_al.lookahead import fit_lookahead, relative_ridge
 from entk_al.prefilter import pntk_random_features, prefilter_knn
-from entk_al.sequential import MODES, Posterior, select_lookahead
+from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, Posterior, select_lookahead
 
 
 class LookaheadSampling:
     """Look-ahead acquisition under the linearized retraining (pass options with ``-o key=value``).
 
     Args:
-        ridge: ridge relative to the kernel scale; the absolute λ is ``ridge · trace(K)/n``
+        ridge_rel: ridge relative to the kernel scale; the absolute λ is ``ridge_rel · trace(K)/n``
             (the authors' scaling). Jitter added to make K factor is logged per round.
-        acquisition: ``mlmoc`` (default) | ``flip`` | ``emoc``.
+        acquisition: ``mlmoc`` (default, Eq. 13) | ``flip`` | ``emoc`` | ``variance_reduction``
+            (Σ_i M_ij²/(M_jj+λ), Cohn et al. 1996) | ``variance_reduction_error`` (the same
+            × ‖ŷ_j − base_j‖).
+        reference: ``network`` (default: change measured from f(U), Eq. 13) | ``base`` (from
+            the linearized prediction base = f(U) + A(K+λI)⁻¹R).
+        variance_power: p; scores × √(M_jj+λ)^p, the candidate's own posterior std (0 = off;
+            1 cancels MLMOC's 1/√M_jj, see :mod:`entk_al.acquisition`).
+        eval_weight: ``none`` (default) | ``uncertainty``: weight U_i by 1 − margin of the
+            simplex-projected outputs (expected error reduction, Roy & McCallum 2001).
+        selection: batch rule: ``topk`` (default, the paper) | ``gumbel`` (Gumbel top-k on
+            log-scores, Kool et al. 2019) | ``kmeanspp`` (k-means++ seeding on the change
+            vectors Δf(U) of the top ``diversity_pool`` candidates, as BADGE, Ash et al. 2020).
+            Random rules draw from the round's strategy RNG.
+        diversity_pool: top-scored candidates ``kmeanspp`` seeds among (at least the batch).
+        gumbel_temperature: τ of ``gumbel``: sampling ∝ score^(1/τ).
+        ridge: deprecated name of ``ridge_rel`` (it was always relative); use ``ridge_rel``.
         mode: ``batch`` (default) | ``sequential`` | ``hybrid``.
         hybrid_size: sub-batch size c of ``hybrid`` mode.
         exclude_self: leave each candidate out of its own sum over U.
@@ -49,29 +72,43 @@ class LookaheadSampling:
     name = "lookahead"
     description = "NTK look-ahead: mlmoc/flip/emoc, batch/sequential/hybrid, faiss prefilter (NeurIPS 2022)"
 
-    def __init__(self, ridge: float = 1e-3, acquisition: str = "mlmoc", mode: str = "batch", hybrid_size: int = 5,
+    def __init__(self, ridge_rel: float = 1e-3, acquisition: str = "mlmoc", mode: str = "batch", hybrid_size: int = 5,
                  exclude_self: bool = False, probs: str = "softmax", memory_budget_mb: int = 256,
                  prefilter: str = "random", num_candidates: int = 1000, shortlist: int | None = None,
                  eval_size: int = 4000, neighbours: int = 10, embedding: str = "penultimate",
-                 embedding_dim: int = 128, faiss_gpu: bool | str = "auto", dense_max: int = 8000):
-        if ridge < 0:
-            raise ValueError(f"ridge must be >= 0, got {ridge}")
+                 embedding_dim: int = 128, faiss_gpu: bool | str = "auto", dense_max: int = 8000,
+                 reference: str = "network", variance_power: float = 0.0, eval_weight: str = "none",
+                 selection: str = "topk", diversity_pool: int = 100, gumbel_temperature: float = 1.0,
+                 ridge: float | None = None):
+        if ridge is not None:
+            warnings.warn("lookahead option 'ridge' is deprecated: it is relative, use ridge_rel",
+                          DeprecationWarning, stacklevel=2)
+            ridge_rel = ridge
+        if ridge_rel < 0:
+            raise ValueError(f"ridge_rel must be >= 0, got {ridge_rel}")
+        if gumbel_temperature <= 0:
+            raise ValueError(f"gumbel_temperature must be > 0, got {gumbel_temperature}")
         checks = {"acquisition": (acquisition, ACQUISITIONS), "mode": (mode, MODES),
                   "probs": (probs, ("softmax", "simplex")), "prefilter": (prefilter, ("random", "knn")),
-                  "embedding": (embedding, ("penultimate", "pntk"))}
+                  "embedding": (embedding, ("penultimate", "pntk")), "reference": (reference, REFERENCES),
+                  "eval_weight": (eval_weight, EVAL_WEIGHTS), "selection": (selection, SELECTIONS)}
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
         minimums = {"hybrid_size": (hybrid_size, 1), "num_candidates": (num_candidates, 1),
                     "eval_size": (eval_size, 1), "embedding_dim": (embedding_dim, 1),
-                    "memory_budget_mb": (memory_budget_mb, 1), "neighbours": (neighbours, 0)}
+                    "memory_budget_mb": (memory_budget_mb, 1), "neighbours": (neighbours, 0),
+                    "diversity_pool": (diversity_pool, 1)}
         for key, (value, low) in minimums.items():
             if value < low:
                 raise ValueError(f"{key} must be >= {low}, got {value}")
-        self.ridge = float(ridge)
+        self.ridge_rel = float(ridge_rel)
+        self.reference, self.variance_power, self.eval_weight = reference, float(variance_power), eval_weight
+        self.selection, self.diversity_pool = selection, int(diversity_pool)
+        self.gumbel_temperature = float(gumbel_temperature)
         self.acquisition, self.mode, self.hybrid_size = acquisition, mode, int(hybrid_size)
         self.exclude_self, self.probs = bool(exclude_self), probs
-        self.memory_budget = int(memory_budget_mb) * 2**20
+        self.memory_budget_bytes = int(memory_budget_mb) * 2**20
         self.prefilter, self.num_candidates, self.shortlist = prefilter, int(num_candidates), shortlist
         self.eval_size, self.neighbours = int(eval_size), int(neighbours)
         self.embedding, self.embedding_dim, self.faiss_gpu = embedding, int(embedding_dim), faiss_gpu
@@ -147,16 +184,18 @@ class LookaheadSampling:
         if len(cand_ids) < k:
             raise StrategyError(f"only {len(cand_ids)} candidates have a finite kernel, fewer than the {k} to query")
 
-        ridge = relative_ridge(k_ll, self.ridge)
-        sysm = fit_lookahead(k_ll, k_ul, ctx.logits(lab), ctx.labeled_onehot(), ctx.logits(u), k_uu,
+        ridge = relative_ridge(k_ll, self.ridge_rel)
+        sysm = fit_lookahead(k_ll, k_ul, k_uu, ctx.logits(lab), ctx.labeled_onehot(), ctx.logits(u),
                              k_uu_diag=k_uu_diag, ridge=ridge)
-        post = Posterior(sysm, k_uu_block)
+        post = Posterior(sysm, k_uu_block, reference=self.reference)
         pos_of = {int(i): p for p, i in enumerate(u.tolist())}
         cand_pos = np.fromiter((pos_of[int(i)] for i in cand_ids), dtype=np.int64, count=len(cand_ids))
         picked, info = select_lookahead(
             post, cand_pos, k, mode=self.mode, hybrid_size=self.hybrid_size, acquisition=self.acquisition,
             exclude_self=self.exclude_self, probs=self.probs, oracle=lambda pos: ctx.oracle(u[pos]),
-            memory_budget=self.memory_budget)
+            memory_budget_bytes=self.memory_budget_bytes, variance_power=self.variance_power,
+            eval_weight=self.eval_weight, selection=self.selection, rng=ctx.rng, diversity_pool=self.diversity_pool,
+            gumbel_temperature=self.gumbel_temperature)
         scores = info["pick_scores"]
         ctx.info.update(ridge=ridge, jitter=sysm.jitter, acquisition=self.acquisition, mode=self.mode,
                         num_candidates=int(len(cand_ids)), num_eval=int(m), folded=len(post.folded),

@@ -12,8 +12,17 @@ from torch import nn
 from torch.func import functional_call, jacrev
 from typer.testing import CliRunner
 
-from entk_al.approx import (ApproxSettings, flatten_entk, fit_slope, kernel_distance, largest_n, offdiag_share,
-                            regress, run_approx, spectrum)
+from entk_al.approx import (
+    ApproxSettings,
+    fit_slope,
+    flatten_entk,
+    kernel_distance,
+    largest_n,
+    offdiag_share,
+    regress,
+    run_approx,
+    spectrum,
+)
 from entk_al.cli import app
 from entk_al.data import ALDataset
 from entk_al.ntk import kernel

@@ -170,9 +170,9 @@ def test_variants_keep_the_grids_seeds_and_runs(tmp_path):
 
 
 def test_variant_options_layer_over_base_options(tmp_path):
-    text = VARIANTS + "\n[strategy_options.lookahead]\nridge = 0.01\nacquisition = \"emoc\"\n"
+    text = VARIANTS + "\n[strategy_options.lookahead]\nridge_rel = 0.01\nacquisition = \"emoc\"\n"
     proto = Protocol.from_file(write_protocol(tmp_path, text))
-    assert proto.options_for("lookahead-flip") == {"ridge": 0.01, "acquisition": "flip", "exclude_self": True}
+    assert proto.options_for("lookahead-flip") == {"ridge_rel": 0.01, "acquisition": "flip", "exclude_self": True}
 
 
 @pytest.mark.parametrize("old, new, error", [

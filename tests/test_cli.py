@@ -62,7 +62,7 @@ def run_main(argv, capsys):
 @pytest.mark.parametrize("extra,needle", [
     (["--subset", "5", "--query", "10"], "--subset (5) must be >= --query (10)"),
     (["--model", "vgg"], "unknown model"),
-    (["-o", "ridge=abc"], "option 'ridge' must be float"),
+    (["-o", "ridge_rel=abc"], "option 'ridge_rel' must be float"),
     (["-o", "exclude_self=yes"], "option 'exclude_self' must be bool"),
     (["-o", "nosuchoption=1"], "has no option 'nosuchoption'"),
     (["--resume", "RUN", "--overwrite"], "contradict"),
@@ -84,10 +84,10 @@ def test_config_file_types_and_option_merge(tmp_path, capsys):
     good = tmp_path / "good.toml"
     good.write_text('rounds = 1\ninitial = 10\nquery = 5\nmin_steps = 5\nepochs = 1\n'
                     '[strategy_options]\nacquisition = "flip"\n')
-    code, _ = run_main(["run", "-q", "--config", str(good), "-o", "ridge=0.01", "--out", str(tmp_path / "m")], capsys)
+    code, _ = run_main(["run", "-q", "--config", str(good), "-o", "ridge_rel=0.01", "--out", str(tmp_path / "m")], capsys)
     assert code == 0
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert saved["strategy_options"] == {"acquisition": "flip", "ridge": 0.01}
+    assert saved["strategy_options"] == {"acquisition": "flip", "ridge_rel": 0.01}
     rows = [json.loads(x) for x in (tmp_path / "m" / "rounds.jsonl").read_text().splitlines()]
     assert rows[0]["strategy_info"]["acquisition"] == "flip"
 

@@ -1,6 +1,5 @@
 """Look-ahead (Eq. 11–12 of arXiv 2206.12569) against a direct refit of the kernel regression."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -32,7 +31,7 @@ def test_outputs_match_direct_refit(ridge):
     cand = torch.tensor([0, 3, 8, 5])
     g = torch.Generator().manual_seed(1)
     y_cand = torch.randn(4, 3, generator=g, dtype=torch.float64)
-    out = lookahead_outputs(k_ll, k_ul, k_uu, f_l, y_l, f_u, cand, y_cand, ridge=ridge)
+    out = lookahead_outputs(k_ll, k_ul, k_uu, f_l, y_l, f_u, cand=cand, y_cand=y_cand, ridge=ridge)
     assert out.shape == (4, 9, 3)
     for c, j in enumerate(cand.tolist()):
         ref = direct_refit(k_ll, k_ul, k_uu, f_l, y_l, f_u, j, y_cand[c], ridge)
@@ -42,7 +41,7 @@ def test_outputs_match_direct_refit(ridge):
 def test_ridge_zero_interpolates_candidate():
     k_ll, k_ul, k_uu, f_l, y_l, f_u = problem()
     y_cand = torch.eye(3, dtype=torch.float64)[[2, 0]]
-    out = lookahead_outputs(k_ll, k_ul, k_uu, f_l, y_l, f_u, torch.tensor([1, 6]), y_cand)
+    out = lookahead_outputs(k_ll, k_ul, k_uu, f_l, y_l, f_u, cand=torch.tensor([1, 6]), y_cand=y_cand)
     torch.testing.assert_close(out[0, 1], y_cand[0], rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(out[1, 6], y_cand[1], rtol=1e-8, atol=1e-8)
 
@@ -54,19 +53,19 @@ def test_mlmoc_matches_outputs(exclude_self, budget):
     ridge = 0.05
     cand = torch.arange(9)
     y_cand = torch.nn.functional.one_hot(f_u.argmax(1), 3).double()
-    out = lookahead_outputs(k_ll, k_ul, k_uu, f_l, y_l, f_u, cand, y_cand, ridge=ridge)
+    out = lookahead_outputs(k_ll, k_ul, k_uu, f_l, y_l, f_u, cand=cand, y_cand=y_cand, ridge=ridge)
     norms = (out - f_u[None]).norm(dim=2)  # (C, m)
     if exclude_self:
         norms = norms * (1 - torch.eye(9, dtype=norms.dtype))
-    sysm = fit_lookahead(k_ll, k_ul, f_l, y_l, f_u, k_uu, ridge=ridge)
-    got = mlmoc_scores(sysm, cand, y_cand, exclude_self=exclude_self, memory_budget=budget)
+    sysm = fit_lookahead(k_ll, k_ul, k_uu, f_l, y_l, f_u, ridge=ridge)
+    got = mlmoc_scores(sysm, cand, y_cand, exclude_self=exclude_self, memory_budget_bytes=budget)
     torch.testing.assert_close(got, norms.sum(1), rtol=1e-9, atol=1e-9)
 
 
 def test_streamed_columns_without_full_b():
     k_ll, k_ul, k_uu, f_l, y_l, f_u = problem(seed=4)
-    full = fit_lookahead(k_ll, k_ul, f_l, y_l, f_u, k_uu, ridge=0.1)
-    part = fit_lookahead(k_ll, k_ul, f_l, y_l, f_u, None, k_uu_diag=k_uu.diagonal(), ridge=0.1)
+    full = fit_lookahead(k_ll, k_ul, k_uu, f_l, y_l, f_u, ridge=0.1)
+    part = fit_lookahead(k_ll, k_ul, None, f_l, y_l, f_u, k_uu_diag=k_uu.diagonal(), ridge=0.1)
     cols = torch.tensor([2, 7])
     torch.testing.assert_close(part.m_columns(cols, k_uu[:, cols]), full.m_columns(cols))
     torch.testing.assert_close(part.m_diag, full.m_diag)
@@ -85,9 +84,9 @@ def test_jitter_recorded_for_singular_kernel():
 def test_bad_shapes_raise():
     k_ll, k_ul, k_uu, f_l, y_l, f_u = problem()
     with pytest.raises(ValueError):
-        lookahead_outputs(k_ll, k_ul[:, :3], k_uu, f_l, y_l, f_u, torch.tensor([0]), torch.zeros(1, 3))
+        lookahead_outputs(k_ll, k_ul[:, :3], k_uu, f_l, y_l, f_u, cand=torch.tensor([0]), y_cand=torch.zeros(1, 3))
     with pytest.raises(ValueError):
-        lookahead_outputs(k_ll, k_ul, k_uu, f_l, y_l, f_u, torch.tensor([99]), torch.zeros(1, 3))
+        lookahead_outputs(k_ll, k_ul, k_uu, f_l, y_l, f_u, cand=torch.tensor([99]), y_cand=torch.zeros(1, 3))
     with pytest.raises(ValueError):
         cholesky_with_jitter(torch.zeros(2, 3))
 
@@ -101,7 +100,7 @@ def test_duplicate_of_labeled_point_predicts_no_change_without_ridge():
     k_ll, k_ul, k_uu = phi_l @ phi_l.T, phi_u @ phi_l.T, phi_u @ phi_u.T
     f_l, f_u = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
     y_l = torch.eye(3, dtype=torch.float64)[[0, 1, 2, 0, 1]]
-    sysm = fit_lookahead(k_ll, k_ul, f_l, y_l, f_u, k_uu)
+    sysm = fit_lookahead(k_ll, k_ul, k_uu, f_l, y_l, f_u)
     out = sysm.outputs(torch.tensor([4, 0]), torch.eye(3, dtype=torch.float64)[[1, 2]])
     torch.testing.assert_close(out[0], sysm.base)  # no change from the duplicate
     ref = direct_refit(k_ll, k_ul, k_uu, f_l, y_l, f_u, 0, torch.eye(3, dtype=torch.float64)[2], 0.0)

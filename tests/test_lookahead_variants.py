@@ -27,7 +27,7 @@ def brute(pr, acquisition, exclude_self, ridge):
     total = torch.zeros(m, dtype=torch.float64)
     for lab in labels:
         y = pseudo_labels(ref) if lab is None else torch.nn.functional.one_hot(torch.full((m,), lab), o).double()
-        out = lookahead_outputs(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"], cand, y,
+        out = lookahead_outputs(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"], cand=cand, y_cand=y,
                                 ridge=ridge)  # (C, m, O)
         if acquisition == "flip":
             per = (out.argmax(dim=2) != ref.argmax(dim=1)).double()
@@ -50,16 +50,16 @@ def brute(pr, acquisition, exclude_self, ridge):
 def test_streamed_scores_match_brute_force(acquisition, exclude_self, budget):
     pr = problem()
     ridge = 0.05
-    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["f_l"], pr["y_l"], pr["f_u"], pr["k_uu"], ridge=ridge)
+    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"], ridge=ridge)
     got = lookahead_scores(Posterior(sysm), torch.arange(15), acquisition=acquisition,
-                           exclude_self=exclude_self, memory_budget=budget)
+                           exclude_self=exclude_self, memory_budget_bytes=budget)
     want = brute(pr, acquisition, exclude_self, ridge)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
 def test_subset_of_candidates_and_order():
     pr = problem(seed=3)
-    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["f_l"], pr["y_l"], pr["f_u"], pr["k_uu"], ridge=0.01)
+    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"], ridge=0.01)
     full = lookahead_scores(Posterior(sysm), torch.arange(15))
     sub = torch.tensor([9, 2, 14])
     torch.testing.assert_close(lookahead_scores(Posterior(sysm), sub), full[sub])
@@ -68,7 +68,7 @@ def test_subset_of_candidates_and_order():
 def test_flip_counts_known_case():
     # One eval point; its argmax flips iff the candidate's pull exceeds the margin.
     pr = problem(seed=5, m=2, o=2)
-    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["f_l"], pr["y_l"], pr["f_u"], pr["k_uu"], ridge=0.0)
+    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"], ridge=0.0)
     got = lookahead_scores(Posterior(sysm), torch.arange(2), acquisition="flip")
     assert set(got.tolist()) <= {0.0, 0.5, 1.0}
 
@@ -95,6 +95,6 @@ def test_block_shape_respects_budget():
 
 def test_unknown_acquisition():
     pr = problem()
-    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["f_l"], pr["y_l"], pr["f_u"], pr["k_uu"])
+    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"])
     with pytest.raises(ValueError, match="acquisition"):
         lookahead_scores(Posterior(sysm), torch.arange(3), acquisition="bald")

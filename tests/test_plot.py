@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from entk_al.errors import ConfigError
-from entk_al.plot import load_runs, mean_ci, penalty_matrix, plot_runs
 from entk_al.fileio import write_json, write_jsonl
+from entk_al.plot import load_runs, mean_ci, penalty_matrix, plot_runs
 
 # Student-t 97.5% quantiles from printed tables (df = 1, 2, 4).
 T975 = {1: 12.706, 2: 4.303, 4: 2.776}
@@ -103,7 +103,6 @@ def test_plot_errors(tmp_path):
 
 def test_mixed_settings_refused_before_writing(tmp_path):
     """Runs of different protocols in one folder: a clear error and no output files."""
-    import json
 
     from entk_al.errors import ConfigError
     from entk_al.plot import plot_runs
@@ -118,3 +117,82 @@ def test_mixed_settings_refused_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="initial differ"):
         plot_runs(tmp_path)
     assert not list(tmp_path.glob("*.png")) and not (tmp_path / "summary.csv").exists()
+
+
+def paired_grid(root: Path) -> dict[str, np.ndarray]:
+    """Random, margin and two strategies on 6 seeds; AUBC differences constructed by hand.
+
+    Every run is a flat curve of 4 evaluations at a known level, so its AUBC is that level;
+    'tie' equals random on two seeds. Returns each strategy's per-seed AUBC (seed order).
+    """
+    rng = np.random.default_rng(7)
+    random_ = 0.70 + 0.02 * rng.random(6)
+    levels = {"random": random_,
+              "margin": random_ + np.array([0.010, 0.012, 0.004, 0.020, 0.008, 0.015]),
+              "good": random_ + np.array([0.031, 0.022, 0.027, 0.018, 0.040, 0.025]),
+              "tie": random_ + np.array([0.0, 0.0, 0.005, -0.010, 0.003, -0.002])}
+    for name, lv in levels.items():
+        for seed, a in enumerate(lv):
+            # The same level at every round, but not all rounds equal: AUBC is still the mean.
+            make_run(root, name, 100 + seed, [a - 0.01, a + 0.01, a - 0.005, a + 0.005])
+    return levels
+
+
+def test_paired_csv_against_numpy_and_scipy(tmp_path):
+    from scipy import stats
+
+    levels = paired_grid(tmp_path)
+    make_run(tmp_path, "good", 999, [0.9, 0.9, 0.9, 0.9])  # a seed no reference has: not paired
+    paths = plot_runs(tmp_path)
+    assert [p.name for p in paths][3:] == ["paired.csv", "paired.png"] and paths[4].stat().st_size > 0
+    rows = list(csv.DictReader((tmp_path / "paired.csv").open()))
+    assert {r["reference"] for r in rows} == {"random", "margin"}
+    assert len(rows) == 6  # 3 strategies against each of 2 references
+    for row in rows:
+        d = levels[row["strategy"]] - levels[row["reference"]]
+        n = d.size
+        half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n)
+        assert int(row["n_seeds"]) == n == 6
+        assert float(row["mean_diff"]) == pytest.approx(d.mean(), abs=2e-6)
+        assert float(row["ci95_low"]) == pytest.approx(d.mean() - half, abs=2e-6)
+        assert float(row["ci95_high"]) == pytest.approx(d.mean() + half, abs=2e-6)
+        nonzero = d[np.abs(d) > 1e-12]
+        assert float(row["wilcoxon_p"]) == pytest.approx(stats.wilcoxon(nonzero).pvalue, abs=2e-6)
+        assert (int(row["wins"]), int(row["ties"]), int(row["losses"])) == (
+            int((d > 1e-12).sum()), int((np.abs(d) <= 1e-12).sum()), int((d < -1e-12).sum()))
+    good = next(r for r in rows if r["strategy"] == "good" and r["reference"] == "random")
+    assert (good["wins"], good["losses"]) == ("6", "0") and float(good["ci95_low"]) > 0
+    assert float(good["wilcoxon_p"]) == pytest.approx(2 / 2**6)  # exact: all 6 signs positive
+    tie = next(r for r in rows if r["strategy"] == "tie" and r["reference"] == "random")
+    assert (tie["wins"], tie["ties"], tie["losses"]) == ("2", "2", "2")
+    # Rows are ordered best first within a reference.
+    order = [r["strategy"] for r in rows if r["reference"] == "random"]
+    assert order == ["good", "margin", "tie"]
+
+
+def test_paired_reference_option_and_errors(tmp_path, capsys):
+    paired_grid(tmp_path)
+    code, err = run_plot([str(tmp_path), "--reference", "tie"], capsys)
+    assert code == 0
+    rows = list(csv.DictReader((tmp_path / "paired.csv").open()))
+    assert {r["reference"] for r in rows} == {"tie"} and len(rows) == 3
+    code, err = run_plot([str(tmp_path), "--reference", "bald"], capsys)
+    assert code == 2 and "reference bald has no finished run" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def run_plot(args, capsys):
+    """``entk-al plot ARGS`` in-process through the console entry point: (exit code, stderr)."""
+    from entk_al.cli import main
+
+    with pytest.raises(SystemExit) as ex:
+        main(["plot", *args])
+    return ex.value.code, capsys.readouterr().err
+
+
+def test_all_zero_differences_give_p_one(tmp_path):
+    for seed in range(3):
+        make_run(tmp_path, "random", seed, [0.5, 0.6])
+        make_run(tmp_path, "same", seed, [0.5, 0.6])
+    rows = list(csv.DictReader((tmp_path / "paired.csv").open())) if plot_runs(tmp_path) else []
+    assert rows[0]["wilcoxon_p"] == "1.000000" and rows[0]["ties"] == "3" and float(rows[0]["mean_diff"]) == 0.0

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from test_lookahead_variants import problem
 
 from entk_al.acquisition import lookahead_scores
 from entk_al.lookahead import fit_lookahead
 from entk_al.sequential import Posterior, select_lookahead
-
-from test_lookahead_variants import problem
 
 
 def augmented(pr, picks, labels):
@@ -26,14 +25,14 @@ def augmented(pr, picks, labels):
 @pytest.mark.parametrize("ridge", [0.0, 0.1])
 def test_folds_equal_refit(ridge):
     pr = problem(seed=2, n=6, m=12)
-    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["f_l"], pr["y_l"], pr["f_u"], pr["k_uu"], ridge=ridge)
+    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"], ridge=ridge)
     assert sysm.jitter == 0.0
     post = Posterior(sysm)
     picks, labels = [4, 9, 0], [1, 3, 1]
     for j, y in zip(picks, labels):
         post.fold(j, torch.nn.functional.one_hot(torch.tensor(y), 4).double())
     k_ll, k_ul, f_l, y_l = augmented(pr, picks, labels)
-    ref = fit_lookahead(k_ll, k_ul, f_l, y_l, pr["f_u"], pr["k_uu"], ridge=ridge)
+    ref = fit_lookahead(k_ll, k_ul, pr["k_uu"], f_l, y_l, pr["f_u"], ridge=ridge)
     torch.testing.assert_close(post.base, ref.base, rtol=1e-8, atol=1e-8)
     all_pos = torch.arange(12)
     m_ref = ref.m_columns(all_pos)
@@ -55,7 +54,7 @@ def test_selection_equals_naive_refit_loop(acquisition, mode, c):
         asked.append(list(pos))
         return truth[pos]
 
-    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["f_l"], pr["y_l"], pr["f_u"], pr["k_uu"], ridge=ridge)
+    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"], ridge=ridge)
     got, _ = select_lookahead(Posterior(sysm), np.arange(14), k, mode=mode, hybrid_size=c,
                               acquisition=acquisition, oracle=oracle)
     # Naive: refit from scratch on every labeled set; ref = f_u + (base_t − base_0).
@@ -63,7 +62,7 @@ def test_selection_equals_naive_refit_loop(acquisition, mode, c):
     picks: list[int] = []
     while len(picks) < k:
         k_ll, k_ul, f_l, y_l = augmented(pr, picks, truth[picks].tolist())
-        s = fit_lookahead(k_ll, k_ul, f_l, y_l, pr["f_u"], pr["k_uu"], ridge=ridge)
+        s = fit_lookahead(k_ll, k_ul, pr["k_uu"], f_l, y_l, pr["f_u"], ridge=ridge)
         post = Posterior(s)
         post.ref = pr["f_u"] + (s.base - base0)
         rem = [j for j in range(14) if j not in picks]
@@ -78,7 +77,7 @@ def test_selection_equals_naive_refit_loop(acquisition, mode, c):
 
 def test_modes_need_oracle():
     pr = problem()
-    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["f_l"], pr["y_l"], pr["f_u"], pr["k_uu"])
+    sysm = fit_lookahead(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"])
     with pytest.raises(ValueError, match="oracle"):
         select_lookahead(Posterior(sysm), np.arange(5), 3, mode="sequential")
 

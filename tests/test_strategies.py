@@ -73,7 +73,7 @@ def test_lookahead_selects_brute_force_top_k():
     labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
     cand = np.arange(8, 30)
     ctx = make_ctx(model, x, labeled, labels, cand, 3)
-    strat = REGISTRY["lookahead"](ridge=1e-2)
+    strat = REGISTRY["lookahead"](ridge_rel=1e-2)
     got = strat.select(ctx, 5)
 
     # brute force: J from torch.func, kernel = J_s J_s^T, solve per candidate

@@ -78,9 +78,13 @@ def _completed_rounds(run_dir: Path) -> int:
 def plot(
     runs_dir: Path = typer.Argument(..., help="Grid folder written by `entk-al bench`."),
     out: Optional[Path] = typer.Option(None, help="Where to write the figures and CSV (default: RUNS_DIR)."),
+    reference: Optional[list[str]] = typer.Option(
+        None, "--reference", help="Reference strategy of paired.csv/paired.png (repeatable; default: random and "
+                                  "margin where present)."),
 ) -> None:
-    """Write curves.png (mean ± 95% CI), summary.csv (AUBC) and penalty.png (pairwise wins)."""
+    """Write curves.png (mean ± 95% CI), summary.csv (AUBC), penalty.png (pairwise wins) and
+    paired.csv / paired.png (paired AUBC differences against the references)."""
     from ..plot import plot_runs
 
-    written = plot_runs(runs_dir, out)
+    written = plot_runs(runs_dir, out, references=reference or None)
     typer.echo("wrote " + ", ".join(str(p) for p in written))

@@ -25,7 +25,7 @@ def fidelity(
     candidates: int = typer.Option(50, help="Candidates retrained one by one (each a full retraining)."),
     eval_size: int = typer.Option(500, help="Evaluation set U (random unlabeled points; holds the candidates)."),
     seed: int = typer.Option(default("seed"), help="Seed (initial set, init, candidates, mini-batches)."),
-    ridge: float = typer.Option(1e-3, help="Ridge relative to trace(K)/n, as in the lookahead strategy."),
+    ridge_rel: float = typer.Option(1e-3, "--ridge-rel", help="Ridge relative to trace(K)/n (lookahead's ridge_rel)."),
     top_k: int = typer.Option(10, help="k of the top-k overlap."),
     epochs: int = typer.Option(default("epochs"), help="Training epochs per (re)training (the run's default)."),
     min_steps: int = typer.Option(default("min_steps"),
@@ -50,8 +50,8 @@ def fidelity(
     from ..seeding import int_seed, numpy_rng, torch_generator
     from ..train import train_model
 
-    if ridge < 0:
-        raise ConfigError(f"--ridge must be >= 0, got {ridge}")
+    if ridge_rel < 0:
+        raise ConfigError(f"--ridge-rel must be >= 0, got {ridge_rel}")
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     if candidates < 3 or eval_size < candidates:
@@ -82,7 +82,7 @@ def fidelity(
 
     def measure(progress=None):
         return measure_fidelity(net, setup.kernel_fn, x_l, y_l, x_u, cand, setup.train_cfg, make_gen,
-                                setup.data.num_classes, ridge_rel=ridge, top_k=top_k, progress=progress)
+                                setup.data.num_classes, ridge_rel=ridge_rel, top_k=top_k, progress=progress)
 
     if quiet:
         result = measure()
