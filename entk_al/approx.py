@@ -223,14 +223,20 @@ def timed_kernel(model: nn.Module, x1, x2=None, *, kind: str, method: str = "aut
 
 
 def largest_n(sizes, peaks, budget_bytes: float, kernel_bytes_per_pair: int) -> int:
-    """Largest N whose kernel computation fits ``budget_bytes``, extrapolating peak(N) ≈ c·N².
+    """Largest N whose kernel computation fits ``budget_bytes``, from peak(N) ≈ a + c·N².
 
-    c is the largest of the measured peak/N² and the kernel's own bytes per pair of points
-    (O²·itemsize for the eNTK, itemsize for the pNTK), so tile features measured at small N
-    make the figure conservative, never optimistic.
+    c is the slope between the two largest measured sizes (the fixed part a, weight-sized
+    temporaries, cancels), floored at the kernel's own bytes per pair of points (O²·itemsize
+    for the eNTK, itemsize for the pNTK); a is what the largest size leaves over.
     """
-    cs = [p / n ** 2 for n, p in zip(sizes, peaks) if p is not None and p > 0]
-    return int(math.sqrt(budget_bytes / max([kernel_bytes_per_pair, *cs])))
+    pts = sorted((n, p) for n, p in zip(sizes, peaks) if p is not None)
+    c, a = float(kernel_bytes_per_pair), 0.0
+    if len(pts) >= 2 and pts[-1][0] > pts[-2][0]:
+        (n1, p1), (n2, p2) = pts[-2], pts[-1]
+        c = max(c, (p2 - p1) / (n2 ** 2 - n1 ** 2))
+    if pts:
+        a = max(0.0, pts[-1][1] - c * pts[-1][0] ** 2)
+    return int(math.sqrt(max(0.0, budget_bytes - a) / c))
 
 
 def entk_bytes(n1: int, n2: int, num_outputs: int, itemsize: int) -> int:

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from entk_al.approx import fit_slope
+from entk_al.approx import GIB, fit_slope, largest_n
 
 
 def cp(n: int) -> str:
@@ -58,11 +58,15 @@ def summarize(folder: Path) -> str:
     out += ["", "| width | N | pNTK s | eNTK s | eNTK/pNTK time | pNTK peak MiB | eNTK peak MiB | largest N pNTK / eNTK "
                 f"in {s['memory_budget_gib']:g} GiB |", "|---|---|---|---|---|---|---|---|"]
     for c in r["cost"]:
+        # recomputed from the raw peaks with the current formula (files from before it had peak/N²)
+        big = {k: largest_n([x["n"] for x in c["sizes"]], [x[f"{k}_peak_bytes"] for x in c["sizes"]],
+                            s["memory_budget_gib"] * GIB, c["sizes"][-1][f"{k}_kernel_bytes"] // c["sizes"][-1]["n"] ** 2)
+               for k in ("pntk", "entk")}
         for row in c["sizes"]:
             pk = lambda b: "–" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
             out.append(f"| {c['width']} | {row['n']} | {row['pntk_seconds']:.3f} | {row['entk_seconds']:.3f} | "
                        f"{row['entk_seconds'] / max(row['pntk_seconds'], 1e-9):.1f}× | {pk(row['pntk_peak_bytes'])} | "
-                       f"{pk(row['entk_peak_bytes'])} | {c['largest_n_pntk']} / {c['largest_n_entk']} |")
+                       f"{pk(row['entk_peak_bytes'])} | {big['pntk']} / {big['entk']} |")
     return "\n".join(out) + "\n"
 
 

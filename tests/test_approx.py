@@ -145,9 +145,10 @@ def test_fit_slope_and_largest_n():
     w = np.array([32, 128, 512, 2048])
     assert fit_slope(w, 3.0 * w ** -0.5)["slope"] == pytest.approx(-0.5)
     assert math.isnan(fit_slope([32], [0.1])["slope"])
-    # peak 4 bytes per pair of points -> N = sqrt(budget / 4); the kernel's own size is a floor
-    assert largest_n([10, 20], [400, 1600], 4e6, 1) == 1000
+    # peak = 1e6 + 4 N² bytes -> N = sqrt((budget - 1e6) / 4); the kernel's own size is a floor
+    assert largest_n([10, 20], [1e6 + 400, 1e6 + 1600], 5e6, 1) == 1000
     assert largest_n([10, 20], [None, None], 4e6, 4) == 1000
+    assert largest_n([10, 20], [0, 0], 4e6, 4) == 1000
 
 
 def _tiny_data(n_pool=40, n_test=30, d=3, seed=0):
