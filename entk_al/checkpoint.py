@@ -92,7 +92,8 @@ def read_checkpoint(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(f"checkpoint {path} holds objects other than tensors, numbers, strings, lists "
-                              f"and dicts; refusing to load it (an older checkpoint format or an edited file)") from None
+                              f"and dicts; refusing to load it (an older checkpoint format or an edited file)"
+                              ) from None
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict):

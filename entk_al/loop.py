@@ -130,7 +130,8 @@ class ActiveLearningLoop:
             raise CheckpointError(f"{self.out_dir} already ran {state.next_round - 1} query rounds; --rounds "
                                   f"{self.cfg.rounds} cannot undo them (give --rounds >= {state.next_round - 1})")
         if state.pool.size != self.data.pool_size:
-            raise CheckpointError(f"checkpoint {path} has a pool of {state.pool.size}, dataset has {self.data.pool_size}")
+            raise CheckpointError(f"checkpoint {path} has a pool of {state.pool.size}, "
+                                  f"dataset has {self.data.pool_size}")
         return state
 
     def save_state(self, state: LoopState, model: torch.nn.Module | None) -> None:

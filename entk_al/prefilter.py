@@ -192,7 +192,7 @@ def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, s
         for s in range(0, len(x), batch_size):
             xb = x[s:s + batch_size].to(device=dev, dtype=dtype)
 
-            def s_of(p):
+            def s_of(p, xb=xb):
                 f = functional_call(model, p, (xb,))
                 return f.sum(dim=1) / math.sqrt(f.shape[1])
 

@@ -88,7 +88,8 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
     Returns:
         ``{"steps": int, "final_loss": float}`` (loss averaged over the last 10% of steps).
     """
-    threads = cfg.threads or (auto_threads(model, cfg.batch_size) if next(model.parameters()).device.type == "cpu" else 0)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    threads = cfg.threads or (auto_threads(model, cfg.batch_size) if on_cpu else 0)
     previous = torch.get_num_threads()
     if threads and threads != previous:
         torch.set_num_threads(threads)

@@ -27,8 +27,8 @@ def brute(pr, acquisition, exclude_self, ridge):
     total = torch.zeros(m, dtype=torch.float64)
     for lab in labels:
         y = pseudo_labels(ref) if lab is None else torch.nn.functional.one_hot(torch.full((m,), lab), o).double()
-        out = lookahead_outputs(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"], cand=cand, y_cand=y,
-                                ridge=ridge)  # (C, m, O)
+        out = lookahead_outputs(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"], cand=cand,
+                                y_cand=y, ridge=ridge)  # (C, m, O)
         if acquisition == "flip":
             per = (out.argmax(dim=2) != ref.argmax(dim=1)).double()
         else:
@@ -81,8 +81,9 @@ def test_simplex_projection_against_scipy():
     p = project_simplex(v)
     assert torch.allclose(p.sum(dim=1), torch.ones(5, dtype=torch.float64)) and (p >= 0).all()
     for row, proj in zip(v.numpy(), p.numpy()):
-        res = minimize(lambda x: ((x - row) ** 2).sum(), np.full(4, 0.25), method="SLSQP", bounds=[(0, None)] * 4,
-                       constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}], options={"ftol": 1e-12})
+        res = minimize(lambda x, row=row: ((x - row) ** 2).sum(), np.full(4, 0.25), method="SLSQP",
+                       bounds=[(0, None)] * 4, constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}],
+                       options={"ftol": 1e-12})
         np.testing.assert_allclose(proj, res.x, atol=1e-5)
 
 

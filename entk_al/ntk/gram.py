@@ -172,7 +172,7 @@ def build_plan(model: nn.Module, params: dict, x: torch.Tensor, V: torch.Tensor,
     name_of = {id(p): n for n, p in params.items()}
     owners = defaultdict(list)
     for mod in model.modules():
-        for pn, p in mod.named_parameters(recurse=False):
+        for _pn, p in mod.named_parameters(recurse=False):
             if id(p) in name_of:
                 owners[id(p)].append(mod)
     covered: set[int] = set()

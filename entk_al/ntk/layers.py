@@ -86,11 +86,11 @@ class Exact:
             r = slice(r0, min(n, r0 + step))
             aa = self.aa(other, r)
             for k in range(K):
-                for l in (range(K) if full else (k,)):
-                    gg = torch.einsum("ntgo,msgo->ntmsg", self.G[k, r], other.G[l])
+                for j in (range(K) if full else (k,)):
+                    gg = torch.einsum("ntgo,msgo->ntmsg", self.G[k, r], other.G[j])
                     v = gg.mul_(aa).sum(dim=(1, 3, 4))
                     if full:
-                        out[k, l, r] = v
+                        out[k, j, r] = v
                     else:
                         out[k, r] = v
         return out
