@@ -59,6 +59,8 @@ class ActiveLearningLoop:
         kernel_fn: pNTK implementation handed to strategies; default :func:`entk_al.ntk.pntk`.
         curve_writer: ``curve_writer(records, path, title)`` that draws ``curve.png`` after each
             round, e.g. :func:`entk_al.results.plot_curve` (the CLI and ``bench`` pass it).
+        progress: progress reporter for training, kernels and selection; default: none
+            (:class:`~entk_al.progress.NullProgress`).
 
     Raises:
         ConfigError: invalid options, or a budget larger than the pool.
