@@ -91,6 +91,12 @@ def label_probabilities(outputs: torch.Tensor, kind: str = "softmax") -> torch.T
         outputs: (N, O) model outputs (logits), any float dtype; computed in float64.
         kind: ``softmax`` or ``simplex`` (Euclidean projection onto the probability simplex,
             :func:`project_simplex`).
+
+    Returns:
+        (N, O) float64 rows on the probability simplex.
+
+    Raises:
+        ValueError: unknown ``kind``.
     """
     if kind == "softmax":
         return torch.softmax(outputs.to(torch.float64), dim=1)

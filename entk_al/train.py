@@ -56,6 +56,12 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
         y: (B,) int64 class indices.
         kind: ``mse`` (0.5 ‖f − onehot‖², the loss the NTK linearization assumes) or ``ce``
             (cross-entropy).
+
+    Returns:
+        Scalar tensor: the batch mean of the per-sample loss.
+
+    Raises:
+        ValueError: unknown ``kind``.
     """
     if kind == "mse":
         onehot = F.one_hot(y, logits.shape[1]).to(logits.dtype)

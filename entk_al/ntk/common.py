@@ -37,6 +37,9 @@ def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
 
     Args:
         model: the network; parameters with ``requires_grad=False`` are left out.
+
+    Raises:
+        ValueError: no parameter requires a gradient (the NTK would be empty).
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:

@@ -223,17 +223,9 @@ def linear_costs(T, g, di, do, K, n, m, itemsize, full, n_emb=None) -> tuple[flo
 def linear_use_exact(T, g, di, do, K, n, m, itemsize, full, n_emb=None) -> bool:
     """Cost model of the module docstring for one n x m pair of tiles: True for the factored form.
 
-    Args:
-        T: positions per sample at which the layer is applied.
-        g: groups.
-        di: inputs per group.
-        do: outputs per group.
-        K: output directions.
-        n: row-tile size.
-        m: column-tile size.
-        itemsize: bytes per element of the model dtype.
-        full: True when the K x K block is needed.
-        n_emb: vocabulary size of an Embedding, else None.
+    Always the factored form for single-position (T = 1) layers other than Embedding;
+    ``FORCE_FORM`` (tests) overrides the choice.
+    Arguments T, g, di, do, K, n, m, itemsize, full and n_emb are those of :func:`linear_costs`.
     """
     if FORCE_FORM is not None:
         return FORCE_FORM == "exact"
