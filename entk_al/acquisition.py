@@ -85,7 +85,19 @@ def project_simplex(v: torch.Tensor) -> torch.Tensor:
 
 
 def label_probabilities(outputs: torch.Tensor, kind: str = "softmax") -> torch.Tensor:
-    """(N, O) probabilities from model outputs: ``softmax`` or ``simplex`` projection."""
+    """(N, O) probabilities from model outputs: ``softmax`` or ``simplex`` projection.
+
+    Args:
+        outputs: (N, O) model outputs (logits), any float dtype; computed in float64.
+        kind: ``softmax`` or ``simplex`` (Euclidean projection onto the probability simplex,
+            :func:`project_simplex`).
+
+    Returns:
+        (N, O) float64 rows on the probability simplex.
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
     if kind == "softmax":
         return torch.softmax(outputs.to(torch.float64), dim=1)
     if kind == "simplex":
@@ -107,6 +119,12 @@ def block_shape(num_eval: int, num_cand: int, per_entry: int, budget: int) -> tu
 
     Whole columns are preferred (one kernel-column computation per candidate block); rows are
     split only when fewer than 32 whole columns fit.
+
+    Args:
+        num_eval: rows available (evaluation points m).
+        num_cand: columns available (candidates C).
+        per_entry: bytes per (row, column) entry of the block's working set.
+        budget: memory budget in bytes.
     """
     entries = max(1, budget // per_entry)
     cols = min(num_cand, max(1, entries // max(num_eval, 1)))

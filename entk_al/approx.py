@@ -52,7 +52,11 @@ GIB = float(1 << 30)
 
 # -- comparisons (pure functions of kernels) --------------------------------------------------
 def flatten_entk(theta: torch.Tensor) -> torch.Tensor:
-    """(N1, N2, O, O) eNTK -> (N1·O, N2·O) matrix with row index i·O + k (the layout of k ⊗ I_O)."""
+    """(N1, N2, O, O) eNTK -> (N1·O, N2·O) matrix with row index i·O + k (the layout of k ⊗ I_O).
+
+    Args:
+        theta: (N1, N2, O, O) eNTK, any float dtype.
+    """
     n1, n2, o, _ = theta.shape
     return theta.permute(0, 2, 1, 3).reshape(n1 * o, n2 * o)
 
@@ -134,7 +138,12 @@ def regress(k_ll: torch.Tensor, k_el: torch.Tensor, targets: torch.Tensor, prior
 
 
 def fit_slope(widths, values) -> dict:
-    """Least-squares fit log(value) = slope · log(width) + b (NaN with fewer than 2 widths)."""
+    """Least-squares fit log(value) = slope · log(width) + b (NaN with fewer than 2 widths).
+
+    Args:
+        widths: readout widths (> 0).
+        values: measured errors at those widths (> 0), same length.
+    """
     w, v = np.asarray(widths, dtype=float), np.asarray(values, dtype=float)
     ok = np.isfinite(v) & (v > 0) & np.isfinite(w) & (w > 0)
     if ok.sum() < 2:
@@ -151,6 +160,10 @@ class PeakMemory:
     1 MiB (:func:`_pin_mmap_threshold`) so that large tensors are mapped on allocation and
     unmapped on free, and the RSS rises and falls with them. ``peak`` is None where neither
     is available.
+
+    Args:
+        device: where the kernel runs: ``cuda`` uses the allocator's peak, anything else the sampled
+            RSS.
     """
 
     def __init__(self, device: torch.device):
@@ -211,7 +224,15 @@ def _rss() -> int | None:
 
 
 def timed_kernel(model: nn.Module, x1, x2=None, *, kind: str, method: str = "auto"):
-    """``kernel(model, x1, x2, kind=kind)`` with its wall time (s) and peak memory growth (bytes)."""
+    """``kernel(model, x1, x2, kind=kind)`` with its wall time (s) and peak memory growth (bytes).
+
+    Args:
+        model: the network.
+        x1: (N1, *F) inputs.
+        x2: (N2, *F) inputs or None for x2 = x1.
+        kind: kernel kind (see :func:`entk_al.ntk.kernel`).
+        method: ``auto``, ``gram`` or ``jacobian`` (see :func:`entk_al.ntk.kernel`).
+    """
     device = next(model.parameters()).device
     with PeakMemory(device) as mem:
         t0 = time.perf_counter()
@@ -228,6 +249,12 @@ def largest_n(sizes, peaks, budget_bytes: float, kernel_bytes_per_pair: int) -> 
     c is the slope between the two largest measured sizes (the fixed part a, weight-sized
     temporaries, cancels), floored at the kernel's own bytes per pair of points (O²·itemsize
     for the eNTK, itemsize for the pNTK); a is what the largest size leaves over.
+
+    Args:
+        sizes: measured N values.
+        peaks: peak memory growth in bytes at each N (None where not measurable).
+        budget_bytes: memory budget in bytes.
+        kernel_bytes_per_pair: bytes of the kernel result per pair of points.
     """
     pts = sorted((n, p) for n, p in zip(sizes, peaks) if p is not None)
     c, a = float(kernel_bytes_per_pair), 0.0
@@ -240,7 +267,14 @@ def largest_n(sizes, peaks, budget_bytes: float, kernel_bytes_per_pair: int) -> 
 
 
 def entk_bytes(n1: int, n2: int, num_outputs: int, itemsize: int) -> int:
-    """Memory for an (n1, n2, O, O) eNTK in the model dtype plus its float64 working copies."""
+    """Memory for an (n1, n2, O, O) eNTK in the model dtype plus its float64 working copies.
+
+    Args:
+        n1: rows.
+        n2: columns.
+        num_outputs: O.
+        itemsize: bytes per element of the model dtype.
+    """
     return n1 * n2 * num_outputs ** 2 * (itemsize + 8 * ENTK_F64_COPIES)
 
 
@@ -280,6 +314,13 @@ class ApproxSettings:
 
 def check_settings(s: ApproxSettings, pool_size: int, test_size: int, num_outputs: int, itemsize: int) -> None:
     """Refuse impossible sizes before anything is allocated.
+
+    Args:
+        s: the study's settings.
+        pool_size: points in the pool (train) split.
+        test_size: points in the test split.
+        num_outputs: O, the model's output size.
+        itemsize: bytes per element of the model dtype.
 
     Raises:
         ConfigError: sizes < 1, more points than the splits hold, or an eNTK (with its float64
@@ -365,7 +406,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def distance_record(model: nn.Module, x: torch.Tensor, logit: int, method: str) -> dict:
-    """Kernel distances of all stand-ins and the off-diagonal share on one (N, ...) point set."""
+    """Kernel distances of all stand-ins and the off-diagonal share on one (N, ...) point set.
+
+    Args:
+        model: the network at one width and checkpoint.
+        x: (N, *F) points.
+        logit: class index c of the ``random_logit`` stand-in Θ_cc.
+        method: kernel method (see :func:`entk_al.ntk.kernel`).
+    """
     theta, t_entk, _ = timed_kernel(model, x, kind="entk", method=method)
     kp, t_pntk, _ = timed_kernel(model, x, kind="pntk", method=method)
     ks = {"pntk": kp, "first_logit": kernel(model, x, kind="first_logit", method=method),
@@ -381,6 +429,17 @@ def regression_record(model: nn.Module, x_l, y_l, x_e, y_e, num_classes: int, ri
 
     ``real_e`` (m, O): outputs of the network actually trained on (x_l, y_l) from ``model``'s
     weights; when given, the linearized predictions are compared with them.
+
+    Args:
+        model: the network (θ at which the kernels are taken).
+        x_l: (n, *F) labeled inputs.
+        y_l: (n,) int64 labels.
+        x_e: (m, *F) evaluation inputs.
+        y_e: (m,) int64 evaluation labels.
+        num_classes: O.
+        ridge_rel: relative ridge; absolute λ = ridge_rel · trace(K)/n
+            (:func:`entk_al.lookahead.relative_ridge`).
+        method: kernel method (see :func:`entk_al.ntk.kernel`).
     """
     dev = next(model.parameters()).device
     t_ll, t_el = kernel(model, x_l, kind="entk", method=method), kernel(model, x_e, x_l, kind="entk", method=method)
@@ -410,7 +469,15 @@ def regression_record(model: nn.Module, x_l, y_l, x_e, y_e, num_classes: int, ri
 
 
 def cost_records(model: nn.Module, x_test: torch.Tensor, sizes: list[int], budget_bytes: float, method: str) -> dict:
-    """Time and peak memory of the pNTK and eNTK kernels at each N, and the largest N in budget."""
+    """Time and peak memory of the pNTK and eNTK kernels at each N, and the largest N in budget.
+
+    Args:
+        model: the network at one width.
+        x_test: (N_test, *F) points; the first N of them are used for each size.
+        sizes: N values to time.
+        budget_bytes: memory budget in bytes for the largest-N extrapolation (:func:`largest_n`).
+        method: kernel method (see :func:`entk_al.ntk.kernel`).
+    """
     rows = []
     for n in sizes:
         x = x_test[:n]
@@ -443,6 +510,9 @@ def run_approx(factory: Callable[[int | None], nn.Module], data, settings: Appro
             ``len(widths) * (len(checkpoints) + 1)`` (the +1 is the cost measurement).
         on_width: called with the result so far (``"finished": False``) after each width, so a
             long study can save partial results.
+        settings: widths, checkpoints, sizes, seed and budget of the study.
+        device: device the models and kernels run on.
+        dtype: floating dtype of the models (float32 or float64).
     Returns:
         JSON-ready dict: ``settings``, ``records`` (one per width × checkpoint), ``cost``
         (one per width), ``fits`` (slope of log error vs log width at init).

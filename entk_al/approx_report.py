@@ -36,7 +36,13 @@ def _plt():
 
 def plot_width(result: dict, path: str | Path, title: str = "") -> bool:
     """Relative kernel error vs readout width at init (log-log), with a 1/√width guide through the
-    first pNTK point and the fitted slopes in the legend. False (nothing drawn) with < 2 widths."""
+    first pNTK point and the fitted slopes in the legend. False (nothing drawn) with < 2 widths.
+
+    Args:
+        result: the dict returned by :func:`entk_al.approx.run_approx`.
+        path: PNG file to write (atomically).
+        title: figure title.
+    """
     init = [r for r in result["records"] if r["checkpoint"] == 0 and r["width"] is not None]
     if len({r["width"] for r in init}) < 2:
         return False
@@ -66,7 +72,13 @@ def plot_width(result: dict, path: str | Path, title: str = "") -> bool:
 
 
 def plot_training(result: dict, path: str | Path, title: str = "") -> None:
-    """pNTK ⊗ I error and off-diagonal share over the checkpoints, one line per width."""
+    """pNTK ⊗ I error and off-diagonal share over the checkpoints, one line per width.
+
+    Args:
+        result: the dict returned by :func:`entk_al.approx.run_approx`.
+        path: PNG file to write (atomically).
+        title: figure title.
+    """
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     cps = list(dict.fromkeys(r["checkpoint"] for r in result["records"]))
@@ -88,7 +100,13 @@ def plot_training(result: dict, path: str | Path, title: str = "") -> None:
 
 def plot_regression(result: dict, path: str | Path, title: str = "") -> None:
     """Kernel-regression test accuracy with pNTK ⊗ I against the eNTK (y = x line), plain and
-    linearized (prior = network outputs), one marker per checkpoint."""
+    linearized (prior = network outputs), one marker per checkpoint.
+
+    Args:
+        result: the dict returned by :func:`entk_al.approx.run_approx`.
+        path: PNG file to write (atomically).
+        title: figure title.
+    """
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     markers = "osD^v<>p*"
@@ -115,7 +133,13 @@ def plot_regression(result: dict, path: str | Path, title: str = "") -> None:
 
 
 def write_figures(result: dict, out: Path, title: str) -> list[Path]:
-    """Draw all figures into ``out``; returns the paths written."""
+    """Draw all figures into ``out``; returns the paths written.
+
+    Args:
+        result: the dict returned by :func:`entk_al.approx.run_approx`.
+        out: output folder.
+        title: title shared by the figures.
+    """
     paths = []
     if plot_width(result, out / "approx_width.png", f"{title}: error at init"):
         paths.append(out / "approx_width.png")
@@ -126,7 +150,11 @@ def write_figures(result: dict, out: Path, title: str) -> list[Path]:
 
 def tables(result: dict):
     """rich Tables: kernel distance per width × checkpoint; spectrum and regression; linearized vs
-    trained network (init rows); cost per width."""
+    trained network (init rows); cost per width.
+
+    Args:
+        result: the dict returned by :func:`entk_al.approx.run_approx`.
+    """
     from rich.table import Table
 
     s = result["settings"]
@@ -172,6 +200,11 @@ def tables(result: dict):
 
 
 def slope_line(result: dict) -> str:
+    """One sentence with the fitted slopes of log error vs log width at init (pNTK ⊗ I and off-diagonal share).
+
+    Args:
+        result: the dict returned by :func:`entk_al.approx.run_approx`.
+    """
     f = result["fits"].get("0", {})
     slope = f.get("error_pntk", {}).get("slope", math.nan)
     off = f.get("offdiag_share", {}).get("slope", math.nan)

@@ -30,7 +30,15 @@ RESUMABLE_CHANGES = {"rounds", "device", "data_dir", "download"}
 
 @dataclass
 class LoopState:
-    """What a checkpoint restores: the round to run next, the model, the pool and the log."""
+    """What a checkpoint restores: the round to run next, the model, the pool and the log.
+
+    Attributes:
+        next_round: index of the round to run next (0-based).
+        model_state: the model's ``state_dict`` (CPU tensors), or None before the first training.
+        pool: labeled/unlabeled bookkeeping.
+        records: one JSON-ready dict per finished round (the rounds.jsonl rows).
+        pending: the round's unanswered human queries (``--oracle files``), or None.
+    """
 
     next_round: int
     model_state: dict | None
@@ -43,6 +51,10 @@ class LoopState:
 
 def plain(obj: Any, where: str = "checkpoint") -> Any:
     """``obj`` with NumPy scalars/arrays turned into Python numbers/lists, tuples into lists.
+
+    Args:
+        obj: nested dicts/lists/tuples of numbers, strings, None, tensors and NumPy values.
+        where: name used in the error message (which part of the checkpoint).
 
     Raises:
         CheckpointError: ``obj`` holds a value of another type (it would not load safely).
@@ -70,6 +82,13 @@ def write_checkpoint(path: Path, state: LoopState, model: torch.nn.Module | None
                      classes: list[str]) -> None:
     """Write ``state`` atomically; ``model=None`` keeps ``state.model_state``.
 
+    Args:
+        path: the ``checkpoint.pt`` file.
+        state: what to save.
+        model: the network whose ``state_dict`` is saved, or None.
+        config: the run configuration as a JSON-ready dict (checked on resume).
+        classes: class names of the dataset.
+
     Raises:
         CheckpointError: the state holds a value that would not load with ``weights_only=True``.
     """
@@ -84,6 +103,9 @@ def write_checkpoint(path: Path, state: LoopState, model: torch.nn.Module | None
 def read_checkpoint(path: Path) -> dict:
     """Load ``checkpoint.pt`` on the CPU with ``weights_only=True`` (never runs code from the file).
 
+    Args:
+        path: the ``checkpoint.pt`` file.
+
     Raises:
         CheckpointError: the file cannot be read, holds anything but plain types, or is not a
             checkpoint dict of this version.
@@ -92,7 +114,8 @@ def read_checkpoint(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(f"checkpoint {path} holds objects other than tensors, numbers, strings, lists "
-                              f"and dicts; refusing to load it (an older checkpoint format or an edited file)") from None
+                              f"and dicts; refusing to load it (an older checkpoint format or an edited file)"
+                              ) from None
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict):
@@ -105,6 +128,10 @@ def read_checkpoint(path: Path) -> dict:
 
 def state_from_checkpoint(ckpt: dict, path: Path) -> tuple[LoopState, dict]:
     """(state, saved config) from a dict returned by :func:`read_checkpoint`.
+
+    Args:
+        ckpt: the dict returned by :func:`read_checkpoint`.
+        path: the file it came from (named in errors).
 
     Raises:
         CheckpointError: a field is missing or malformed.

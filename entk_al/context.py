@@ -61,6 +61,8 @@ class RoundContext:
             (wrapped so that its time counts in :attr:`kernel_seconds`).
         progress: the run's progress reporter; ``with ctx.progress.task(name, total) as advance``.
         excluded: ids left out this round for non-finite values (see :meth:`finite_ids`).
+        eval_batch_size: samples per forward pass when the context evaluates the model on pool
+            inputs (outputs, embeddings, finiteness checks).
     """
 
     round: int

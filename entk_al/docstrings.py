@@ -60,5 +60,7 @@ def args_section(doc: str | None, section: str = "Args") -> dict[str, str]:
 def first_sentence(text: str) -> str:
     """``text`` up to the end of its first sentence, with reST ``literal`` markup dropped."""
     text = " ".join(text.replace("``", "").split())
-    match = re.search(r"(?<!\be\.g)(?<!\bi\.e)\.(\s|$)", text)
+    # A sentence ends at a period followed by a capital letter or the end; abbreviations such as
+    # "Eq. 13", "et al. 2020" or "e.g. X" do not end it.
+    match = re.search(r"(?<!\be\.g)(?<!\bi\.e)(?<!\bEq)(?<!\bal)(?<!\bcf)(?<!\bvs)\.(?=\s+[A-Z]|$)", text)
     return text[:match.start() + 1] if match else text

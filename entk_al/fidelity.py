@@ -42,6 +42,15 @@ def lookahead_eval_outputs(model: nn.Module, kernel_fn: Callable[..., torch.Tens
 
     ``cand`` are positions in ``x_u``; ``y_cand`` (C,) int64 labels; the absolute ridge is
     ``ridge_rel · trace(K)/n`` as in the strategy. Returns also {ridge, jitter}.
+
+    Args:
+        model: the network trained on (x_l, y_l) (θ_L).
+        kernel_fn: ``kernel_fn(model, x1, x2=None) -> (N1, N2)`` pNTK.
+        x_l: (n, *F) labeled inputs.
+        y_l: (n,) int64 labels.
+        x_u: (m, *F) evaluation inputs U.
+        ridge_rel: relative ridge (see :func:`entk_al.lookahead.relative_ridge`).
+        num_classes: O.
     """
     m = len(x_u)
     kfull = kernel_fn(model, torch.cat([x_u, x_l]))
@@ -71,6 +80,9 @@ def measure_fidelity(model: nn.Module, kernel_fn: Callable[..., torch.Tensor], x
         make_generator: fresh mini-batch generator per retraining (same seed for each).
         top_k: k of the top-k overlap (capped at C).
         progress: called with the number of retrainings finished.
+        num_classes: O.
+        ridge_rel: relative ridge; absolute λ = ridge_rel · trace(K)/n
+            (:func:`entk_al.lookahead.relative_ridge`).
 
     Returns:
         JSON-ready dict: the metrics listed in the module docstring and per-candidate arrays.
@@ -145,7 +157,13 @@ def _measure(model, kernel_fn, x_l, y_l, x_u, cand, train_cfg, make_generator, n
 
 
 def plot_fidelity(result: dict, path, title: str = "") -> None:
-    """Scatter of predicted vs real output change (both panels), written atomically as PNG."""
+    """Scatter of predicted vs real output change (both panels), written atomically as PNG.
+
+    Args:
+        result: the dict returned by :func:`measure_fidelity`.
+        path: PNG file to write.
+        title: figure title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -81,6 +81,8 @@ class LookaheadSystem:
         m_diag: (m,) diagonal of M.
         ridge: λ.
         jitter: extra diagonal added to make K + λI factor (0 when none was needed).
+        tol: denominators M_jj + λ at or below it count as degenerate (duplicates of labeled
+            points); their update is 0 (:meth:`denominators`).
     """
 
     base: torch.Tensor
@@ -150,7 +152,12 @@ def safe_denominators(den: torch.Tensor, tol: float) -> torch.Tensor:
 
 def relative_ridge(k_ll: torch.Tensor, rel: float) -> float:
     """Absolute ridge λ = rel · trace(K)/n, the authors' kernel-scaled regularization
-    (arXiv 2206.12569, code); 0 for an empty labeled set."""
+    (arXiv 2206.12569, code); 0 for an empty labeled set.
+
+    Args:
+        k_ll: (n, n) labeled-set Gram matrix K.
+        rel: relative ridge (``ridge_rel``), >= 0.
+    """
     n = k_ll.shape[0]
     return rel * float(k_ll.diagonal().double().sum()) / n if n else 0.0
 

@@ -59,6 +59,8 @@ class ActiveLearningLoop:
         kernel_fn: pNTK implementation handed to strategies; default :func:`entk_al.ntk.pntk`.
         curve_writer: ``curve_writer(records, path, title)`` that draws ``curve.png`` after each
             round, e.g. :func:`entk_al.results.plot_curve` (the CLI and ``bench`` pass it).
+        progress: progress reporter for training, kernels and selection; default: none
+            (:class:`~entk_al.progress.NullProgress`).
 
     Raises:
         ConfigError: invalid options, or a budget larger than the pool.
@@ -130,7 +132,8 @@ class ActiveLearningLoop:
             raise CheckpointError(f"{self.out_dir} already ran {state.next_round - 1} query rounds; --rounds "
                                   f"{self.cfg.rounds} cannot undo them (give --rounds >= {state.next_round - 1})")
         if state.pool.size != self.data.pool_size:
-            raise CheckpointError(f"checkpoint {path} has a pool of {state.pool.size}, dataset has {self.data.pool_size}")
+            raise CheckpointError(f"checkpoint {path} has a pool of {state.pool.size}, "
+                                  f"dataset has {self.data.pool_size}")
         return state
 
     def save_state(self, state: LoopState, model: torch.nn.Module | None) -> None:

@@ -140,7 +140,11 @@ def _groups(runs: list[RunResult]) -> dict[tuple[int, str], list[RunResult]]:
 def summary_rows(runs: list[RunResult]) -> list[dict]:
     """Rows of summary.csv: one per run (AUBC, final accuracy), then one ``seed="mean"`` row
     per (strategy, query) with the mean and its 95% t-interval over seeds. Accuracies are
-    fractions in [0, 1]."""
+    fractions in [0, 1].
+
+    Args:
+        runs: finished runs of the grid.
+    """
     rows = []
     for (q, strat), group in _groups(runs).items():
         for r in sorted(group, key=lambda r: r.seed):
@@ -156,6 +160,12 @@ def summary_rows(runs: list[RunResult]) -> list[dict]:
 
 
 def write_summary_csv(runs: list[RunResult], path: str | Path) -> None:
+    """Write :func:`summary_rows` as ``summary.csv`` (atomically).
+
+    Args:
+        runs: finished runs of the grid.
+        path: the CSV file.
+    """
     rows = summary_rows(runs)
     buf = io.StringIO()
     fields = ["strategy", "query", "seed", "n_runs", "aubc", "aubc_ci95_low", "aubc_ci95_high",
@@ -169,6 +179,10 @@ def write_summary_csv(runs: list[RunResult], path: str | Path) -> None:
 
 def penalty_matrix(runs: list[RunResult], alpha: float = 0.05) -> tuple[list[str], np.ndarray]:
     """Pairwise penalty matrix (see module docstring).
+
+    Args:
+        runs: finished runs of the grid.
+        alpha: significance level of each per-round paired test.
 
     Returns:
         (strategies sorted by name, P (S, S) float64); P[i, j] ∈ [0, number of settings] is the
@@ -218,7 +232,13 @@ def _pyplot():
 
 
 def plot_curves(runs: list[RunResult], path: str | Path, title: str = "") -> None:
-    """Test accuracy (%) against labels: mean ± 95% t-interval over seeds, per strategy."""
+    """Test accuracy (%) against labels: mean ± 95% t-interval over seeds, per strategy.
+
+    Args:
+        runs: finished runs of the grid.
+        path: PNG file to write.
+        title: figure title.
+    """
     plt = _pyplot()
     groups = _groups(runs)
     queries = sorted({q for q, _ in groups})
@@ -248,7 +268,14 @@ def plot_curves(runs: list[RunResult], path: str | Path, title: str = "") -> Non
 
 
 def plot_penalty(strategies: list[str], pen: np.ndarray, path: str | Path, title: str = "") -> None:
-    """Heat map of the penalty matrix, with the column means (how often each is beaten) below."""
+    """Heat map of the penalty matrix, with the column means (how often each is beaten) below.
+
+    Args:
+        strategies: S strategy names (row/column order of ``pen``).
+        pen: (S, S) float64 penalty matrix from :func:`penalty_matrix`.
+        path: PNG file to write.
+        title: figure title.
+    """
     plt = _pyplot()
     s = len(strategies)
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * s, 1.4 + 0.75 * s), dpi=120)
@@ -326,6 +353,12 @@ def paired_rows(runs: list[RunResult], references: list[str] | tuple[str, ...] |
 
 
 def write_paired_csv(rows: list[dict], path: str | Path) -> None:
+    """Write the paired AUBC comparison rows as ``paired.csv`` (atomically).
+
+    Args:
+        rows: one dict per (reference, strategy, query) comparison.
+        path: the CSV file.
+    """
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=PAIRED_FIELDS, lineterminator="\n")
     w.writeheader()
@@ -335,7 +368,13 @@ def write_paired_csv(rows: list[dict], path: str | Path) -> None:
 
 
 def plot_paired(rows: list[dict], path: str | Path, title: str = "") -> None:
-    """One panel per reference: mean paired AUBC difference (points) with its 95% t-interval."""
+    """One panel per reference: mean paired AUBC difference (points) with its 95% t-interval.
+
+    Args:
+        rows: paired comparison rows (as written to ``paired.csv``).
+        path: PNG file to write.
+        title: figure title.
+    """
     plt = _pyplot()
     refs = list(dict.fromkeys(r["reference"] for r in rows))
     height = max(len([r for r in rows if r["reference"] == ref]) for ref in refs)
@@ -375,6 +414,8 @@ def plot_runs(runs_dir: str | Path, out_dir: str | Path | None = None,
     Args:
         references: references of the paired comparison; default ``random`` and ``margin``
             where present (no paired files when neither is).
+        runs_dir: folder holding one sub-folder per run.
+        out_dir: where the files go (default: ``runs_dir``).
 
     Raises:
         ConfigError: no run directory, none finished, or a named reference not in the grid.

@@ -43,6 +43,16 @@ def build_index(emb: np.ndarray, *, exact_max: int = EXACT_MAX, nlist: int | Non
     Exact ``IndexFlatL2`` when N ≤ ``exact_max``; else ``IndexIVFFlat`` with ``nlist`` cells
     (default ≈ √N, trained on a seeded sample of 64·nlist rows) searched with ``nprobe``.
 
+    Args:
+        emb: (N, d) float32 embeddings.
+        exact_max: largest N indexed exactly.
+        nlist: IVF cells, or None for about √N.
+        nprobe: cells searched per query.
+        use_gpu: False, True, or ``auto`` (GPU when faiss-gpu is installed).
+        seed: seed of the IVF training sample and k-means.
+        add_chunk: rows added per ``index.add`` call (bounds the temporary memory of IVF
+            assignment).
+
     Raises:
         ValueError: ``emb`` is not 2-D, or ``use_gpu=True`` without faiss-gpu.
     """
@@ -70,7 +80,13 @@ def build_index(emb: np.ndarray, *, exact_max: int = EXACT_MAX, nlist: int | Non
 
 
 def knn(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(distances² (Q, k) float32, rows (Q, k) int64) of the k nearest indexed rows; −1 = none."""
+    """(distances² (Q, k) float32, rows (Q, k) int64) of the k nearest indexed rows; −1 = none.
+
+    Args:
+        index: a faiss index from :func:`build_index`.
+        queries: (Q, d) float32 query vectors.
+        k: neighbours per query.
+    """
     k = min(k, index.ntotal)
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
@@ -81,6 +97,13 @@ def diverse_subset(emb: np.ndarray, n_keep: int, *, seed: int = 0, niter: int = 
 
     A centroid whose nearest members are all taken passes; the shortfall is filled in
     ``order`` (default: row order), e.g. by decreasing cheap score.
+
+    Args:
+        emb: (S, d) float32 embeddings.
+        n_keep: rows to return (<= S).
+        seed: k-means seed.
+        niter: k-means iterations.
+        order: (S,) fill order for the shortfall.
 
     Returns:
         (n_keep,) int64 distinct rows, centroid picks first.
@@ -129,6 +152,9 @@ def prefilter_knn(emb: np.ndarray, ids: np.ndarray, scores: np.ndarray, *, num_c
         eval_size: cap on |U|; U holds the candidates first, then neighbours nearest-first.
         neighbours: faiss neighbours per candidate added to U.
         index: a prebuilt index over ``emb`` (built here otherwise).
+        seed: seed of the index training and the k-means diversity step.
+        use_gpu: faiss on the GPU: False, True, or ``auto``.
+        exact_max: largest pool indexed exactly (:func:`build_index`).
 
     Returns:
         (candidate ids (C,), eval ids (m,)) int64, eval ids starting with the candidates.
@@ -162,7 +188,13 @@ def prefilter_knn(emb: np.ndarray, ids: np.ndarray, scores: np.ndarray, *, num_c
 
 
 def random_projection_matrix(dim_in: int, dim_out: int, seed: int) -> np.ndarray:
-    """(dim_in, dim_out) Gaussian JL projection scaled by 1/√dim_out (inner products kept in expectation)."""
+    """(dim_in, dim_out) Gaussian JL projection scaled by 1/√dim_out (inner products kept in expectation).
+
+    Args:
+        dim_in: input dimension.
+        dim_out: projected dimension.
+        seed: seed of the Gaussian draw.
+    """
     return (np.random.default_rng(seed).standard_normal((dim_in, dim_out)) / math.sqrt(dim_out)).astype(np.float32)
 
 
@@ -176,6 +208,10 @@ def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, s
 
     Args:
         x: (N, *input_shape) inputs (any device; moved to the model's).
+        model: the network, (N, *F) -> (N, O).
+        dim: number of random directions.
+        seed: direction t is drawn from seed ``seed * 1_000_003 + t``.
+        batch_size: samples per JVP batch.
     Returns:
         (N, dim) float32 on the model's device. The model runs in eval mode.
     """
@@ -192,7 +228,7 @@ def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, s
         for s in range(0, len(x), batch_size):
             xb = x[s:s + batch_size].to(device=dev, dtype=dtype)
 
-            def s_of(p):
+            def s_of(p, xb=xb):
                 f = functional_call(model, p, (xb,))
                 return f.sum(dim=1) / math.sqrt(f.shape[1])
 

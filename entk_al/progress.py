@@ -97,7 +97,11 @@ class LineProgress(NullProgress):
 
 
 class RichProgress(NullProgress):
-    """Live rich bars: the outermost task stays, inner ones disappear when done."""
+    """Live rich bars: the outermost task stays, inner ones disappear when done.
+
+    Args:
+        stream: where the bars are drawn (default stderr).
+    """
 
     def __init__(self, stream: TextIO | None = None):
         from rich.console import Console
@@ -136,7 +140,13 @@ class RichProgress(NullProgress):
 
 
 def make_progress(quiet: bool, stream: TextIO | None = None, interval_s: float = 30.0) -> NullProgress:
-    """``NullProgress`` when quiet, ``RichProgress`` on a terminal, else ``LineProgress``."""
+    """``NullProgress`` when quiet, ``RichProgress`` on a terminal, else ``LineProgress``.
+
+    Args:
+        quiet: no progress output at all.
+        stream: where the output goes (default stderr).
+        interval_s: seconds between lines of :class:`LineProgress`.
+    """
     stream = stream if stream is not None else sys.stderr
     if quiet:
         return NullProgress()

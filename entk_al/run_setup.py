@@ -22,7 +22,11 @@ from .train import TrainConfig
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU. Raises ConfigError for missing CUDA."""
+    """``"auto"`` -> CUDA when available, else CPU. Raises ConfigError for missing CUDA.
+
+    Args:
+        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:<index>``.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -39,6 +43,14 @@ class RunSetup:
     """Device, dataset, strategy, kernel and training settings of one run configuration.
 
     Build with :meth:`from_config`. ``strategy`` is None when built with ``with_strategy=False``.
+
+    Attributes:
+        cfg: the validated run configuration.
+        device: device models and kernels run on (:func:`resolve_device`).
+        data: the loaded dataset.
+        strategy: the strategy object, or None.
+        train_cfg: training recipe derived from ``cfg``.
+        kernel_fn: ``kernel_fn(model, x1, x2=None) -> (N1, N2)`` pNTK handed to strategies.
     """
 
     cfg: RunConfig

@@ -43,13 +43,26 @@ def numpy_rng(seed: int, round_idx: int, component: str) -> np.random.Generator:
 
 
 def int_seed(seed: int, round_idx: int, component: str) -> int:
-    """A 63-bit integer seed for one (seed, round, component) stream."""
+    """A 63-bit integer seed for one (seed, round, component) stream.
+
+    Args:
+        seed: run seed.
+        round_idx: round index (0-based).
+        component: name of the stream, e.g. ``strategy``.
+    """
     ss = np.random.SeedSequence(_entropy(seed, round_idx, component))
     return int(ss.generate_state(2, dtype=np.uint32).astype(np.uint64) @ np.array([1 << 31, 1], dtype=np.uint64))
 
 
 def torch_generator(seed: int, round_idx: int, component: str, device: str | torch.device = "cpu") -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` seeded for one (seed, round, component) stream."""
+    """A ``torch.Generator`` on ``device`` seeded for one (seed, round, component) stream.
+
+    Args:
+        seed: run seed.
+        round_idx: round index (0-based).
+        component: name of the stream.
+        device: device of the generator.
+    """
     g = torch.Generator(device=device)
     g.manual_seed(int_seed(seed, round_idx, component))
     return g

@@ -26,6 +26,11 @@ def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool
 
     Args:
         oracle: ``oracle(ids) -> labels``; a ``deferred`` oracle (``--oracle files``) is not asked.
+        setup: the run's device, data, strategy and kernel.
+        round_idx: round index (0-based).
+        model: the network trained this round.
+        pool: labeled/unlabeled bookkeeping (not modified here).
+        progress: progress reporter handed to the strategy (default: none).
 
     Returns:
         (queried (k,) int64 ids in the strategy's order, their labels (k,) int64 or None for a

@@ -167,6 +167,14 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
         diversity_pool: ``kmeanspp`` seeds among this many top-scored candidates (at least
             the step's batch size).
         gumbel_temperature: τ of ``gumbel``.
+        mode: ``batch``, ``sequential`` or ``hybrid``.
+        hybrid_size: picks per fold in ``hybrid`` mode (>= 1).
+        acquisition: score of :func:`entk_al.acquisition.lookahead_scores` (e.g. ``mlmoc``,
+            ``emoc``, ``flip``).
+        exclude_self: leave i = j out of candidate j's sum over U (flip then divides by m − 1).
+        memory_budget_bytes: bytes of the scoring blocks' working set
+            (:func:`entk_al.acquisition.block_shape`).
+        progress: called with the number of picks made so far, after each step.
 
     Returns:
         (positions (k,) int64 in pick order, info dict with per-pick scores).

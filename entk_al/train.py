@@ -49,7 +49,20 @@ class TrainConfig:
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """Training loss. ``logits`` (B, O) float, ``y`` (B,) int64 class indices."""
+    """Training loss. ``logits`` (B, O) float, ``y`` (B,) int64 class indices.
+
+    Args:
+        logits: (B, O) float outputs.
+        y: (B,) int64 class indices.
+        kind: ``mse`` (0.5 ‖f − onehot‖², the loss the NTK linearization assumes) or ``ce``
+            (cross-entropy).
+
+    Returns:
+        Scalar tensor: the batch mean of the per-sample loss.
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
     if kind == "mse":
         onehot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
         return 0.5 * ((logits - onehot) ** 2).sum(dim=1).mean()
@@ -69,6 +82,10 @@ def auto_threads(model: nn.Module, batch_size: int) -> int:
     for every OpenMP thread to be scheduled, and one step costs 100× more with 2 threads
     than with 1 (a digits MLP: 29 s vs 0.14 s for 200 steps beside one other busy process).
     Large steps (ResNet-sized) keep all threads.
+
+    Args:
+        model: the network (its parameter count sizes a step).
+        batch_size: samples per training step.
     """
     n_params = sum(p.numel() for p in model.parameters())
     return 1 if n_params * batch_size < SMALL_STEP else torch.get_num_threads()
@@ -88,7 +105,8 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
     Returns:
         ``{"steps": int, "final_loss": float}`` (loss averaged over the last 10% of steps).
     """
-    threads = cfg.threads or (auto_threads(model, cfg.batch_size) if next(model.parameters()).device.type == "cpu" else 0)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    threads = cfg.threads or (auto_threads(model, cfg.batch_size) if on_cpu else 0)
     previous = torch.get_num_threads()
     if threads and threads != previous:
         torch.set_num_threads(threads)

@@ -125,7 +125,8 @@ def main() -> None:
         print(f"n={r['n']} M=T={r['m']} P={r['features']} O={r['outputs']} threads={r['threads']}: "
               f"scoring {r['scoring_seconds']:.2f}s (fit {r['fit_seconds']:.2f}s), {r['gflops']:.1f} GFLOP/s = "
               f"{100 * r['ratio_to_matmul']:.0f}% of torch.matmul ({r['matmul_gflops']:.1f} GFLOP/s), "
-              f"peak RSS {r['peak_rss_mb']:.0f} MiB ({r['rss_after_inputs_mb']:.0f} before scoring; dense B alone would be {r['dense_B_would_need_mb']:.0f} MiB), "
+              f"peak RSS {r['peak_rss_mb']:.0f} MiB ({r['rss_after_inputs_mb']:.0f} before scoring; "
+              f"dense B alone would be {r['dense_B_would_need_mb']:.0f} MiB), "
               f"naive retraining {r['naive_retrain_seconds_per_candidate']:.2f}s/candidate -> "
               f"look-ahead {r['speedup_vs_naive_retraining']:.0f}x faster (extrapolated to all {r['m']} candidates)",
               flush=True)

@@ -134,7 +134,8 @@ def main() -> None:
            "build_index_seconds": t1 - t0, "prefilter_seconds": t2 - t1, "total_seconds": t2 - t0,
            "candidates": int(len(cand)), "eval_size": int(len(ev)),
            "rss_start_mb": rss0, "rss_after_embeddings_mb": rss_data, "peak_rss_prefilter_mb": rss_peak,
-           "embeddings_mb": emb.nbytes / 2**20, "recall_at_k_vs_exact": recall, "faiss_threads": faiss.omp_get_max_threads(),
+           "embeddings_mb": emb.nbytes / 2**20, "recall_at_k_vs_exact": recall,
+           "faiss_threads": faiss.omp_get_max_threads(),
            "round_cache": cache}
     print(f"pool {args.pool:,} x {args.dim}: {res['index']} (nlist {res['nlist']}, nprobe {res['nprobe']}) built in "
           f"{res['build_index_seconds']:.1f}s, prefilter {res['prefilter_seconds']:.1f}s -> {len(cand)} candidates, "

@@ -27,10 +27,14 @@ def summarize(folder: Path) -> str:
            "off-diag share | λmax Δrel | cond Δrel | KR acc eNTK / pNTK % | KR agree % | lin. agree % |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["records"]:
-        d, sp, kr, lin = x["distance"], x["distance_spread"], x["kernel_regression"], x["linearized"]
-        e = lambda k: f"{d[k]:.3f} ± {sp[k] / 2:.3f}"  # noqa: E731
-        out.append(f"| {x['width']} | {cp(x['checkpoint'])} | {100 * x['network_accuracy']:.1f} | {e('error_pntk')} | "
-                   f"{e('error_first_logit')} | {e('error_trace')} | {e('error_random_logit')} | {e('offdiag_share')} | "
+        kr, lin = x["kernel_regression"], x["linearized"]
+
+        def e(k, x=x):
+            return f"{x['distance'][k]:.3f} ± {x['distance_spread'][k] / 2:.3f}"
+
+        out.append(f"| {x['width']} | {cp(x['checkpoint'])} | {100 * x['network_accuracy']:.1f} | "
+                   f"{e('error_pntk')} | {e('error_first_logit')} | {e('error_trace')} | "
+                   f"{e('error_random_logit')} | {e('offdiag_share')} | "
                    f"{x['spectrum']['lambda_max_rel_diff']:+.2f} | {x['spectrum']['cond_rel_diff']:+.2f} | "
                    f"{100 * kr['accuracy_entk']:.1f} / {100 * kr['accuracy_pntk']:.1f} | {100 * kr['agreement']:.1f} | "
                    f"{100 * lin['agreement']:.1f} |")
@@ -43,20 +47,20 @@ def summarize(folder: Path) -> str:
         wide = init[len(init) // 2:]
         tail = {k: fit_slope([x["width"] for x in wide], [x["distance"][k] for x in wide])["slope"]
                 for k in ("error_pntk", "offdiag_share")}
-        out.append(f"Slope at init over widths {wide[0]['width']}–{wide[-1]['width']}: pNTK {tail['error_pntk']:.2f}, "
-                   f"off-diag {tail['offdiag_share']:.2f}.")
+        out.append(f"Slope at init over widths {wide[0]['width']}–{wide[-1]['width']}: "
+                   f"pNTK {tail['error_pntk']:.2f}, off-diag {tail['offdiag_share']:.2f}.")
     lin_rows = [x for x in r["records"] if "rel_error_entk_vs_real" in x["linearized"]]
     if lin_rows:
         out += ["", f"Linearized at init vs the network trained on the {s['kr_labels']} labels (test split):", "",
-                "| width | rel. error eNTK-lin | rel. error pNTK-lin | rel. error f_init | argmax agree eNTK / pNTK % | "
-                "net acc % |", "|---|---|---|---|---|---|"]
+                "| width | rel. error eNTK-lin | rel. error pNTK-lin | rel. error f_init | "
+                "argmax agree eNTK / pNTK % | net acc % |", "|---|---|---|---|---|---|"]
         for x in lin_rows:
             li = x["linearized"]
             out.append(f"| {x['width']} | {li['rel_error_entk_vs_real']:.3f} | {li['rel_error_pntk_vs_real']:.3f} | "
                        f"{li['rel_error_init_vs_real']:.3f} | {100 * li['agreement_entk_vs_real']:.1f} / "
                        f"{100 * li['agreement_pntk_vs_real']:.1f} | {100 * li['real_accuracy']:.1f} |")
-    out += ["", "| width | N | pNTK s | eNTK s | eNTK/pNTK time | pNTK peak MiB | eNTK peak MiB | largest N pNTK / eNTK "
-                f"in {s['memory_budget_gib']:g} GiB |", "|---|---|---|---|---|---|---|---|"]
+    out += ["", "| width | N | pNTK s | eNTK s | eNTK/pNTK time | pNTK peak MiB | eNTK peak MiB | "
+                f"largest N pNTK / eNTK in {s['memory_budget_gib']:g} GiB |", "|---|---|---|---|---|---|---|---|"]
     for c in r["cost"]:
         # recomputed from the raw peaks with the current formula (files from before it had peak/N²)
         big = {k: largest_n([x["n"] for x in c["sizes"]], [x[f"{k}_peak_bytes"] for x in c["sizes"]],

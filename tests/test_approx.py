@@ -28,20 +28,20 @@ from entk_al.data import ALDataset
 from entk_al.ntk import kernel
 from entk_al.train import TrainConfig
 
-O = 4
+N_OUT = 4
 
 
 def tiny_net(width=5, seed=0, d_in=3):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(d_in, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(),
-                         nn.Linear(width, O)).double()
+                         nn.Linear(width, N_OUT)).double()
 
 
 def jacobian(model, x):
     """(N, O, P) per-sample Jacobians, brute force."""
     params = {k: v.detach() for k, v in model.named_parameters()}
     j = jacrev(lambda p: functional_call(model, p, (x,)))(params)
-    return torch.cat([j[k].reshape(len(x), O, -1) for k in params], dim=2)
+    return torch.cat([j[k].reshape(len(x), N_OUT, -1) for k in params], dim=2)
 
 
 def brute(model, x, x2=None):
@@ -49,13 +49,13 @@ def brute(model, x, x2=None):
     j1 = jacobian(model, x)
     j2 = j1 if x2 is None else jacobian(model, x2)
     flat = j1.reshape(-1, j1.shape[2]) @ j2.reshape(-1, j2.shape[2]).T
-    s1, s2 = j1.sum(1) / math.sqrt(O), j2.sum(1) / math.sqrt(O)
+    s1, s2 = j1.sum(1) / math.sqrt(N_OUT), j2.sum(1) / math.sqrt(N_OUT)
     return flat, {"pntk": s1 @ s2.T, "first_logit": j1[:, 0] @ j2[:, 0].T,
-                  "trace": torch.einsum("nkp,mkp->nm", j1, j2) / O}
+                  "trace": torch.einsum("nkp,mkp->nm", j1, j2) / N_OUT}
 
 
 def kron_i(k):
-    return torch.kron(k, torch.eye(O, dtype=k.dtype))
+    return torch.kron(k, torch.eye(N_OUT, dtype=k.dtype))
 
 
 @pytest.fixture
@@ -73,13 +73,13 @@ def test_kernels_and_layout_match_brute_force(setup):
     for kind, k in ks.items():
         torch.testing.assert_close(kernel(model, x, kind=kind), k)
     # pNTK is (1/O) 1ᵀΘ1 of each block (arXiv 2206.12543, eq. 3)
-    torch.testing.assert_close(ks["pntk"], theta.sum(dim=(2, 3)) / O)
+    torch.testing.assert_close(ks["pntk"], theta.sum(dim=(2, 3)) / N_OUT)
 
 
 def test_kernel_distance_and_offdiag_share_vs_explicit_kronecker(setup):
     model, x, flat, ks = setup
     theta = kernel(model, x, kind="entk")
-    ks = {**ks, "random_logit": flatten_entk(theta)[2::O, 2::O]}
+    ks = {**ks, "random_logit": flatten_entk(theta)[2::N_OUT, 2::N_OUT]}
     for name, k in ks.items():
         want = torch.linalg.norm(kron_i(k) - flat) / torch.linalg.norm(flat)
         assert kernel_distance(theta, k) == pytest.approx(float(want), rel=1e-10), name
@@ -97,7 +97,7 @@ def test_kernel_distance_and_offdiag_share_vs_explicit_kronecker(setup):
 def test_kronecker_is_exact_for_a_linear_readout():
     """f(x) = W x: Θ(x, x') = xᵀx' I_O, so pNTK = xᵀx', error 0 and no off-diagonal blocks."""
     torch.manual_seed(0)
-    model = nn.Linear(3, O, bias=False).double()
+    model = nn.Linear(3, N_OUT, bias=False).double()
     x = torch.randn(5, 3, dtype=torch.float64)
     theta = kernel(model, x, kind="entk")
     torch.testing.assert_close(kernel(model, x, kind="pntk"), x @ x.T)
@@ -124,7 +124,7 @@ def test_regression_vs_direct_solve():
     torch.manual_seed(2)
     model = tiny_net()
     x_l, x_e = torch.randn(5, 3, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
-    y = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 1]), O).double()
+    y = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 1]), N_OUT).double()
     flat_ll, ks_ll = brute(model, x_l)
     flat_el, ks_el = brute(model, x_e, x_l)
     with torch.no_grad():
@@ -134,7 +134,8 @@ def test_regression_vs_direct_solve():
         r = (y - prior_l).reshape(-1)
         for k_ll, k_el, kind in ((flat_ll, flat_el, "entk"), (kron_i(ks_ll["pntk"]), kron_i(ks_el["pntk"]), "pntk")):
             lam = rel * float(k_ll.trace()) / k_ll.shape[0]
-            want = prior_e + (k_el @ torch.linalg.solve(k_ll + lam * torch.eye(20, dtype=torch.float64), r)).reshape(7, O)
+            coef = torch.linalg.solve(k_ll + lam * torch.eye(20, dtype=torch.float64), r)
+            want = prior_e + (k_el @ coef).reshape(7, N_OUT)
             got, got_lam = regress(kernel(model, x_l, kind=kind), kernel(model, x_e, x_l, kind=kind), y, prior_l,
                                    prior_e, rel)
             torch.testing.assert_close(got, want)
@@ -155,7 +156,7 @@ def _tiny_data(n_pool=40, n_test=30, d=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_pool + n_test, d, generator=g)
     y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
-    return ALDataset("tiny", x[:n_pool], y[:n_pool], x[n_pool:], y[n_pool:], num_classes=O)
+    return ALDataset("tiny", x[:n_pool], y[:n_pool], x[n_pool:], y[n_pool:], num_classes=N_OUT)
 
 
 def test_run_approx_records_match_brute_force():
@@ -176,7 +177,7 @@ def test_run_approx_records_match_brute_force():
         want = torch.linalg.norm(kron_i(ks["pntk"]) - flat) / torch.linalg.norm(flat)
         assert sub["error_pntk"] == pytest.approx(float(want), rel=1e-9)
         c = st["random_logit"]
-        want = torch.linalg.norm(kron_i(flat[c::O, c::O]) - flat) / torch.linalg.norm(flat)
+        want = torch.linalg.norm(kron_i(flat[c::N_OUT, c::N_OUT]) - flat) / torch.linalg.norm(flat)
         assert sub["error_random_logit"] == pytest.approx(float(want), rel=1e-9)
     assert rec["distance"]["error_pntk"] == pytest.approx(np.mean([d["error_pntk"] for d in rec["subsets"]]))
     x_l, x_e = data.x_train[st["labeled_ids"]].double(), data.x_test[st["eval_ids"]].double()
@@ -185,16 +186,18 @@ def test_run_approx_records_match_brute_force():
     sp = rec["spectrum"]
     assert sp["lambda_max_rel_diff"] == pytest.approx(float(ev_p[-1] / ev_e[-1] - 1), rel=1e-8)
     flat_el, ks_el = brute(model, x_e, x_l)
-    y = torch.nn.functional.one_hot(data.y_train[st["labeled_ids"]], O).double()
+    y = torch.nn.functional.one_hot(data.y_train[st["labeled_ids"]], N_OUT).double()
     preds = {}
     for kind, k_ll, k_el in (("entk", flat_ll, flat_el), ("pntk", kron_i(ks_ll["pntk"]), kron_i(ks_el["pntk"]))):
         lam = 1e-2 * float(k_ll.trace()) / k_ll.shape[0]
         a = torch.linalg.solve(k_ll + lam * torch.eye(len(k_ll), dtype=torch.float64), y.reshape(-1))
-        preds[kind] = (k_el @ a).reshape(-1, O).argmax(1)
+        preds[kind] = (k_el @ a).reshape(-1, N_OUT).argmax(1)
         acc = float((preds[kind] == data.y_test[st["eval_ids"]]).double().mean())
         assert rec["kernel_regression"][f"accuracy_{kind}"] == pytest.approx(acc)
-    assert rec["kernel_regression"]["agreement"] == pytest.approx(float((preds["entk"] == preds["pntk"]).double().mean()))
-    assert "rel_error_entk_vs_real" in rec["linearized"] and "rel_error_entk_vs_real" not in res["records"][3]["linearized"]
+    agree = float((preds["entk"] == preds["pntk"]).double().mean())
+    assert rec["kernel_regression"]["agreement"] == pytest.approx(agree)
+    assert "rel_error_entk_vs_real" in rec["linearized"]
+    assert "rel_error_entk_vs_real" not in res["records"][3]["linearized"]
     assert res["records"][3]["train"]["steps"] == 3
     assert set(res["fits"]["0"]) >= {"error_pntk", "offdiag_share"}
     assert [r["n"] for r in res["cost"][0]["sizes"]] == [4, 8]

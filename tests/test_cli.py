@@ -84,7 +84,8 @@ def test_config_file_types_and_option_merge(tmp_path, capsys):
     good = tmp_path / "good.toml"
     good.write_text('rounds = 1\ninitial = 10\nquery = 5\nmin_steps = 5\nepochs = 1\n'
                     '[strategy_options]\nacquisition = "flip"\n')
-    code, _ = run_main(["run", "-q", "--config", str(good), "-o", "ridge_rel=0.01", "--out", str(tmp_path / "m")], capsys)
+    code, _ = run_main(["run", "-q", "--config", str(good), "-o", "ridge_rel=0.01", "--out", str(tmp_path / "m")],
+                       capsys)
     assert code == 0
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["strategy_options"] == {"acquisition": "flip", "ridge_rel": 0.01}
@@ -101,7 +102,8 @@ def test_out_is_a_file(tmp_path, capsys):
 
 def test_failing_user_strategy_is_one_line_naming_it(tmp_path, capsys):
     plugin = tmp_path / "boom.py"
-    plugin.write_text("class Boom:\n    name = 'boom'\n    def select(self, ctx, k):\n        raise ValueError('kaput')\n")
+    plugin.write_text("class Boom:\n    name = 'boom'\n"
+                      "    def select(self, ctx, k):\n        raise ValueError('kaput')\n")
     code, err = run_main(["run", "--strategy", f"{plugin}:Boom", "--out", str(tmp_path / "r"), *FAST], capsys)
     assert code == 2 and "strategy 'boom' failed in round 0: ValueError: kaput" in err
     assert len(err.strip().splitlines()) == 1

@@ -12,7 +12,8 @@ from entk_al.errors import ConfigError, DataNotFoundError
 
 def write_idx(path, arr, gz=False):
     arr = np.asarray(arr, dtype=np.uint8)
-    data = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.tobytes()
+    header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    data = header + arr.tobytes()
     (gzip.open if gz else open)(path, "wb").write(data)
 
 

@@ -3,20 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from kernel_problems import problem
 
 from entk_al.acquisition import block_shape, label_probabilities, lookahead_scores, project_simplex, pseudo_labels
 from entk_al.lookahead import fit_lookahead, lookahead_outputs
 from entk_al.sequential import Posterior
-
-
-def problem(seed=0, n=7, m=15, o=4, p=40):
-    g = torch.Generator().manual_seed(seed)
-    phi = torch.randn(n + m, p, generator=g, dtype=torch.float64)
-    k = phi @ phi.T / p
-    y_l = torch.nn.functional.one_hot(torch.randint(0, o, (n,), generator=g), o).double()
-    f_l = y_l + 0.3 * torch.randn(n, o, generator=g, dtype=torch.float64)
-    f_u = torch.randn(m, o, generator=g, dtype=torch.float64)
-    return dict(k_ll=k[:n, :n], k_ul=k[n:, :n], k_uu=k[n:, n:], f_l=f_l, y_l=y_l, f_u=f_u)
 
 
 def brute(pr, acquisition, exclude_self, ridge):
@@ -27,8 +18,8 @@ def brute(pr, acquisition, exclude_self, ridge):
     total = torch.zeros(m, dtype=torch.float64)
     for lab in labels:
         y = pseudo_labels(ref) if lab is None else torch.nn.functional.one_hot(torch.full((m,), lab), o).double()
-        out = lookahead_outputs(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"], cand=cand, y_cand=y,
-                                ridge=ridge)  # (C, m, O)
+        out = lookahead_outputs(pr["k_ll"], pr["k_ul"], pr["k_uu"], pr["f_l"], pr["y_l"], pr["f_u"], cand=cand,
+                                y_cand=y, ridge=ridge)  # (C, m, O)
         if acquisition == "flip":
             per = (out.argmax(dim=2) != ref.argmax(dim=1)).double()
         else:
@@ -81,8 +72,9 @@ def test_simplex_projection_against_scipy():
     p = project_simplex(v)
     assert torch.allclose(p.sum(dim=1), torch.ones(5, dtype=torch.float64)) and (p >= 0).all()
     for row, proj in zip(v.numpy(), p.numpy()):
-        res = minimize(lambda x: ((x - row) ** 2).sum(), np.full(4, 0.25), method="SLSQP", bounds=[(0, None)] * 4,
-                       constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}], options={"ftol": 1e-12})
+        res = minimize(lambda x, row=row: ((x - row) ** 2).sum(), np.full(4, 0.25), method="SLSQP",
+                       bounds=[(0, None)] * 4, constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}],
+                       options={"ftol": 1e-12})
         np.testing.assert_allclose(proj, res.x, atol=1e-5)
 
 

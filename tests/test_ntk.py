@@ -40,11 +40,11 @@ def close(a, b, rtol=RTOL):
 
 def check_all(model, x1, x2=None, methods=("gram", "jacobian"), tile=None):
     ref = brute_entk(model, x1, x2)
-    O = ref.shape[-1]
+    n_out = ref.shape[-1]
     for method in methods:
         e = entk(model, x1, x2, method=method, tile_size=tile)
         close(e, ref)
-        close(pntk(model, x1, x2, method=method, tile_size=tile), ref.sum((2, 3)) / O)
+        close(pntk(model, x1, x2, method=method, tile_size=tile), ref.sum((2, 3)) / n_out)
         diag = torch.diagonal(ref, dim1=2, dim2=3)
         close(kernel(model, x1, x2, kind="block_diag", method=method, tile_size=tile), diag)
         close(kernel(model, x1, x2, kind="trace", method=method, tile_size=tile), diag.mean(-1))

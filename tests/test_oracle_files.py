@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from clitools import cli
 
 from entk_al.cli import main
 from entk_al.config import RunConfig
@@ -18,13 +19,6 @@ from entk_al.oracle import label_path, parse_answers, query_path
 FAST = dict(initial=10, query=5, rounds=2, epochs=1, min_steps=5, subset=200, strategy="margin")
 FAST_ARGS = ["--initial", "10", "--query", "5", "--rounds", "2", "--epochs", "1", "--min-steps", "5",
              "--subset", "200", "--strategy", "margin", "-q"]
-
-
-def cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def read_rows(path):

@@ -4,8 +4,8 @@ import textwrap
 
 import numpy as np
 import pytest
+from clitools import cli
 
-from entk_al.cli import main
 from entk_al.config import RunConfig
 from entk_al.errors import StrategyError
 from entk_al.loop import ActiveLearningLoop
@@ -25,13 +25,6 @@ PLUGIN_SRC = textwrap.dedent('''
         def select(self, ctx, k):
             return ctx.candidate_ids[self.offset:self.offset + k]
 ''')
-
-
-def cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture

@@ -6,19 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clitools import cli
 
 from entk_al.cli import main
 from entk_al.loop import ActiveLearningLoop
 
 ARGS = ["--initial", "10", "--query", "5", "--rounds", "3", "--epochs", "1", "--min-steps", "5",
         "--subset", "150", "-q"]
-
-
-def cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def records(run_dir):

@@ -10,9 +10,9 @@ import signal
 import numpy as np
 import pytest
 import torch
+from clitools import cli
 from torch import nn
 
-from entk_al.cli import main
 from entk_al.config import RunConfig
 from entk_al.context import RoundContext
 from entk_al.errors import ConfigError, DataFormatError, StrategyError
@@ -23,13 +23,6 @@ from entk_al.progress import LineProgress, NullProgress, make_progress
 
 SMALL = ["--initial", "10", "--query", "5", "--rounds", "1", "--epochs", "1", "--min-steps", "3",
          "--subset", "100", "-q"]
-
-
-def cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 class _Evil:

@@ -14,18 +14,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from clitools import cli
 
-from entk_al.cli import main
 from entk_al.errors import StrategyError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def test_pyproject_entry_points_are_the_registry():
@@ -132,8 +125,10 @@ def test_strategies_name_shows_each_option_with_type_default_and_meaning(capsys)
             row = next(x.split() for x in lines if x.split()[:1] == [p.name])
             assert " ".join(row[1:]).startswith(f"{p.annotation} {p.default!r}")
     _, out, _ = cli(capsys, "strategies", "lookahead")
-    row = next(x for x in out.splitlines() if x.split()[:1] == ["ridge"])
+    row = next(x for x in out.splitlines() if x.split()[:1] == ["ridge_rel"])
     assert row.split()[1:3] == ["float", "0.001"] and "ridge relative to the kernel scale" in row
+    row = next(x for x in out.splitlines() if x.split()[:1] == ["ridge"])
+    assert "deprecated name of ridge_rel" in row
 
 
 def test_strategies_name_for_a_plugin_file(tmp_path, capsys):
@@ -167,3 +162,16 @@ def test_strategies_name_for_a_plugin_file(tmp_path, capsys):
 def test_strategies_unknown_name_is_one_line_exit_2(capsys, spec, needle):
     code, out, err = cli(capsys, "strategies", spec)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1 and not out
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("mlmoc (default, Eq. 13), flip or emoc. More.", "mlmoc (default, Eq. 13), flip or emoc."),
+    ("k-means++ seeding (Ash et al. 2020) on Δf. Then more.", "k-means++ seeding (Ash et al. 2020) on Δf."),
+    ("size, e.g. 5 points. Next sentence.", "size, e.g. 5 points."),
+    ("one sentence without a final period", "one sentence without a final period"),
+])
+def test_option_meaning_is_the_whole_first_sentence(text, expected):
+    # `entk-al strategies NAME` shows this; abbreviations must not cut it short.
+    from entk_al.docstrings import first_sentence
+
+    assert first_sentence(text) == expected

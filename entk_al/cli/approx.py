@@ -22,6 +22,11 @@ _RUN = RunConfig()
 def parse_int_list(text: str, option: str, allow_init: bool = False) -> list[int]:
     """``"32,128,512"`` -> [32, 128, 512]; with ``allow_init`` the token ``init`` is 0.
 
+    Args:
+        text: comma-separated integers.
+        option: the option's name, used in the error message.
+        allow_init: accept ``init`` (checkpoint 0).
+
     Raises:
         ConfigError: empty items, non-integers or values < 1.
     """

@@ -57,6 +57,9 @@ def load_folder_dataset(path: str | Path) -> ALDataset:
     single-band ("L"/"1"), else RGB, scaled to [0, 1] and standardized per channel with
     the train split's mean and std. ``sources`` are the image paths relative to ``PATH``.
 
+    Args:
+        path: the dataset folder, ``PATH`` below.
+
     Raises:
         DataNotFoundError: ``PATH`` does not exist or holds no images.
         DataFormatError: unreadable images, differing sizes, a test class absent from train.

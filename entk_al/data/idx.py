@@ -29,6 +29,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Format: LeCun et al., "THE MNIST DATABASE" file format (magic = 0, 0, dtype, ndim).
 
+    Args:
+        path: an IDX file, gzip-compressed if its name ends in ``.gz``.
+
     Raises:
         DataFormatError: (a ValueError) the file is not a well-formed IDX file.
     """

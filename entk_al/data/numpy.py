@@ -28,6 +28,9 @@ def load_numpy_dataset(path: str | Path) -> ALDataset:
     normalize your arrays as your model expects. O = ``len(classes)`` if given, else
     ``max(label) + 1`` over both splits.
 
+    Args:
+        path: the ``.npz`` file.
+
     Raises:
         DataNotFoundError: the file does not exist.
         DataFormatError: not an npz archive, missing arrays, or inconsistent shapes/labels.

@@ -101,6 +101,12 @@ def load_cifar(name: str, data_dir: str | None, *, download: bool = False) -> AL
     ``CIFAR100/`` sub-folder, for the extracted ``cifar-10-batches-py/`` (or
     ``cifar-100-python/``) folder or its files directly.
 
+    Args:
+        name: ``cifar10`` or ``cifar100``.
+        data_dir: folder to search first, or None.
+        download: fetch the files with torchvision into ``data_dir`` (default ``data``) when they
+            are missing.
+
     Returns:
         Images as float32 (N, 3, 32, 32) standardized per channel with train-split statistics.
 
@@ -135,6 +141,11 @@ def load_svhn(data_dir: str | None, *, download: bool = False) -> ALDataset:
 
     Search order as for CIFAR (sub-folder ``SVHN/``). Label 10 in the files is digit 0, as
     in torchvision. Returns float32 (N, 3, 32, 32) standardized per channel (train statistics).
+
+    Args:
+        data_dir: folder to search first, or None.
+        download: fetch the files with torchvision into ``data_dir`` (default ``data``) when they
+            are missing.
 
     Raises:
         DataNotFoundError: files missing (and no ``download``), or the download failed.

@@ -99,7 +99,16 @@ def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
 def pntk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int | None = None,
          tile_size: int | None = None) -> torch.Tensor:
     """Sum-of-logits pseudo-NTK, shape (N1, N2): (1/O) 1^T Theta(x, x') 1
-    (Mohamadi et al. 2022, arXiv 2206.12543, eq. 3). See :func:`kernel` for arguments/errors."""
+    (Mohamadi et al. 2022, arXiv 2206.12543, eq. 3). See :func:`kernel` for arguments/errors.
+
+    Args:
+        model: network mapping (N, *F) to (N, O).
+        x1: (N1, *F) inputs.
+        x2: (N2, *F) inputs, or None for x2 = x1.
+        method: ``auto``, ``gram`` or ``jacobian`` (see :func:`kernel`).
+        batch_size: vmap chunk size of the jacobian path, or None.
+        tile_size: samples per kernel tile, or None for the default.
+    """
     return kernel(model, x1, x2, kind="pntk", method=method, batch_size=batch_size,
                   tile_size=tile_size)
 
@@ -107,6 +116,15 @@ def pntk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int
 def entk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int | None = None,
          tile_size: int | None = None) -> torch.Tensor:
     """Full empirical NTK, shape (N1, N2, O, O): Theta(x, x')_{kl} = <grad f_k(x), grad f_l(x')>
-    (Jacot et al. 2018, eq. 3). See :func:`kernel` for arguments/errors."""
+    (Jacot et al. 2018, eq. 3). See :func:`kernel` for arguments/errors.
+
+    Args:
+        model: network mapping (N, *F) to (N, O).
+        x1: (N1, *F) inputs.
+        x2: (N2, *F) inputs, or None for x2 = x1.
+        method: ``auto``, ``gram`` or ``jacobian`` (see :func:`kernel`).
+        batch_size: vmap chunk size of the jacobian path, or None.
+        tile_size: samples per kernel tile, or None for the default.
+    """
     return kernel(model, x1, x2, kind="entk", method=method, batch_size=batch_size,
                   tile_size=tile_size)

@@ -19,7 +19,11 @@ METHODS = ("auto", "gram", "jacobian")
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Device and floating dtype of the first floating parameter (float32 if none is floating)."""
+    """Device and floating dtype of the first floating parameter (float32 if none is floating).
+
+    Args:
+        model: the network whose parameters are inspected.
+    """
     device, dtype = None, torch.float32
     for p in model.parameters():
         device = p.device if device is None else device
@@ -29,7 +33,14 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Named parameters with ``requires_grad`` (shared parameters appear once)."""
+    """Named parameters with ``requires_grad`` (shared parameters appear once).
+
+    Args:
+        model: the network; parameters with ``requires_grad=False`` are left out.
+
+    Raises:
+        ValueError: no parameter requires a gradient (the NTK would be empty).
+    """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("model has no parameters with requires_grad=True; the NTK is empty")
@@ -63,6 +74,15 @@ def prepare_inputs(model: nn.Module, x1, x2) -> tuple[torch.Tensor, torch.Tensor
 
 
 def check_kind_method(kind: str, method: str) -> None:
+    """Validate a kernel kind and computation method.
+
+    Args:
+        kind: one of ``KINDS`` (``pntk``, ``entk``, ``first_logit``, ``trace``, ``block_diag``).
+        method: one of ``METHODS`` (``auto``, ``gram``, ``jacobian``).
+
+    Raises:
+        ValueError: ``kind`` not in ``KINDS`` or ``method`` not in ``METHODS``.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown kernel kind {kind!r}; expected one of {KINDS}")
     if method not in METHODS:
@@ -70,6 +90,15 @@ def check_kind_method(kind: str, method: str) -> None:
 
 
 def check_sizes(batch_size, tile_size) -> None:
+    """Validate the optional chunk and tile sizes.
+
+    Args:
+        batch_size: samples per vmap chunk of the jacobian path (int >= 1) or None.
+        tile_size: samples per kernel tile (int >= 1) or None for the default.
+
+    Raises:
+        ValueError: a size that is not None and not a positive int (bools rejected).
+    """
     for name, v in (("batch_size", batch_size), ("tile_size", tile_size)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ValueError(f"{name} must be a positive int or None, got {v!r}")
@@ -81,6 +110,12 @@ def directions(kind: str, n_out: int, device, dtype) -> tuple[torch.Tensor, bool
 
     pntk: V = 1^T / sqrt(O) (Mohamadi et al. 2022, arXiv 2206.12543, eq. 3: pNTK =
     (1/O) 1^T Theta 1); first_logit: V = e_1^T; entk / trace / block_diag: V = I_O.
+
+    Args:
+        kind: kernel kind (see :func:`check_kind_method`).
+        n_out: O, the number of model outputs.
+        device: device of the returned V (the model's).
+        dtype: floating dtype of the returned V (the model's).
     """
     if kind == "pntk":
         return torch.full((1, n_out), 1.0 / math.sqrt(n_out), device=device, dtype=dtype), True
@@ -93,7 +128,15 @@ def directions(kind: str, n_out: int, device, dtype) -> tuple[torch.Tensor, bool
 
 
 def finish(blocks: torch.Tensor, kind: str) -> torch.Tensor:
-    """Turn engine output (K, K, N1, N2) [full] or (K, N1, N2) [diag] into the public shape."""
+    """Turn engine output (K, K, N1, N2) [full] or (K, N1, N2) [diag] into the public shape.
+
+    Args:
+        blocks: engine output in the model dtype, (K, K, N1, N2) when the kind needs the full block,
+            else (K, N1, N2).
+        kind: kernel kind: ``pntk``/``first_logit`` -> (N1, N2); ``entk`` -> (N1, N2, O, O);
+            ``block_diag`` -> (N1, N2, O); ``trace`` -> (N1, N2), the mean over the K = O diagonal
+            blocks.
+    """
     if kind in ("pntk", "first_logit"):
         return blocks[0, 0]
     if kind == "entk":
@@ -104,6 +147,12 @@ def finish(blocks: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def n_outputs(model: nn.Module, x: torch.Tensor) -> int:
+    """O: the flattened output size of ``model`` on one sample (one no-grad forward).
+
+    Args:
+        model: the network, already on the device of ``x``.
+        x: (N, *F) inputs; only ``x[:1]`` is evaluated.
+    """
     with torch.no_grad():
         out = model(x[:1])
     return out.reshape(1, -1).shape[1]

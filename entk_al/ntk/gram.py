@@ -168,11 +168,22 @@ def _summed(lp: LayerPlan, inp, G):
 def build_plan(model: nn.Module, params: dict, x: torch.Tensor, V: torch.Tensor, n: int,
                full: bool, m: int | None = None) -> Plan:
     """Which layers the engine handles (and in which form, for n x m tile pairs; m = n if None)
-    and which parameters go to the torch.func fallback."""
+    and which parameters go to the torch.func fallback.
+
+    Args:
+        model: the network, in eval mode.
+        params: name -> trainable parameter (from :func:`~entk_al.ntk.common.trainable`).
+        x: (N, *F) sample inputs used to trace the layers' input/output geometry.
+        V: (K, O) output directions (:func:`~entk_al.ntk.common.directions`).
+        n: row-tile size.
+        full: True when the K x K block is needed, False for the diagonal only (it changes each
+            layer's cost).
+        m: column-tile size (n if None).
+    """
     name_of = {id(p): n for n, p in params.items()}
     owners = defaultdict(list)
     for mod in model.modules():
-        for pn, p in mod.named_parameters(recurse=False):
+        for _pn, p in mod.named_parameters(recurse=False):
             if id(p) in name_of:
                 owners[id(p)].append(mod)
     covered: set[int] = set()
@@ -224,7 +235,13 @@ def build_plan(model: nn.Module, params: dict, x: torch.Tensor, V: torch.Tensor,
 
 class GramFeatures:
     """Features of one tile: every materialized block in one buffer ``mat`` (K, N, P_mat), so
-    that their kernel share is one GEMM, and a list of Exact (factored) layers."""
+    that their kernel share is one GEMM, and a list of Exact (factored) layers.
+
+    Args:
+        mat: (K, N, P_mat) buffer of the materialized per-sample gradients, or None when no layer is
+            materialized.
+        exacts: list of :class:`~entk_al.ntk.layers.Exact` factored layer features of the same tile.
+    """
 
     def __init__(self, mat, exacts):
         self.mat, self.exacts = mat, exacts
@@ -237,6 +254,15 @@ class GramFeatures:
 
 
 def tile_features(plan: Plan, model, x, V, chunk_size) -> GramFeatures:
+    """Per-sample features of one tile of inputs, in the form ``plan`` chose for each layer.
+
+    Args:
+        plan: the layer plan from :func:`build_plan`.
+        model: the network, in eval mode.
+        x: (n, *F) inputs of the tile, on the model's device and dtype.
+        V: (K, O) output directions.
+        chunk_size: vmap chunk size for parameters handled by the torch.func fallback, or None.
+    """
     K, n = V.shape[0], x.shape[0]
     width = plan.mat_width()
     mat = V.new_empty(K, n, width) if width else None
@@ -272,7 +298,13 @@ SYM_MIN_DIM = 8192  # ... for terms whose contraction length is at least this
 def sym_product(fn, n: int, full: bool):
     """Symmetric tile product from its upper blocks: rows split in halves h0, h1; ``fn(r, c)``
     gives the block (K, K, |r|, |c|) [full] or (K, |r|, |c|); the (h1, h0) block is filled by
-    transposition (Theta(x', x) = Theta(x, x')^T). 3/4 of the GEMM work of the whole tile."""
+    transposition (Theta(x', x) = Theta(x, x')^T). 3/4 of the GEMM work of the whole tile.
+
+    Args:
+        fn: ``fn(r, c)`` -> block for row slice r and column slice c.
+        n: number of samples in the (square) tile.
+        full: True for (K, K, ...) blocks, False for (K, ...) blocks.
+    """
     h = (n + 1) // 2
     r0, r1 = slice(0, h), slice(h, n)
     b00, b01, b11 = fn(r0, r0), fn(r0, r1), fn(r1, r1)
@@ -304,7 +336,13 @@ def pair(a: GramFeatures, b: GramFeatures, full: bool) -> torch.Tensor:
     layers' terms, accumulated into one output. For a diagonal tile of a symmetric kernel
     (``a is b``) the long-contraction terms (the materialized GEMM, T = 1 dense layers with
     wide inputs) are computed from upper half-blocks; short ones, whose cost is call overhead
-    rather than flops, in one call."""
+    rather than flops, in one call.
+
+    Args:
+        a: row-tile features.
+        b: column-tile features (``a`` itself on a diagonal tile).
+        full: True for a (K, K, na, nb) block, False for (K, na, nb).
+    """
     K, n = (a.mat.shape[0], a.mat.shape[1]) if a.mat is not None else a.exacts[0].G.shape[:2]
     m = b.mat.shape[1] if b.mat is not None else b.exacts[0].G.shape[1]
     out = None
@@ -332,7 +370,19 @@ def _needs_batch_stats(model: nn.Module) -> bool:
 
 
 def gram_blocks(model, params, x1, x2, V, full, batch_size, tile_size) -> torch.Tensor:
-    """Kernel blocks (K, K, N1, N2) if ``full`` else (K, N1, N2); model already in eval mode."""
+    """Kernel blocks (K, K, N1, N2) if ``full`` else (K, N1, N2); model already in eval mode.
+
+    Args:
+        model: the network, in eval mode.
+        params: name -> trainable parameter.
+        x1: (N1, *F) inputs on the model's device.
+        x2: (N2, *F) inputs, or None for the symmetric kernel of ``x1``.
+        V: (K, O) output directions.
+        full: True for the full K x K block.
+        batch_size: vmap chunk size of the torch.func fallback, or None.
+        tile_size: samples per tile, or None for ``DEFAULT_TILE`` (jacobian path:
+            :func:`~entk_al.ntk.jacobian.default_tile`).
+    """
     if _needs_batch_stats(model):
         P = sum(p.numel() for p in params.values())
         tile = tile_size or jacobian.default_tile(P, V.shape[0], V.element_size())

@@ -18,6 +18,14 @@ JACOBIAN_BUDGET_BYTES = 1 << 29  # 512 MiB of per-sample gradients per tile
 
 
 def default_tile(n_params: int, k: int, itemsize: int, cap: int = 512) -> int:
+    """Samples per tile so that one tile's (K, tile, P) gradients fit ``JACOBIAN_BUDGET_BYTES``; between 1 and ``cap``.
+
+    Args:
+        n_params: P, the number of trainable parameters.
+        k: K, the number of output directions.
+        itemsize: bytes per element of the model dtype.
+        cap: largest tile returned.
+    """
     return int(max(1, min(cap, JACOBIAN_BUDGET_BYTES // max(1, n_params * k * itemsize))))
 
 
@@ -35,6 +43,8 @@ def per_sample_grads(
         params: name -> tensor (subset of ``model.named_parameters()``).
         x: (N, ...) inputs; each sample is run as a batch of one, so the model must be in eval mode.
         V: (K, O) directions.
+        model: the network, in eval mode.
+        chunk_size: samples per vmap chunk (None: all at once); bounds peak memory.
     Returns:
         (K, N, P) with P = total size of ``params`` (flattened in dict order).
     """
@@ -57,13 +67,27 @@ def per_sample_grads(
 
 
 def pair_materialized(a: torch.Tensor, b: torch.Tensor, full: bool) -> torch.Tensor:
-    """(K, Na, P) x (K, Nb, P) -> (K, K, Na, Nb) if full else (K, Na, Nb)."""
+    """(K, Na, P) x (K, Nb, P) -> (K, K, Na, Nb) if full else (K, Na, Nb).
+
+    Args:
+        a: (K, Na, P) per-sample gradients of the row tile.
+        b: (K, Nb, P) per-sample gradients of the column tile.
+        full: True for all K x K direction pairs, False for matching directions only.
+    """
     if full:
         return torch.einsum("knp,lmp->klnm", a, b)
     return torch.bmm(a, b.transpose(1, 2))
 
 
 def make_features(model, params, V, chunk_size):
+    """``features(x) -> ((K, N, P) per-sample gradients, bytes)`` for :func:`~entk_al.ntk.tiling.tiled_kernel`.
+
+    Args:
+        model: the network, in eval mode.
+        params: name -> trainable parameter.
+        V: (K, O) output directions.
+        chunk_size: vmap chunk size, or None.
+    """
     def features(x):
         g = per_sample_grads(model, params, x, V, chunk_size)
         return g, nbytes(g)

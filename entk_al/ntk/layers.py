@@ -86,11 +86,11 @@ class Exact:
             r = slice(r0, min(n, r0 + step))
             aa = self.aa(other, r)
             for k in range(K):
-                for l in (range(K) if full else (k,)):
-                    gg = torch.einsum("ntgo,msgo->ntmsg", self.G[k, r], other.G[l])
+                for j in (range(K) if full else (k,)):
+                    gg = torch.einsum("ntgo,msgo->ntmsg", self.G[k, r], other.G[j])
                     v = gg.mul_(aa).sum(dim=(1, 3, 4))
                     if full:
-                        out[k, l, r] = v
+                        out[k, j, r] = v
                     else:
                         out[k, r] = v
         return out
@@ -117,7 +117,13 @@ def _pair_t1(a1, g1, a2, g2, full):
 
 # ---------------------------------------------------------------- linear family geometry
 def linear_geometry(mod: nn.Module, inp: torch.Tensor, G: torch.Tensor):
-    """Return (A (N, T, g, di) or None, ids (N, T) or None, G (K, N, T, g, do))."""
+    """Return (A (N, T, g, di) or None, ids (N, T) or None, G (K, N, T, g, do)).
+
+    Args:
+        mod: a Linear, Conv1d, Conv2d or Embedding layer.
+        inp: the layer's input for N samples (token ids for an Embedding).
+        G: (K, N, *out_shape) gradient of the directions V·f at the layer's output.
+    """
     K, N = G.shape[:2]
     if isinstance(mod, nn.Linear):
         A = inp.reshape(N, -1, 1, inp.shape[-1])
@@ -153,7 +159,15 @@ def linear_geometry(mod: nn.Module, inp: torch.Tensor, G: torch.Tensor):
 def im2col(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:
     """Same result as ``F.unfold`` (N, C*kh*kw, L), built as one strided copy of the zero-padded
     input: a (N, C, kh, kw, Ho, Wo) ``as_strided`` view reshaped to (N, C*kh*kw, Ho*Wo).
-    On CPU this is 2-4x faster than ``F.unfold`` (im2col kernel) for the benchmark shapes."""
+    On CPU this is 2-4x faster than ``F.unfold`` (im2col kernel) for the benchmark shapes.
+
+    Args:
+        x: (N, C, H, W) input.
+        kernel: (kh, kw) kernel size.
+        dilation: (dh, dw) dilation.
+        padding: (ph, pw) zero padding.
+        stride: (sh, sw) stride.
+    """
     N, C, H, W = x.shape
     (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
     if ph or pw:
@@ -174,7 +188,21 @@ def linear_costs(T, g, di, do, K, n, m, itemsize, full, n_emb=None) -> tuple[flo
     """(materialized, exact) cost of one layer for one n x m pair of tiles, in flop-equivalents
     (flops + BYTE_COST * bytes moved), as in the module docstring. The per-sample gradients of
     the column tile (m samples) are charged to the pair: with square tiles every pair needs
-    about one tile's features computed."""
+    about one tile's features computed.
+
+    Args:
+        T: positions per sample at which the layer is applied (1 for Linear, H_out·W_out for
+            Conv2d).
+        g: groups.
+        di: inputs per group.
+        do: outputs per group.
+        K: output directions.
+        n: row-tile size.
+        m: column-tile size.
+        itemsize: bytes per element of the model dtype.
+        full: True when the K x K block is needed.
+        n_emb: vocabulary size of an Embedding (its exact form compares ids), else None.
+    """
     kk = K * K if full else K
     if n_emb is not None:  # embedding: A is one-hot of size n_emb, its products are id matches
         P = g * n_emb * do
@@ -193,7 +221,12 @@ def linear_costs(T, g, di, do, K, n, m, itemsize, full, n_emb=None) -> tuple[flo
 
 
 def linear_use_exact(T, g, di, do, K, n, m, itemsize, full, n_emb=None) -> bool:
-    """Cost model of the module docstring for one n x m pair of tiles: True for the factored form."""
+    """Cost model of the module docstring for one n x m pair of tiles: True for the factored form.
+
+    Always the factored form for single-position (T = 1) layers other than Embedding;
+    ``FORCE_FORM`` (tests) overrides the choice.
+    Arguments T, g, di, do, K, n, m, itemsize, full and n_emb are those of :func:`linear_costs`.
+    """
     if FORCE_FORM is not None:
         return FORCE_FORM == "exact"
     if T == 1 and n_emb is None:
@@ -208,6 +241,13 @@ def linear_materialize(A, ids, G, n_emb, out=None):
 
     Dense case: one ``bmm`` (N, do, T) x (N, T, di) per direction and group, on the strided
     views of G and A (no einsum re-layout; A is usually the transposed view of im2col output).
+
+    Args:
+        A: (N, T, g, di) layer inputs, or None for an Embedding.
+        ids: (N, T) int64 token ids of an Embedding, else None.
+        G: (K, N, T, g, do) output gradients.
+        n_emb: vocabulary size of an Embedding (the width of its one-hot A), else None.
+        out: optional (K, N, P) destination view.
     """
     K, N, T, g, do = G.shape
     if ids is not None:
@@ -232,7 +272,12 @@ def linear_materialize(A, ids, G, n_emb, out=None):
 def linear_summed_weight(feat: Exact, mod) -> torch.Tensor:
     """Sum over samples of the direction-0 weight gradient (for verification), weight-shaped:
     sum_{n, t} G[n, t, g]^T A[n, t, g], one GEMM per group over the flattened (n, t) axis
-    (no per-sample materialization)."""
+    (no per-sample materialization).
+
+    Args:
+        feat: factored features of the layer for N samples.
+        mod: the layer (gives the weight's shape).
+    """
     G0 = feat.G[0]  # (N, T, g, do)
     if feat.ids is not None:
         w = linear_materialize(None, feat.ids, feat.G[:1], mod.num_embeddings)
@@ -246,7 +291,12 @@ def linear_summed_weight(feat: Exact, mod) -> torch.Tensor:
 
 # ---------------------------------------------------------------- norm layers
 def norm_xhat(mod: nn.Module, x: torch.Tensor):
-    """Normalized input and the dims to sum over (all but sample and parameter dims)."""
+    """Normalized input and the dims to sum over (all but sample and parameter dims).
+
+    Args:
+        mod: a BatchNorm, LayerNorm or GroupNorm layer in eval mode.
+        x: (N, C, ...) the layer's input.
+    """
     if isinstance(mod, nn.modules.batchnorm._BatchNorm):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         xhat = (x - mod.running_mean.view(shape)) * torch.rsqrt(mod.running_var.view(shape) + mod.eps)
@@ -259,7 +309,14 @@ def norm_xhat(mod: nn.Module, x: torch.Tensor):
 
 
 def norm_materialize(mod, x, G, names):
-    """Per-sample [dw, db] (K, N, P) for the requested param names (eval-mode statistics)."""
+    """Per-sample [dw, db] (K, N, P) for the requested param names (eval-mode statistics).
+
+    Args:
+        mod: the normalization layer.
+        x: (N, C, ...) its input.
+        G: (K, N, C, ...) gradient of V·f at its output.
+        names: parameter names to return (``weight`` and/or ``bias``), in the order given.
+    """
     K, N = G.shape[:2]
     xhat, dims = norm_xhat(mod, x)
     gd = tuple(d + 1 for d in dims)
@@ -275,7 +332,11 @@ SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.modules.batchnorm
 
 
 def handler_kind(mod: nn.Module) -> str | None:
-    """'linear', 'norm' or None (unsupported -> torch.func fallback)."""
+    """'linear', 'norm' or None (unsupported -> torch.func fallback).
+
+    Args:
+        mod: a leaf module that owns trainable parameters.
+    """
     if type(mod) in (nn.Linear, nn.Conv1d, nn.Conv2d):
         return "linear"
     if type(mod) is nn.Embedding:

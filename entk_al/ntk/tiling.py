@@ -29,6 +29,10 @@ def tiled_kernel(
         pair: (feats_a, feats_b) -> block (K, K, na, nb) if ``full`` else (K, na, nb).
         x2: None for the symmetric case, where only tiles j >= i are computed and the
             lower triangle is filled by transposition (Theta(x', x) = Theta(x, x')^T).
+        x1: (N1, *F) inputs.
+        tile: samples per tile (>= 1).
+        full: True for (K, K, ...) blocks.
+        cache_bytes: bytes of column-tile features kept across row tiles (recomputed beyond it).
     Returns:
         (K, K, N1, N2) if ``full`` else (K, N1, N2).
     """
