@@ -63,8 +63,9 @@ def summarize(folder: Path) -> str:
                 f"largest N pNTK / eNTK in {s['memory_budget_gib']:g} GiB |", "|---|---|---|---|---|---|---|---|"]
     for c in r["cost"]:
         # recomputed from the raw peaks with the current formula (files from before it had peak/N²)
+        last = c["sizes"][-1]
         big = {k: largest_n([x["n"] for x in c["sizes"]], [x[f"{k}_peak_bytes"] for x in c["sizes"]],
-                            s["memory_budget_gib"] * GIB, c["sizes"][-1][f"{k}_kernel_bytes"] // c["sizes"][-1]["n"] ** 2)
+                            s["memory_budget_gib"] * GIB, last[f"{k}_kernel_bytes"] // last["n"] ** 2)
                for k in ("pntk", "entk")}
         for row in c["sizes"]:
             pk = lambda b: "–" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
