@@ -388,3 +388,19 @@ def test_cuda_smoke():
     assert g.device.type == "cuda" and g.shape == (6, 3)
     close(g.double(), j.double(), rtol=1e-4)
     close(pntk(m, x1, tile_size=4).double(), pntk(m, x1, method="jacobian").double(), rtol=1e-4)
+
+
+def test_long_float32_contractions_keep_float64_accuracy():
+    # Reference: the same Gram in float64. One float32 GEMM over millions of materialized
+    # columns (a ResNet tile) loses ~3 digits; the engine sums column chunks in float64.
+    from entk_al.ntk.gram import _pair_mat
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 6, 3_000_000, generator=g)
+    ref = a[0].double() @ a[0].double().T
+    got = _pair_mat(a, a, False)[0].double()
+    assert got.dtype == torch.float64 and _pair_mat(a, a, False).dtype == torch.float32
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-5
+    out = torch.ones(1, 6, 6)
+    _pair_mat(a, a, False, out)
+    torch.testing.assert_close(out[0].double(), ref + 1, rtol=1e-5, atol=0)
