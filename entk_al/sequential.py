@@ -142,7 +142,8 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
                      memory_budget_bytes: int = 256 * 2**20, variance_power: float = 0.0,
                      eval_weight: str = "none", selection: str = "topk", rng: np.random.Generator | None = None,
                      diversity_pool: int = 100, gumbel_temperature: float = 1.0,
-                     progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
+                     progress: Callable[[int], None] | None = None,
+                     score_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
     """Pick ``k`` candidates by look-ahead score.
 
     - ``batch``: one scoring pass, then the batch rule ``selection`` with pseudo-labels
@@ -175,6 +176,8 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
         memory_budget_bytes: bytes of the scoring blocks' working set
             (:func:`entk_al.acquisition.block_shape`).
         progress: called with the number of picks made so far, after each step.
+        score_progress: called with the number of candidates scored so far in the current
+            scoring pass, after each block (a new pass starts after each fold).
 
     Returns:
         (positions (k,) int64 in pick order, info dict with per-pick scores).
@@ -215,7 +218,8 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
         if eval_weight == "uncertainty":
             kw["eval_weights"] = uncertainty_weights(post.ref)
         scores = lookahead_scores(post, pos, acquisition=acquisition, exclude_self=exclude_self,
-                                  memory_budget_bytes=memory_budget_bytes, variance_power=variance_power, **kw)
+                                  memory_budget_bytes=memory_budget_bytes, variance_power=variance_power,
+                                  progress=score_progress, **kw)
         take = _choose(post, pos, scores, y_pos, min(step, k - len(picked)), selection, rng, diversity_pool,
                        gumbel_temperature)
         chosen = remaining[take]

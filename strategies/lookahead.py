@@ -190,12 +190,24 @@ class LookaheadSampling:
         post = Posterior(sysm, k_uu_block, reference=self.reference)
         pos_of = {int(i): p for p, i in enumerate(u.tolist())}
         cand_pos = np.fromiter((pos_of[int(i)] for i in cand_ids), dtype=np.int64, count=len(cand_ids))
-        picked, info = select_lookahead(
-            post, cand_pos, k, mode=self.mode, hybrid_size=self.hybrid_size, acquisition=self.acquisition,
-            exclude_self=self.exclude_self, probs=self.probs, oracle=lambda pos: ctx.oracle(u[pos]),
-            memory_budget_bytes=self.memory_budget_bytes, variance_power=self.variance_power,
-            eval_weight=self.eval_weight, selection=self.selection, rng=ctx.rng, diversity_pool=self.diversity_pool,
-            gumbel_temperature=self.gumbel_temperature)
+        # Folding modes score the remaining candidates once per fold: no known total there.
+        total = len(cand_pos) if self.mode == "batch" else None
+        with ctx.progress.task(f"look-ahead scoring, |U| = {m}", total=total) as advance:
+            done = [0]
+
+            def on_block(n_scored: int) -> None:
+                if n_scored < done[0]:  # a new pass after a fold
+                    done[0] = 0
+                advance(n_scored - done[0])
+                done[0] = n_scored
+
+            picked, info = select_lookahead(
+                post, cand_pos, k, mode=self.mode, hybrid_size=self.hybrid_size, acquisition=self.acquisition,
+                exclude_self=self.exclude_self, probs=self.probs, oracle=lambda pos: ctx.oracle(u[pos]),
+                memory_budget_bytes=self.memory_budget_bytes, variance_power=self.variance_power,
+                eval_weight=self.eval_weight, selection=self.selection, rng=ctx.rng,
+                diversity_pool=self.diversity_pool, gumbel_temperature=self.gumbel_temperature,
+                score_progress=on_block)
         scores = info["pick_scores"]
         ctx.info.update(ridge=ridge, jitter=sysm.jitter, acquisition=self.acquisition, mode=self.mode,
                         num_candidates=int(len(cand_ids)), num_eval=int(m), folded=len(post.folded),

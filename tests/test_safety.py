@@ -1,6 +1,7 @@
 """Safety and robustness faults (issue 9, part 1): files that run code, non-finite values,
 seeds, model outputs, strategy sizes, round-cache copies, progress, SIGTERM."""
 
+import contextlib
 import io
 import json
 import os
@@ -313,6 +314,41 @@ def test_rounds_record_train_kernel_score_seconds(tmp_path):
     logged = [json.loads(x) for x in (tmp_path / "r" / "rounds.jsonl").read_text().splitlines()]
     assert logged[0]["kernel_seconds"] == rec["kernel_seconds"]
     assert "training" in stream.getvalue()
+
+
+class RecordingProgress(NullProgress):
+    """Records (description, total, advanced) of every task opened."""
+
+    def __init__(self):
+        self.tasks = []
+
+    @contextlib.contextmanager
+    def task(self, description, total=None):
+        entry = [description, total, 0]
+        self.tasks.append(entry)
+
+        def advance(n=1):
+            entry[2] += n
+
+        yield advance
+
+
+@pytest.mark.parametrize("mode", ["batch", "hybrid"])
+def test_lookahead_reports_scoring_blocks(mode):
+    from strategies.lookahead import LookaheadSampling
+    from fakes import digits_round
+
+    ctx = digits_round().context()
+    ctx.progress = RecordingProgress()
+    # A small memory budget makes several column blocks per scoring pass.
+    LookaheadSampling(mode=mode, hybrid_size=2, memory_budget_mb=1).select(ctx, 4)
+    scoring = [t for t in ctx.progress.tasks if t[0].startswith("look-ahead scoring")]
+    assert len(scoring) == 1
+    n_cand = len(ctx.candidate_ids)
+    if mode == "batch":
+        assert scoring[0][1] == n_cand and scoring[0][2] == n_cand
+    else:  # one pass per fold over the candidates still remaining: C + (C-2)
+        assert scoring[0][1] is None and scoring[0][2] == n_cand + (n_cand - 2)
 
 
 def test_sigterm_is_a_clean_interrupt(tmp_path, capsys, monkeypatch):
