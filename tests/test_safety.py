@@ -336,6 +336,7 @@ class RecordingProgress(NullProgress):
 @pytest.mark.parametrize("mode", ["batch", "hybrid"])
 def test_lookahead_reports_scoring_blocks(mode):
     from strategies.lookahead import LookaheadSampling
+
     from fakes import digits_round
 
     ctx = digits_round().context()
