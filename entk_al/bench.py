@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .checkpoint import CHECKPOINT, RESUMABLE_CHANGES
-from .config import RunConfig, load_toml
+from .config import RunConfig, check_seed, load_toml
 from .data import ALDataset, load_dataset
 from .errors import ConfigError, StrategyError
 from .fileio import write_json
@@ -125,8 +125,7 @@ class Protocol:
             raise ConfigError(f"{source}: 'strategies' lists a name twice")
         if not isinstance(self.seeds, int) or self.seeds < 1:
             raise ConfigError(f"{source}: 'seeds' must be an integer >= 1, got {self.seeds!r}")
-        if not isinstance(self.base_seed, int):
-            raise ConfigError(f"{source}: 'base_seed' must be an integer")
+        check_seed(self.base_seed, f"{source}: 'base_seed'")
         for key in ("strategy", "seed", "strategy_options"):
             if key in self.run:
                 raise ConfigError(f"{source}: [run] must not set {key!r}; the grid sets it")

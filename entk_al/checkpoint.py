@@ -10,6 +10,7 @@ loads under that rule.
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,9 @@ def read_checkpoint(path: Path) -> dict:
             checkpoint dict of this version.
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about legacy formats; the one-line error says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(f"checkpoint {path} holds objects other than tensors, numbers, strings, lists "
                               f"and dicts; refusing to load it (an older checkpoint format or an edited file)"

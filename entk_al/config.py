@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -87,8 +88,10 @@ class RunConfig:
             raise ConfigError("--rounds and --min-steps must be >= 0")
         if self.threads < 0:
             raise ConfigError(f"--threads must be >= 0 (0 = automatic), got {self.threads}")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.retrain not in ("warm", "scratch"):
             raise ConfigError(f"--retrain must be 'warm' or 'scratch', got {self.retrain!r}")
         if self.loss not in ("mse", "ce"):
@@ -99,8 +102,7 @@ class RunConfig:
             raise ConfigError(f"--width must be >= 1, got {self.width}")
         if self.oracle not in ("simulated", "files"):
             raise ConfigError(f"--oracle must be 'simulated' or 'files', got {self.oracle!r}")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"--seed must be in [0, 2**63), got {self.seed}")
+        check_seed(self.seed, "--seed")
         if self.subset < self.query:
             raise ConfigError(f"--subset ({self.subset}) must be >= --query ({self.query}): the strategy "
                               f"selects the queries from the candidate subset")
@@ -152,6 +154,39 @@ def _check_type(name: str, value: Any, annotation: str, source: str) -> Any:
     raise ConfigError(f"{source}: option {name!r} must be {base}, got {type(value).__name__} {value!r}")
 
 
+def check_seed(seed: int, name: str = "--seed") -> int:
+    """``seed`` if it is an integer in [0, 2**63) (every bit is used; see :mod:`entk_al.seeding`).
+
+    Args:
+        seed: the seed to check.
+        name: how the option is called in the error message.
+
+    Raises:
+        ConfigError: not an integer, negative, or 2**63 or more.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ConfigError(f"{name} must be an integer in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def check_finite(value: float, name: str, *, low: float = 0.0, strict: bool = False) -> float:
+    """``value`` if it is a finite number >= ``low`` (> ``low`` when ``strict``).
+
+    Args:
+        value: the number to check.
+        name: how the option is called in the error message.
+        low: smallest allowed value.
+        strict: require ``value > low``.
+
+    Raises:
+        ConfigError: NaN, infinite or out of range.
+    """
+    ok = math.isfinite(value) and (value > low if strict else value >= low)
+    if not ok:
+        raise ConfigError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value}")
+    return value
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read the TOML config file at ``path`` (keys as in :class:`RunConfig`, dashes allowed).
 
@@ -170,6 +205,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text") from None
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 

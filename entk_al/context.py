@@ -261,7 +261,8 @@ class RoundContext:
         if len(kept) < k:
             raise StrategyError(f"round {self.round}: only {len(kept)} of {len(self.candidate_ids)} candidates "
                                 f"have finite model outputs and embeddings, fewer than the {k} to query "
-                                f"(check the inputs for huge or non-finite values)")
+                                f"(check the inputs for huge or non-finite values, and that training did not diverge: "
+                                f"the round's train_loss, --lr)")
         self.candidate_ids = kept
 
     def labeled_onehot(self) -> torch.Tensor:

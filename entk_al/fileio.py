@@ -67,9 +67,29 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read the JSON-lines file at ``path`` into a list of dicts; blank lines are skipped."""
-    with Path(path).open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """Read the JSON-lines file at ``path`` into a list of dicts; blank lines are skipped.
+
+    Args:
+        path: the ``.jsonl`` file.
+
+    Raises:
+        DataFormatError: a line is not a JSON object, or the file is not UTF-8 text.
+    """
+    from .errors import DataFormatError
+
+    rows = []
+    try:
+        with Path(path).open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    rows.append(json.loads(line))
+                    if not isinstance(rows[-1], dict):
+                        raise DataFormatError(f"{path} line {n} is not a JSON object (file corrupted?)")
+    except json.JSONDecodeError:
+        raise DataFormatError(f"{path} line {n} is not valid JSON (file corrupted?)") from None
+    except UnicodeDecodeError:
+        raise DataFormatError(f"{path} is not UTF-8 text (file corrupted?)") from None
+    return rows
 
 
 def _jsonable(obj: Any) -> Any:

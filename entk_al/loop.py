@@ -162,7 +162,10 @@ class ActiveLearningLoop:
     def _run(self, resume: bool, on_round: Callable[[dict], None] | None) -> list[dict]:
         model = self.new_model(0)
         self.check_model(model)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the output folder {self.out_dir} ({exc.strerror or exc})") from None
         state = self.load_state() if resume else self.fresh_state()
         write_json(self.out_dir / "config.json", self.cfg.to_dict())
         if resume and state.records:

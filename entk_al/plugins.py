@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import re
 import sys
 from importlib.metadata import EntryPoint, entry_points
@@ -187,6 +188,8 @@ def check_options(spec: str, cls: Any, options: dict[str, Any]) -> dict[str, Any
             names = ", ".join(known) or "none"
             raise StrategyError(f"strategy {spec!r} has no option {key!r}; its options: {names}")
         allowed = _allowed_types(known[key])
+        if isinstance(value, float) and not math.isfinite(value):
+            raise StrategyError(f"strategy {spec!r}: option {key!r} must be a finite number, got {value!r}")
         if value is None or allowed is None:
             out[key] = value
         elif type(value).__name__ in allowed:

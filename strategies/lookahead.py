@@ -82,7 +82,7 @@ class LookaheadSampling:
                  ridge: float | None = None):
         if ridge is not None:
             warnings.warn("lookahead option 'ridge' is deprecated: it is relative, use ridge_rel",
-                          DeprecationWarning, stacklevel=2)
+                          FutureWarning, stacklevel=2)
             ridge_rel = ridge
         if ridge_rel < 0:
             raise ValueError(f"ridge_rel must be >= 0, got {ridge_rel}")

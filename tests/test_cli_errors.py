@@ -109,3 +109,54 @@ def test_every_error_class_is_covered_here_and_documented():
     troubleshooting = text[text.index("## Troubleshooting"):]
     for name in classes:
         assert name in troubleshooting, f"{name} missing from the README troubleshooting section"
+
+
+def _bad_bytes(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"\xff\xfe\x00strategy = 1")
+    return path
+
+
+def _grid_with_corrupt_log(tmp_path):
+    run = tmp_path / "grid" / "a"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"strategy": "random", "dataset": "digits", "seed": 0}))
+    (run / "summary.json").write_text(json.dumps({"strategy": "random", "aubc": 0.5}))
+    (run / "rounds.jsonl").write_text('{"round": 0}\n{bad\n')
+    return tmp_path / "grid"
+
+
+def _protocol(tmp_path, base_seed):
+    path = tmp_path / "p.toml"
+    path.write_text(f'strategies = ["random"]\nseeds = 1\nbase_seed = {base_seed}\n[run]\ndataset = "digits"\n')
+    return path
+
+
+# Inputs a fresh user tried that once ended in "unexpected ..." (exit 1) or were silently
+# accepted: non-UTF-8 TOML, out-of-range seeds outside `run`, NaN/inf numbers, a corrupted
+# rounds.jsonl, an output folder that cannot be created.
+MORE_CASES = {
+    "toml-not-utf8": lambda t: (["run", "--config", _bad_bytes(t, "c.toml")], "not UTF-8"),
+    "protocol-not-utf8": lambda t: (["bench", "--protocol", _bad_bytes(t, "p.toml"), "--out", t / "g"], "not UTF-8"),
+    "approx-seed-negative": lambda t: (["approx", "--seed", "-1", "--out", t / "a"], "--seed"),
+    "approx-seed-huge": lambda t: (["approx", "--seed", str(2**64), "--out", t / "a"], "--seed"),
+    "bench-base-seed-negative": lambda t: (["bench", "--protocol", _protocol(t, -5), "--out", t / "g"], "base_seed"),
+    "bench-base-seed-huge": lambda t: (["bench", "--protocol", _protocol(t, 2**64 - 1), "--out", t / "g"],
+                                       "base_seed"),
+    "run-lr-nan": lambda t: (["run", "--lr", "nan", "--out", t / "r", *FAST], "--lr"),
+    "run-lr-inf": lambda t: (["run", "--lr", "inf", "--out", t / "r", *FAST], "--lr"),
+    "fidelity-ridge-nan": lambda t: (["fidelity", "--ridge-rel", "nan", "--out", t / "f"], "--ridge-rel"),
+    "approx-ridge-nan": lambda t: (["approx", "--ridge-rel", "nan", "--out", t / "a"], "--ridge-rel"),
+    "approx-memory-nan": lambda t: (["approx", "--memory-gib", "nan", "--out", t / "a"], "--memory-gib"),
+    "strategy-option-inf": lambda t: (["run", "-o", "variance_power=1e999", "--out", t / "r", *FAST], "finite"),
+    "plot-corrupt-log": lambda t: (["plot", _grid_with_corrupt_log(t)], "line 2"),
+    "out-not-creatable": lambda t: (["run", "--out", t / "file" / "sub", *FAST], "cannot create"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MORE_CASES))
+def test_more_bad_inputs_fail_in_one_line(case, tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    args, needle = MORE_CASES[case](tmp_path)
+    code, _, err = run_cli(capsys, *args)
+    assert_clean_failure(code, err, needle)

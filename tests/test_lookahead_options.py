@@ -206,7 +206,7 @@ def test_strategy_options_reach_the_selection(tmp_path):
 
     default = run({}, tmp_path / "a")
     assert run(dict(ridge_rel=1e-3), tmp_path / "b") == default
-    with pytest.warns(DeprecationWarning, match="ridge_rel"):
+    with pytest.warns(FutureWarning, match="ridge_rel"):
         assert run(dict(ridge=1e-3), tmp_path / "c") == default
     gumbel = run(dict(selection="gumbel"), tmp_path / "d")
     assert gumbel == run(dict(selection="gumbel"), tmp_path / "e") and gumbel != default

@@ -15,7 +15,7 @@ import typer
 
 from ..errors import EntkAlError
 from . import approx, bench, fidelity, label, run, strategies
-from .output import echo_error
+from .output import echo_error, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Look-ahead active learning with empirical neural tangent kernels (pNTK).")
@@ -36,8 +36,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     ``ENTK_AL_DEBUG=1`` to get the full traceback instead.
     """
     import os
+    import warnings
 
     debug = os.environ.get("ENTK_AL_DEBUG", "") not in ("", "0")
+    if not debug:  # warnings (deprecated options) as one line each, like the errors
+        warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {one_line(message)}\n"
     restore_sigterm = _sigterm_as_interrupt()
     try:
         # Without standalone mode typer *returns* exit codes (typer.Exit, Ctrl-C -> 130).

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import RunConfig
+from ..config import RunConfig, check_finite, check_seed
 from ..errors import ConfigError, EntkAlError
 from .options import DataDir, Device, Quiet
 from .output import echo_error, progress_bar
@@ -112,8 +112,10 @@ def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, e
         raise ConfigError(f"--method must be auto, gram or jacobian, got {method!r}")
     if threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {threads}")
-    if memory_gib is not None and memory_gib <= 0:
-        raise ConfigError(f"--memory-gib must be > 0, got {memory_gib}")
+    if memory_gib is not None:
+        check_finite(memory_gib, "--memory-gib", strict=True)
+    check_finite(ridge_rel, "--ridge-rel")
+    check_seed(seed)
     cfg = RunConfig(dataset=dataset, model="mlp", epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr,
                     loss=loss, device=device or RunConfig().device, data_dir=data_dir).validate()
 

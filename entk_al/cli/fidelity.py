@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from ..config import default
+from ..config import check_finite, default
 from ..errors import ConfigError
 from .options import DataDir, Device, Quiet
 from .output import progress_bar
@@ -50,8 +50,7 @@ def fidelity(
     from ..seeding import int_seed, numpy_rng, torch_generator
     from ..train import train_model
 
-    if ridge_rel < 0:
-        raise ConfigError(f"--ridge-rel must be >= 0, got {ridge_rel}")
+    check_finite(ridge_rel, "--ridge-rel")
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     if candidates < 3 or eval_size < candidates:
