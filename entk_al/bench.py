@@ -44,6 +44,7 @@ from .errors import ConfigError, StrategyError
 from .fileio import write_json
 from .loop import ActiveLearningLoop
 from .plugins import available_strategies, load_strategy
+from .progress import NullProgress
 from .results import plot_curve
 from .seeding import int_seed
 
@@ -294,11 +295,13 @@ class BenchRunner:
         return self._datasets[key]
 
     def run(self, *, on_start: Callable[[RunSpec, str], None] | None = None,
-            on_round: Callable[[RunSpec, dict], None] | None = None) -> dict[str, str]:
+            on_round: Callable[[RunSpec, dict], None] | None = None,
+            progress: NullProgress | None = None) -> dict[str, str]:
         """Run every unfinished cell of the grid in order.
 
         ``on_start(spec, state)`` is called for every cell (also skipped ones, state
-        ``"done"``); ``on_round(spec, record)`` after each completed round.
+        ``"done"``); ``on_round(spec, record)`` after each completed round; ``progress`` (a
+        reporter of :mod:`entk_al.progress`) shows each run's rounds, training and kernels.
 
         Returns:
             run name -> state it had before this call.
@@ -317,7 +320,7 @@ class BenchRunner:
             if state == "done":
                 continue
             loop = ActiveLearningLoop(spec.config, self.out_dir / spec.name, dataset=self.dataset_for(spec.config),
-                                      curve_writer=plot_curve)
+                                      curve_writer=plot_curve, progress=progress)
             loop.run(resume=state == "partial",
                      on_round=(lambda rec, spec=spec: on_round(spec, rec)) if on_round else None)
         return states

@@ -144,6 +144,19 @@ def test_cli_bench_and_plot(tmp_path):
     assert res.exit_code != 0
 
 
+def test_bench_shows_each_round_when_output_is_not_a_terminal(tmp_path, capsys):
+    # Not a terminal (pytest captures): plain lines per run and round, not a rich bar.
+    from entk_al.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--protocol", str(write_protocol(tmp_path)), "--out", str(tmp_path / "g"), "--no-plot"])
+    assert exc.value.code == 0
+    err = capsys.readouterr().err
+    for spec in Protocol.from_file(tmp_path / "p.toml").grid():
+        assert f"{spec.name}: starting" in err
+        assert f"{spec.name} round {spec.config.rounds}: " in err
+
+
 VARIANTS = TINY.replace('strategies = ["random", "badge"]',
                         'strategies = ["random", "badge", "lookahead-flip"]') + """
 [variants.lookahead-flip]

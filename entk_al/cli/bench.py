@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from .options import DataDir, Device, Download, Quiet
-from .output import progress_bar
 
 
 def bench(
@@ -31,10 +30,7 @@ def bench(
     n_done = sum(s == "done" for s in states.values())
     typer.echo(f"{proto.name}: {len(runner.specs)} runs into {out_dir} "
                f"({n_done} finished, {sum(s == 'partial' for s in states.values())} to resume)")
-    if quiet:
-        runner.run()
-    else:
-        _run_with_progress(runner)
+    _run_with_progress(runner, quiet)
     if plot:
         from ..plot import plot_runs
 
@@ -42,30 +38,31 @@ def bench(
         typer.echo("wrote " + ", ".join(str(p) for p in written))
 
 
-def _run_with_progress(runner) -> None:
+def _run_with_progress(runner, quiet: bool) -> None:
+    """Run the grid with one outer task over all rounds; rich bars on a terminal, a status line
+    every 30 s otherwise, nothing with ``quiet``."""
+    from ..progress import make_progress
+
+    progress = make_progress(quiet)
     rounds_total = sum(s.config.rounds + 1 for s in runner.specs)
-    with progress_bar(remaining=True) as progress:
-        grid = progress.add_task("grid (rounds)", total=rounds_total, status="")
-        run_task = progress.add_task("run", total=1, status="")
-        counted: dict[str, int] = {}
-        run_index = {s.name: i for i, s in enumerate(runner.specs)}
+    try:
+        with progress.task("grid (rounds)", total=rounds_total) as advance:
+            def on_start(spec, state) -> None:
+                done_rounds = _completed_rounds(runner.out_dir / spec.name) if state != "new" else 0
+                if state == "done":
+                    done_rounds = spec.config.rounds + 1
+                advance(done_rounds)
+                if state != "done":
+                    progress.note(f"{spec.name}: {'resuming' if state == 'partial' else 'starting'}")
 
-        def on_start(spec, state) -> None:
-            done_rounds = _completed_rounds(runner.out_dir / spec.name) if state != "new" else 0
-            if state == "done":
-                done_rounds = spec.config.rounds + 1
-            counted[spec.name] = done_rounds
-            progress.update(grid, advance=done_rounds,
-                            status=f"run {run_index[spec.name] + 1}/{len(runner.specs)}")
-            progress.reset(run_task, total=spec.config.rounds + 1, completed=done_rounds,
-                           description=spec.name, status="skipped (finished)" if state == "done" else state)
+            def on_round(spec, rec) -> None:
+                advance(1)
+                progress.note(f"{spec.name} round {rec['round']}: {rec['n_labeled']} labels, "
+                              f"test accuracy {100 * rec['test_accuracy']:.1f}%")
 
-        def on_round(spec, rec) -> None:
-            progress.update(grid, advance=1)
-            progress.update(run_task, completed=rec["round"] + 1,
-                            status=f"{rec['n_labeled']} labels, acc {100 * rec['test_accuracy']:.1f}%")
-
-        runner.run(on_start=on_start, on_round=on_round)
+            runner.run(on_start=on_start, on_round=on_round, progress=progress)
+    finally:
+        progress.close()
 
 
 def _completed_rounds(run_dir: Path) -> int:
