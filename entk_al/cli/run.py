@@ -68,6 +68,9 @@ def run(
         flags["strategy_options"] = parse_options(option)
     if resume is not None and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; use one")
+    if resume is not None and out is not None and out.resolve() != resume.resolve():
+        raise ConfigError(f"--resume {resume} continues the run where it is; --out {out} cannot move it "
+                          f"(leave --out out, or copy the folder first)")
     cfg, extra = resolve_config(config, flags, resume)
     if config is not None and resume is None:
         out = out or (Path(extra["out"]) if extra.get("out") else None)
