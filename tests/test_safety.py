@@ -222,7 +222,7 @@ def test_seeds_use_every_bit_and_32_bit_seeds_are_unchanged(tmp_path, capsys):
     assert int_seed(0, 0, "init") != int_seed(2**32, 0, "init")
     for bad in ("-1", str(2**63)):
         code, _, err = cli(capsys, "run", "--seed", bad, "--out", tmp_path / "x", "-q")
-        assert code == 2 and "--seed must be in [0, 2**63)" in err and err.count("\n") == 1
+        assert code == 2 and "--seed must be an integer in [0, 2**63)" in err and err.count("\n") == 1
         assert not (tmp_path / "x").exists()
 
 
