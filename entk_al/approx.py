@@ -561,12 +561,12 @@ def run_approx(factory: Callable[[int | None], nn.Module], data, settings: Appro
             records.append(rec)
             step += 1
             if progress:
-                progress(f"width {width}: {'init' if n == 0 else f'{n} labels'}", step)
+                progress(f"width {width_label(width)}: {'init' if n == 0 else f'{n} labels'}", step)
         cost = cost_records(net0, data.x_test.to(device, dtype), s.cost_sizes, s.memory_budget_gib * GIB, s.method)
         costs.append({"width": width, "num_params": n_params, **cost})
         step += 1
         if progress:
-            progress(f"width {width}: cost", step)
+            progress(f"width {width_label(width)}: cost", step)
         if on_width and width != s.widths[-1]:
             on_width(_result(s, train_cfg, data, o, logit, device, dtype, kr, eval_ids, subsets, records, costs,
                              finished=False))
@@ -584,3 +584,12 @@ def _result(s, train_cfg, data, o, logit, device, dtype, kr, eval_ids, subsets, 
                          "labeled_ids": kr.tolist(), "eval_ids": eval_ids.tolist(),
                          "subset_ids": [x.tolist() for x in subsets]},
             "records": list(records), "cost": list(costs), "fits": fits, "finished": finished}
+
+
+def width_label(width: int | None) -> str:
+    """How a width is shown: the number, or ``"default"`` for the model's own width (``None``).
+
+    Args:
+        width: the width parameter passed to the model, or None for its default.
+    """
+    return "default" if width is None else str(width)

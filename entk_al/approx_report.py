@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .approx import width_label
 from .fileio import atomic_write
 
 LABELS = {"error_pntk": "pNTK ⊗ I", "error_first_logit": "first logit ⊗ I", "error_trace": "trace ⊗ I",
@@ -86,7 +87,7 @@ def plot_training(result: dict, path: str | Path, title: str = "") -> None:
         rows = {r["checkpoint"]: r for r in result["records"] if r["width"] == width}
         for ax, key in zip(axes, ("error_pntk", "offdiag_share")):
             ax.plot(range(len(cps)), [rows[c]["distance"][key] for c in cps], marker="o",
-                    label=f"width {width if width is not None else 'default'}")
+                    label=f"width {width_label(width)}")
     for ax, key in zip(axes, ("error_pntk", "offdiag_share")):
         ax.set_xticks(range(len(cps)), [_checkpoint_name(c) for c in cps])
         ax.set_xlabel("checkpoint (trained on)")
@@ -118,7 +119,7 @@ def plot_regression(result: dict, path: str | Path, title: str = "") -> None:
             ax.scatter([100 * r[key]["accuracy_entk"] for r in rows], [100 * r[key]["accuracy_pntk"] for r in rows],
                        marker=mk, label=_checkpoint_name(c))
             for r in rows:
-                ax.annotate(str(r["width"]), (100 * r[key]["accuracy_entk"], 100 * r[key]["accuracy_pntk"]),
+                ax.annotate(width_label(r["width"]), (100 * r[key]["accuracy_entk"], 100 * r[key]["accuracy_pntk"]),
                             fontsize=6, xytext=(3, 2), textcoords="offset points")
         lo, hi = ax.get_xlim()
         lo, hi = min(lo, ax.get_ylim()[0]), max(hi, ax.get_ylim()[1])
@@ -171,10 +172,10 @@ def tables(result: dict):
         r_t.add_column(col, justify="right")
     for r in result["records"]:
         d, kr, lin, sp = r["distance"], r["kernel_regression"], r["linearized"], r["spectrum"]
-        d_t.add_row(str(r["width"]), cp(r["checkpoint"]), pct(r["network_accuracy"]), f"{d['error_pntk']:.3f}",
+        d_t.add_row(width_label(r["width"]), cp(r["checkpoint"]), pct(r["network_accuracy"]), f"{d['error_pntk']:.3f}",
                     f"{d['error_first_logit']:.3f}", f"{d['error_trace']:.3f}", f"{d['error_random_logit']:.3f}",
                     f"{d['offdiag_share']:.3f}")
-        r_t.add_row(str(r["width"]), cp(r["checkpoint"]), f"{sp['lambda_max_rel_diff']:+.3f}",
+        r_t.add_row(width_label(r["width"]), cp(r["checkpoint"]), f"{sp['lambda_max_rel_diff']:+.3f}",
                     f"{sp['cond_rel_diff']:+.3f}", pct(kr["accuracy_entk"]), pct(kr["accuracy_pntk"]),
                     pct(kr["agreement"]), pct(lin["agreement"]))
     lin_rows = [r for r in result["records"] if "rel_error_entk_vs_real" in r["linearized"]]
@@ -184,7 +185,8 @@ def tables(result: dict):
         l_t.add_column(col, justify="right")
     for r in lin_rows:
         lin = r["linearized"]
-        l_t.add_row(str(r["width"]), f"{lin['rel_error_entk_vs_real']:.3f}", f"{lin['rel_error_pntk_vs_real']:.3f}",
+        l_t.add_row(width_label(r["width"]), f"{lin['rel_error_entk_vs_real']:.3f}",
+                    f"{lin['rel_error_pntk_vs_real']:.3f}",
                     f"{lin['rel_error_init_vs_real']:.3f}", pct(lin["agreement_entk_vs_real"]),
                     pct(lin["agreement_pntk_vs_real"]), pct(lin["real_accuracy"]))
     c = Table(title=f"kernel cost at init (max N within {s['memory_budget_gib']:.1f} GiB)")
@@ -193,7 +195,8 @@ def tables(result: dict):
     mib = lambda b: "n/a" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
     for cost in result["cost"]:
         for row in cost["sizes"]:
-            c.add_row(str(cost["width"]), str(row["n"]), f"{row['pntk_seconds']:.3f}", f"{row['entk_seconds']:.3f}",
+            c.add_row(width_label(cost["width"]), str(row["n"]), f"{row['pntk_seconds']:.3f}",
+                      f"{row['entk_seconds']:.3f}",
                       mib(row["pntk_peak_bytes"]), mib(row["entk_peak_bytes"]),
                       str(cost["largest_n_pntk"]), str(cost["largest_n_entk"]))
     return (d_t, r_t, l_t, c) if lin_rows else (d_t, r_t, c)

@@ -98,7 +98,7 @@ class Protocol:
             ConfigError: missing file, invalid TOML, unknown keys or invalid values.
         """
         path = Path(path)
-        data = load_toml(path)
+        data = load_toml(path, "protocol")
         unknown = sorted(set(data) - PROTOCOL_KEYS)
         if unknown:
             raise ConfigError(f"protocol {path}: unknown key(s) {', '.join(unknown)}; "

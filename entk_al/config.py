@@ -187,8 +187,12 @@ def check_finite(value: float, name: str, *, low: float = 0.0, strict: bool = Fa
     return value
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
+def load_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """Read the TOML config file at ``path`` (keys as in :class:`RunConfig`, dashes allowed).
+
+    Args:
+        path: the TOML file.
+        what: how the file is called in error messages (``"config file"``, ``"protocol"``).
 
     Raises:
         ConfigError: missing file or invalid TOML.
@@ -198,15 +202,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+        raise ConfigError(f"{what} {path} is a directory, not a TOML file") from None
     except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
+        raise ConfigError(f"{what} {path} cannot be read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: not UTF-8 text") from None
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 

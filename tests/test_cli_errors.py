@@ -150,6 +150,7 @@ MORE_CASES = {
     "approx-memory-nan": lambda t: (["approx", "--memory-gib", "nan", "--out", t / "a"], "--memory-gib"),
     "strategy-option-inf": lambda t: (["run", "-o", "variance_power=1e999", "--out", t / "r", *FAST], "finite"),
     "plot-corrupt-log": lambda t: (["plot", _grid_with_corrupt_log(t)], "line 2"),
+    "bench-protocol-missing": lambda t: (["bench", "--protocol", t / "nope.toml"], "protocol"),
     "resume-with-other-out": lambda t: (["run", "--resume", t, "--out", t / "elsewhere"], "cannot move"),
     "out-not-creatable": lambda t: (["run", "--out", t / "file" / "sub", *FAST], "cannot create"),
 }
