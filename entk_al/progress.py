@@ -96,6 +96,27 @@ class LineProgress(NullProgress):
         self._stop.set()
 
 
+def rich_bar(*, status: bool = False, transient: bool = False, stream: TextIO | None = None):
+    """The one rich bar layout every command uses: description, bar, done/total, elapsed time.
+
+    Args:
+        status: add a free-text column fed by the task field ``status``.
+        transient: clear the bar when it finishes.
+        stream: where the bar is drawn (default stderr).
+
+    Returns:
+        a :class:`rich.progress.Progress`, to be used as a context manager or started by hand.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if status:
+        columns.append(TextColumn("{task.fields[status]}"))
+    columns.append(TimeElapsedColumn())
+    return Progress(*columns, transient=transient, console=Console(file=stream or sys.stderr))
+
+
 class RichProgress(NullProgress):
     """Live rich bars: the outermost task stays, inner ones disappear when done.
 
@@ -104,11 +125,7 @@ class RichProgress(NullProgress):
     """
 
     def __init__(self, stream: TextIO | None = None):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=Console(file=stream or sys.stderr))
+        self._progress = rich_bar(stream=stream)
         self._depth = 0
 
     @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 This module owns ``app`` and registers the plain command functions of the leaf modules
 (:mod:`.run`, :mod:`.strategies`, ...), which never import it; options several commands share
-live in :mod:`.options`, the one-line error and the progress bar in :mod:`.output`.
+live in :mod:`.options`, the one-line error in :mod:`.output`; progress bars come from :mod:`entk_al.progress`.
 User errors (:class:`~entk_al.errors.EntkAlError`) print one line on stderr and exit 2.
 """
 

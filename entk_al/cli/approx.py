@@ -13,8 +13,9 @@ import typer
 
 from ..config import RunConfig, check_finite, check_seed
 from ..errors import ConfigError, EntkAlError
+from ..progress import rich_bar
 from .options import DataDir, Device, Quiet
-from .output import echo_error, progress_bar
+from .output import echo_error
 
 _RUN = RunConfig()
 
@@ -174,7 +175,7 @@ def _measure(factory, data, settings, train_cfg, kwargs, model, dataset, total, 
 
     if quiet:
         return run_approx(factory, data, settings, train_cfg, **kwargs)
-    with progress_bar() as bar:
+    with rich_bar(status=True) as bar:
         task = bar.add_task(f"approx {model} on {dataset}", status="", total=total)
         return run_approx(factory, data, settings, train_cfg, **kwargs,
                           progress=lambda what, done: bar.update(task, completed=done, status=what))

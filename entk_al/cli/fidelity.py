@@ -10,8 +10,8 @@ import typer
 
 from ..config import check_finite, default
 from ..errors import ConfigError
+from ..progress import rich_bar
 from .options import DataDir, Device, Quiet
-from .output import progress_bar
 
 DEFAULT_DEVICE = default("device")
 
@@ -86,7 +86,7 @@ def fidelity(
     if quiet:
         result = measure()
     else:
-        with progress_bar(status=False) as bar:
+        with rich_bar() as bar:
             task = bar.add_task(f"retraining on {dataset}", total=candidates)
             result = measure(lambda done: bar.update(task, completed=done))
     result.update(dataset=dataset, model=model, seed=seed, eval_ids=eval_ids.tolist(),
