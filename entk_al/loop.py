@@ -35,7 +35,7 @@ from .oracle import FileOracle, SimulatedOracle, query_path, recorded_labels, wr
 from .pool import PoolState
 from .progress import NullProgress
 from .run_setup import RunSetup, resolve_device
-from .seeding import int_seed, numpy_rng, torch_generator
+from .seeding import int_seed, torch_generator
 from .selection import select_queries
 from .train import train_model
 
@@ -107,8 +107,7 @@ class ActiveLearningLoop:
     # -- state ---------------------------------------------------------------------
     def fresh_state(self) -> LoopState:
         pool = PoolState(self.data.pool_size)
-        first = numpy_rng(self.cfg.seed, -1, "initial").choice(self.data.pool_size, self.cfg.initial, replace=False)
-        first.sort()
+        first = self.setup.initial_ids()
         if getattr(self.oracle, "deferred", False):
             return LoopState(next_round=0, model_state=None, pool=pool, records=[],
                              pending={"round": PoolState.INITIAL, "ids": first.tolist()})

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from .config import RunConfig
@@ -17,7 +18,7 @@ from .errors import ConfigError
 from .models import build_model
 from .ntk import pntk
 from .plugins import load_strategy
-from .seeding import int_seed
+from .seeding import int_seed, numpy_rng
 from .train import TrainConfig
 
 
@@ -78,6 +79,13 @@ class RunSetup:
         train_cfg = TrainConfig(loss=cfg.loss, epochs=cfg.epochs, min_steps=cfg.min_steps, batch_size=cfg.batch_size,
                                 lr=cfg.lr, weight_decay=cfg.weight_decay, threads=cfg.threads)
         return cls(cfg, device, data, strategy, train_cfg, kernel_fn or _default_kernel)
+
+    def initial_ids(self) -> np.ndarray:
+        """The seeded random initial labeled set: (cfg.initial,) int64 sorted global pool ids,
+        drawn from the (seed, -1, "initial") stream."""
+        first = numpy_rng(self.cfg.seed, -1, "initial").choice(self.data.pool_size, self.cfg.initial, replace=False)
+        first.sort()
+        return first
 
     def new_model(self, round_idx: int) -> torch.nn.Module:
         """The network for ``round_idx`` (seeded init; warm runs share round -1's), on the device."""

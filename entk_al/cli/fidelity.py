@@ -61,9 +61,9 @@ def fidelity(
     setup = RunSetup.from_config(cfg, with_strategy=False)
     if initial > setup.data.pool_size:
         raise ConfigError(f"--initial {initial} exceeds the {dataset} pool of {setup.data.pool_size}")
-    # The loop's seeded initial set (ActiveLearningLoop.fresh_state with a simulated oracle).
+    # The loop's seeded initial set (RunSetup.initial_ids), labeled by a simulated oracle.
     pool = PoolState(setup.data.pool_size)
-    first = np.sort(numpy_rng(seed, -1, "initial").choice(setup.data.pool_size, initial, replace=False))
+    first = setup.initial_ids()
     pool.add(first, SimulatedOracle(setup.data.y_train)(first), PoolState.INITIAL)
     lab = pool.labeled_ids()
     unl = pool.unlabeled_ids()
