@@ -1,4 +1,4 @@
-"""Benchmark the pNTK engines: method="gram" vs method="jacobian" (torch.func) vs a floor, CPU.
+"""Benchmark the pNTK engines: method="gram" vs method="jacobian" (torch.func) vs a floor.
 
 For each (case, N) one worker subprocess times, back to back and ``--repeat`` times (min
 reported, all runs kept in the JSON):
@@ -15,6 +15,10 @@ A second subprocess per (case, N) runs the gram engine once and reports its peak
     python scripts/bench_ntk.py                          # all cases
     python scripts/bench_ntk.py --cases resnet18_cifar --repeat 3
     python scripts/bench_ntk.py --vs-nt ~/nt-venv/bin/python   # + neural-tangents (mlp, cnn)
+    python scripts/bench_ntk.py --device cuda --sizes resnet18_cifar:128,1024,4096
+
+On CUDA every timed call ends with torch.cuda.synchronize(), the GEMM rate is that of an fp32
+8192^3 matmul (TF32 off, torch's default) and peak memory is torch.cuda.max_memory_allocated.
 
 ``--vs-nt PYTHON`` runs the same MLP / CNN with neural-tangents' structured-derivatives pNTK
 (JAX, jit, float32, warm-up call at full size) in that interpreter; it is skipped with a message
@@ -67,16 +71,26 @@ def build(name: str):
     raise SystemExit(f"unknown case {name}")
 
 
-def gemm_rate(torch) -> float:
-    a = torch.randn(2048, 2048)
+def gemm_rate(torch, device: str = "cpu") -> float:
+    size = 8192 if device == "cuda" else 2048
+    a = torch.randn(size, size, device=device)
     a @ a
     best = min(_timed(lambda: a @ a) for _ in range(3))
-    return 2 * 2048 ** 3 / best
+    return 2 * size ** 3 / best
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def _timed(fn) -> float:
+    _sync()
     t0 = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - t0
 
 
@@ -87,32 +101,37 @@ def fwd_bwd(model, x) -> None:
     torch.autograd.grad(model(x).sum(), params)
 
 
-def worker_time(name: str, n: int, jac: bool, threads: int, repeat: int) -> dict:
+def worker_time(name: str, n: int, jac: bool, threads: int, repeat: int, device: str = "cpu") -> dict:
     import torch
 
     from entk_al.models import eval_mode
     from entk_al.ntk import pntk
 
     torch.set_num_threads(threads)
-    model = build(name)
-    x = torch.randn(n, *CASES[name][1])
+    model = build(name).to(device)
+    x = torch.randn(n, *CASES[name][1], device=device)
     P = sum(p.numel() for p in model.parameters() if p.requires_grad)
     pntk(model, x[:4])  # warm-up: kernels, allocator
     runs = {"gram": [], "jacobian": [], "fwd_bwd": []}
-    rate = gemm_rate(torch)
+    rate = gemm_rate(torch, device)
     sums = {}
+    peak = {}
+    if device == "cuda":  # one untimed full-size call: warm-up and the engine's device-memory peak
+        torch.cuda.reset_peak_memory_stats()
+        pntk(model, x, method="gram")
+        peak["gram_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     for _ in range(repeat):  # interleaved, so that every method sees similar load
-        t0 = time.perf_counter()
-        sums["gram"] = float(pntk(model, x, method="gram").double().sum())
-        runs["gram"].append(time.perf_counter() - t0)
+        runs["gram"].append(_timed(lambda: sums.__setitem__(
+            "gram", float(pntk(model, x, method="gram").double().sum()))))
         if jac:
-            t0 = time.perf_counter()
-            sums["jacobian"] = float(pntk(model, x, method="jacobian").double().sum())
-            runs["jacobian"].append(time.perf_counter() - t0)
+            runs["jacobian"].append(_timed(lambda: sums.__setitem__(
+                "jacobian", float(pntk(model, x, method="jacobian").double().sum()))))
         with eval_mode(model):
             runs["fwd_bwd"].append(_timed(lambda: fwd_bwd(model, x)))
     out = {"case": name, "n": n, "params": P, "gemm_gflops": rate / 1e9, "runs": runs,
-           "threads": threads}
+           "threads": threads, "device": device, **peak}
+    if device == "cuda":
+        out["gpu"] = torch.cuda.get_device_name()
     best = {k: min(v) for k, v in runs.items() if v}
     out.update(best)
     out["floor"] = best["fwd_bwd"] + 2 * n * n * P / rate
@@ -121,19 +140,23 @@ def worker_time(name: str, n: int, jac: bool, threads: int, repeat: int) -> dict
     return out
 
 
-def worker_mem(name: str, n: int, threads: int) -> dict:
+def worker_mem(name: str, n: int, threads: int, device: str = "cpu") -> dict:
     import torch
 
     from entk_al.ntk import pntk
 
     torch.set_num_threads(threads)
-    model = build(name)
-    x = torch.randn(n, *CASES[name][1])
+    model = build(name).to(device)
+    x = torch.randn(n, *CASES[name][1], device=device)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    pntk(model, x)
-    dt = time.perf_counter() - t0
+    if device == "cuda":
+        base_gpu = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    dt = _timed(lambda: pntk(model, x))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device == "cuda":  # device memory is what limits N there, not host RSS
+        return {"case": name, "n": n, "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
+                "delta_mib": (torch.cuda.max_memory_allocated() - base_gpu) / 2**20, "seconds": dt}
     return {"case": name, "n": n, "peak_mib": peak / 1024, "delta_mib": (peak - base) / 1024,
             "seconds": dt}
 
@@ -208,7 +231,7 @@ print(json.dumps({"seconds": best}))
 '''
 
 
-def run_nt(python: str, case: str, n: int) -> dict:
+def run_nt(python: str, case: str, n: int, threads: int = 1) -> dict:
     """neural-tangents pNTK time in ``python``; {"skip": reason} when it cannot run."""
     if not os.path.exists(python):
         return {"skip": f"interpreter {python} not found"}
@@ -221,6 +244,9 @@ def run_nt(python: str, case: str, n: int) -> dict:
         fh.write(NT_SCRIPT)
     try:
         env = dict(os.environ, JAX_PLATFORMS="cpu")
+        if threads == 1:  # the same one core that the torch side gets
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                                " intra_op_parallelism_threads=1").strip()
         out = subprocess.run([python, fh.name, case, str(n)], capture_output=True, text=True,
                              env=env)
     finally:
@@ -247,34 +273,43 @@ def main() -> None:
     ap.add_argument("--vs-nt", metavar="PYTHON", default=None,
                     help="interpreter with neural-tangents 0.6.5 for a side-by-side timing")
     ap.add_argument("--json", default=None, help="also write all measurements to this file")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--sizes", default=None, metavar="CASE:N[,N...][;CASE:...]",
+                    help="replace the listed cases' N (torch.func runs where N <= 128)")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         kind, name, n, *rest = a.worker
         if kind == "time":
-            r = worker_time(name, int(n), rest[0] == "1", int(rest[1]), int(rest[2]))
+            r = worker_time(name, int(n), rest[0] == "1", int(rest[1]), int(rest[2]), rest[3])
         else:
-            r = worker_mem(name, int(n), int(rest[0]))
+            r = worker_mem(name, int(n), int(rest[0]), rest[1])
         print(json.dumps(r))
         return
     import torch
 
-    print(f"torch {torch.__version__}, {a.threads} threads, {os.cpu_count()} CPUs; "
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    sizes = {}
+    for part in filter(None, (a.sizes or "").split(";")):
+        case, _, ns = part.partition(":")
+        sizes[case] = [(int(v), int(v) <= 128) for v in ns.split(",")]
+    print(f"torch {torch.__version__}, {a.device}, {a.threads} threads, {os.cpu_count()} CPUs; "
           f"loadavg {loadavg()}", flush=True)
     rows = []
     for name in a.cases.split(","):
         if name not in CASES:
             raise SystemExit(f"unknown case {name!r}; choose from {', '.join(CASES)}")
-        for n, jac in CASES[name][2]:
+        for n, jac in sizes.get(name, CASES[name][2]):
             if (a.max_n and n > a.max_n) or (a.min_n and n < a.min_n):
                 continue
             before = loadavg()
             r = _run(["--worker", "time", name, str(n), "1" if jac else "0", str(a.threads),
-                      str(a.repeat)])
+                      str(a.repeat), a.device])
             if not a.no_mem:
-                r["mem"] = _run(["--worker", "mem", name, str(n), str(a.threads)])
+                r["mem"] = _run(["--worker", "mem", name, str(n), str(a.threads), a.device])
             if a.vs_nt and name in ("mlp", "cnn"):
-                r["nt"] = run_nt(a.vs_nt, name, n)
+                r["nt"] = run_nt(a.vs_nt, name, n, a.threads)
             r["load"] = f"{before} -> {loadavg()}"
             rows.append(r)
             print(json.dumps(r), flush=True)
@@ -284,12 +319,13 @@ def main() -> None:
         if "skip" in r.get("nt", {}):
             print(f"neural-tangents skipped for {r['case']}: {r['nt']['skip']}")
     print("\n| case | N | P | gram (s) | torch.func (s) | func/gram | floor (s) | gram/floor "
-          "| peak RSS (MiB) | NT SD (s) | NT/gram | loadavg |\n"
+          "| peak mem (MiB) | NT SD (s) | NT/gram | loadavg |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         jac = f"{r['jacobian']:.2f}" if "jacobian" in r else "-"
         ratio = f"{r['jacobian'] / r['gram']:.1f}x" if "jacobian" in r else "-"
-        mem = f"{r['mem']['peak_mib']:.0f}" if "mem" in r else "-"
+        mem = f"{r['mem']['peak_mib']:.0f}" if "mem" in r else (
+            f"{r['gram_peak_mib']:.0f}" if "gram_peak_mib" in r else "-")
         nt = r.get("nt", {})
         nts = f"{nt['seconds']:.2f}" if "seconds" in nt else "-"
         ntr = f"{nt['seconds'] / r['gram']:.1f}x" if "seconds" in nt else "-"

@@ -265,7 +265,9 @@ def linear_materialize(A, ids, G, n_emb, out=None):
     o5 = out.view(K, N, g, do, di)
     for k in range(K):
         for gi in range(g):
-            o5[k, :, gi] = torch.bmm(G[k, :, :, gi].transpose(1, 2), A[:, :, gi])
+            # straight into the strided buffer view: a temporary plus copy cost as much as
+            # the bmm itself on CPU (fresh pages for every large temporary)
+            torch.bmm(G[k, :, :, gi].transpose(1, 2), A[:, :, gi], out=o5[k, :, gi])
     return out
 
 
