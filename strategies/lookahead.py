@@ -210,6 +210,8 @@ class LookaheadSampling:
                 score_progress=on_block)
         scores = info["pick_scores"]
         ctx.info.update(ridge=ridge, jitter=sysm.jitter, acquisition=self.acquisition, mode=self.mode,
+                        selection=self.selection, reference=self.reference, eval_weight=self.eval_weight,
+                        variance_power=self.variance_power,
                         num_candidates=int(len(cand_ids)), num_eval=int(m), folded=len(post.folded),
                         score_max=float(max(scores)) if scores else float("nan"),
                         score_mean=float(np.mean(scores)) if scores else float("nan"))

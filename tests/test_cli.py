@@ -84,13 +84,15 @@ def test_config_file_types_and_option_merge(tmp_path, capsys):
     good = tmp_path / "good.toml"
     good.write_text('rounds = 1\ninitial = 10\nquery = 5\nmin_steps = 5\nepochs = 1\n'
                     '[strategy_options]\nacquisition = "flip"\n')
-    code, _ = run_main(["run", "-q", "--config", str(good), "-o", "ridge_rel=0.01", "--out", str(tmp_path / "m")],
-                       capsys)
+    code, _ = run_main(["run", "-q", "--config", str(good), "-o", "ridge_rel=0.01", "-o", "selection=kmeanspp",
+                        "--out", str(tmp_path / "m")], capsys)
     assert code == 0
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert saved["strategy_options"] == {"acquisition": "flip", "ridge_rel": 0.01}
+    assert saved["strategy_options"] == {"acquisition": "flip", "ridge_rel": 0.01, "selection": "kmeanspp"}
     rows = [json.loads(x) for x in (tmp_path / "m" / "rounds.jsonl").read_text().splitlines()]
-    assert rows[0]["strategy_info"]["acquisition"] == "flip"
+    # the options that change the acquisition are echoed per round
+    info = rows[0]["strategy_info"]
+    assert (info["acquisition"], info["selection"], info["reference"]) == ("flip", "kmeanspp", "network")
 
 
 def test_out_is_a_file(tmp_path, capsys):

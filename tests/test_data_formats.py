@@ -67,8 +67,15 @@ def test_numpy_missing_or_not_npz(tmp_path):
     with pytest.raises(DataNotFoundError, match="does not exist"):
         load_dataset(f"numpy:{tmp_path / 'none.npz'}")
     (tmp_path / "t.npz").write_text("hello")
-    with pytest.raises(DataFormatError, match="not a readable .npz"):
+    with pytest.raises(DataFormatError, match="is not an .npz archive") as err:
         load_dataset(f"numpy:{tmp_path / 't.npz'}")
+    assert "pickle" not in str(err.value)  # numpy's own message talks about allow_pickle
+    np.save(tmp_path / "a.npy", np.zeros(3))  # a single array, not an archive
+    with pytest.raises(DataFormatError, match="is not an .npz archive"):
+        load_dataset(f"numpy:{tmp_path / 'a.npy'}")
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataFormatError, match="not a readable .npz"):
+        load_dataset(f"numpy:{tmp_path / 'bad.npz'}")
     with pytest.raises(ConfigError, match="give a path"):
         load_dataset("numpy:")
 

@@ -83,11 +83,11 @@ def approx(
     memory_gib: Annotated[Optional[float], typer.Option(
         help="Memory budget (GiB) for eNTKs and for 'largest N' (default: half the device memory).")] = None,
     seed: Annotated[int, typer.Option(help="Seed (init, labeled set, subsets, mini-batches).")] = 0,
-    epochs: Annotated[int, typer.Option(help="Training epochs per checkpoint [run default].")] = _RUN.epochs,
-    min_steps: Annotated[int, typer.Option(help="Minimum optimizer steps [run default].")] = _RUN.min_steps,
-    batch_size: Annotated[int, typer.Option(help="Training batch size [run default].")] = _RUN.batch_size,
-    lr: Annotated[float, typer.Option(help="OneCycle max learning rate [run default].")] = _RUN.lr,
-    loss: Annotated[str, typer.Option(help="mse or ce [run default].")] = _RUN.loss,
+    epochs: Annotated[int, typer.Option(help="Training epochs per checkpoint (the run default).")] = _RUN.epochs,
+    min_steps: Annotated[int, typer.Option(help="Minimum optimizer steps (the run default).")] = _RUN.min_steps,
+    batch_size: Annotated[int, typer.Option(help="Training batch size (the run default).")] = _RUN.batch_size,
+    lr: Annotated[float, typer.Option(help="OneCycle max learning rate (the run default).")] = _RUN.lr,
+    loss: Annotated[str, typer.Option(help="mse or ce (the run default).")] = _RUN.loss,
     device: Device = None,
     threads: Annotated[int, typer.Option(
         help="CPU threads (1 is fastest for small models on a shared machine; 0 = torch's default).")] = 1,

@@ -38,6 +38,10 @@ def load_numpy_dataset(path: str | Path) -> ALDataset:
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"numpy dataset {path} does not exist")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PK\x03\x04":  # np.savez writes a zip archive; anything else is not one
+        raise DataFormatError(f"{path} is not an .npz archive (np.savez / np.savez_compressed write one)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
