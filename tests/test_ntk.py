@@ -404,3 +404,34 @@ def test_long_float32_contractions_keep_float64_accuracy():
     out = torch.ones(1, 6, 6)
     _pair_mat(a, a, False, out)
     torch.testing.assert_close(out[0].double(), ref + 1, rtol=1e-5, atol=0)
+
+
+def test_shifted_view_conv_form_matches_brute_force(monkeypatch):
+    """The im2col-free per-sample conv gradients (layers.conv_shift_materialize), forced onto
+    small convolutions: kernels 3x3 / 5x5 / 1x1 / 3x1, symmetric and asymmetric padding, with
+    and without bias, against the float64 brute-force eNTK, the pNTK and a 2-row tiling."""
+    monkeypatch.setattr(layers, "FORCE_FORM", "materialized")
+    monkeypatch.setattr(layers, "SHIFT_MIN_T", 1)
+    monkeypatch.setattr(layers, "SHIFT_MIN_C", 1)
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 4, 5, padding=2, bias=False),
+                      nn.Tanh(), nn.Conv2d(4, 3, 1), nn.Tanh(), nn.Conv2d(3, 2, (3, 1), padding=(1, 0)),
+                      nn.Tanh(), nn.Conv2d(2, 2, 3, padding=0), nn.Flatten(), nn.Linear(2 * 5 * 4, 3)).double()
+    calls = []
+    real = layers.conv_shift_materialize
+    monkeypatch.setattr(layers, "conv_shift_materialize", lambda *a: calls.append(a[0]) or real(*a))
+    x1, x2 = torch.randn(4, 2, 7, 6, dtype=torch.float64), torch.randn(3, 2, 7, 6, dtype=torch.float64)
+    check_all(m, x1, x2, methods=("gram",))
+    check_all(m, x1, tile=2, methods=("gram",))
+    assert {id(c) for c in calls} == {id(c) for c in m if isinstance(c, nn.Conv2d)}
+    # thresholds: a strided, dilated or grouped conv, or a small one, keeps im2col
+    monkeypatch.setattr(layers, "SHIFT_MIN_T", 1024)
+    monkeypatch.setattr(layers, "SHIFT_MIN_C", 32)
+    x = torch.randn(1, 32, 32, 32)
+    assert layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1), x)
+    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1), x[:, :16])
+    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1, stride=2), x)
+    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1, dilation=2), x)
+    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1, groups=2), x)
+    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1, padding_mode="reflect"), x)
+    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1), x[..., :16, :16])

@@ -130,6 +130,12 @@ def _layer_tensors(lp: LayerPlan, inp, G, outs):
         for o, t in zip(outs, L.norm_materialize(lp.mod, inp, G, lp.names)):
             o.copy_(t)
         return None
+    if "weight" in lp.names and not lp.exact and L.shift_ok(lp.mod, inp):  # no im2col copy
+        outs = iter(outs)
+        L.conv_shift_materialize(lp.mod, inp, G, next(outs))
+        if "bias" in lp.names:
+            next(outs).copy_(G.sum((-2, -1)))
+        return None
     A, ids, Gf = L.linear_geometry(lp.mod, inp, G)
     outs, ex = iter(outs), None
     if "weight" in lp.names:
