@@ -1,0 +1,34 @@
+"""The ``local`` executor: the tile plan with one shard, in the driver process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import Executor
+from .plan import TILE_SIZE, TilePlan
+from .shard import Shard
+
+
+class LocalExecutor(Executor):
+    """Every tile runs in this process, in increasing tile order, on ``device``.
+
+    Args:
+        x_pool: (N, *input_shape) pool inputs (CPU tensor; not copied).
+        device: where the model and tile work run.
+        tile_size: ids per tile (the default is every executor's; tests pass small ones).
+    """
+
+    name = "local"
+
+    def __init__(self, x_pool: torch.Tensor, device: str | torch.device = "cpu", tile_size: int = TILE_SIZE):
+        self.plan = TilePlan(len(x_pool), 1, tile_size)
+        self.shard = Shard(x_pool, 0, tile_size, device)
+
+    def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
+        self.shard.begin_round(round_idx, seed, model)
+
+    def map(self, task: str, jobs: dict[int, Any], shared: Any = None) -> dict[int, Any]:
+        return dict(self.shard.run(task, sorted(jobs.items()), shared))
