@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import StrategyError
 from .executor import LocalExecutor
+from .executor.kernel_rows import kernel_rows
 from .executor.scan import predict
 from .progress import NullProgress
 
@@ -107,6 +108,7 @@ class RoundContext:
             return out
 
         self.kernel_fn = timed_kernel
+        self._raw_kernel_fn = raw
         if self.executor is None:
             self.executor = LocalExecutor(self.x_pool, self.device)
             self.executor.begin_round(self.round, self.seed, self.model)
@@ -178,6 +180,9 @@ class RoundContext:
     def kernel(self, ids1: np.ndarray, ids2: np.ndarray | None = None) -> torch.Tensor:
         """pNTK between pool ids (cached for the round): (len(ids1), len(ids2)) on ``device``.
 
+        Computed by row tiles on the executor's shards (:func:`entk_al.executor.kernel_rows.kernel_rows`),
+        so a symmetric kernel (``ids2`` None) is symmetric up to round-off only.
+
         Ids whose kernel rows (or columns) are non-finite (e.g. float32 overflow) are added to
         :attr:`excluded`; the matrix is returned as computed, so callers drop them with
         :meth:`keep_mask`. Source: sum-of-logits pNTK, Mohamadi, Bae & Sutherland, arXiv 2206.12543.
@@ -186,8 +191,14 @@ class RoundContext:
         ids2 = None if ids2 is None else np.asarray(ids2, dtype=np.int64)
         key = ("kernel", ids1.tobytes(), None if ids2 is None else ids2.tobytes())
         if key not in self._cache:
-            x2 = None if ids2 is None else self.inputs(ids2)
-            k = self.kernel_fn(self.model, self.inputs(ids1), x2)
+            # Row tiles on the executor's shards; the columns' inputs travel once.
+            cols = ids1 if ids2 is None else ids2
+            t0 = time.perf_counter()
+            with self.progress.task(f"kernel {len(ids1)}x{len(cols)}", total=1) as advance:
+                k = kernel_rows(self.executor, self._raw_kernel_fn, ids1,
+                                self.x_pool[torch.from_numpy(cols)]).to(self.device)
+                advance(1)
+            self.kernel_seconds += time.perf_counter() - t0
             self._note_nonfinite_kernel(k, ids1, ids1 if ids2 is None else ids2)
             self._cache[key] = k
         return self._cache[key]

@@ -127,6 +127,19 @@ def test_tiled_badge_and_coreset_match_the_one_array_algorithms(pool):
     assert k_center(ex, ids, centers, 15).tolist() == ids[k_center_greedy(feats, centers, 15)].tolist()
 
 
+def test_scattered_tiles_give_bit_identical_kernel_rows(pool):
+    from entk_al.executor.kernel_rows import kernel_rows
+    from entk_al.ntk import pntk
+
+    x, model = pool
+    rows = np.random.default_rng(9).choice(len(x), 70, replace=False)
+    cols = x[torch.from_numpy(np.arange(0, 300, 7))]
+    got = [kernel_rows(ex, pntk, rows, cols) for ex in _executors(x, model)]
+    assert all(torch.equal(g, got[0]) for g in got[1:])
+    ref = pntk(model, x[torch.from_numpy(rows)], cols)
+    assert torch.allclose(got[0], ref, rtol=1e-5, atol=1e-6)
+
+
 def test_badge_and_kcenter_refuse_bad_k(pool):
     x, model = pool
     ex = _executors(x, model)[0]
