@@ -50,6 +50,12 @@ def executor_top_k(ctx: RoundContext, kind: str, k: int, **options) -> tuple[np.
     shards (:func:`entk_al.executor.scan.top_scores`); non-finite scores are excluded as in
     :func:`top_k`.
 
+    Args:
+        ctx: the round context (its ``candidate_ids`` and ``executor``).
+        kind: ``entropy``, ``margin``, ``least_confidence`` or ``bald``.
+        k: how many ids to return.
+        options: score options (BALD: ``samples``, ``dropout``, ``model_dropout``).
+
     Returns:
         (the k ids, the merge's dict: ``scores``, ``mean``, ...).
 
