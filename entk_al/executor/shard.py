@@ -96,6 +96,8 @@ class Shard:
             st["logits"][idx] = out
             st["feats"][idx] = feats
             st["have"][missing] = True
+        if "logits" not in st:  # nothing asked of this tile yet, and nothing asked now
+            return torch.zeros(0, 0), torch.zeros(0, 0)
         idx = torch.from_numpy(rows).to(st["logits"].device)
         return st["logits"][idx], st["feats"][idx]
 
