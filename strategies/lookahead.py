@@ -16,6 +16,7 @@ evaluation set U, as in the paper; ``prefilter=knn`` shortlists a large pool wit
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -25,9 +26,10 @@ from entk_al.acquisition import ACQUISITIONS
 from entk_al.batch_diversity import SELECTIONS
 from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
-from entk_al.lookahead import fit_lookahead, relative_ridge
+from entk_al.executor.sharded_posterior import fit_on_shards
+from entk_al.lookahead import cholesky_with_jitter, relative_ridge
 from entk_al.prefilter import pntk_random_features, prefilter_knn
-from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, Posterior, select_lookahead
+from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, select_lookahead
 
 
 class LookaheadSampling:
@@ -152,44 +154,36 @@ class LookaheadSampling:
     def select(self, ctx: RoundContext, k: int) -> np.ndarray:
         cand_ids, u = self.candidates(ctx)
         lab = ctx.labeled_ids
-        m, n = len(u), len(lab)
-        if m + n <= self.dense_max:
-            kfull = ctx.kernel(np.concatenate([u, lab]))
-            keep = ctx.keep_mask(u)  # the context marks ids with non-finite kernel rows
-            if not keep.all():
-                rows = torch.from_numpy(np.concatenate([np.flatnonzero(keep), m + np.arange(n)])).to(kfull.device)
-                kfull, u = kfull[rows][:, rows], u[keep]
-                m = len(u)
-            k_uu, k_ul, k_ll = kfull[:m, :m], kfull[:m, m:], kfull[m:, m:]
-            k_uu_diag, k_uu_block = None, None
-        else:
-            k_ll, k_ul, k_uu = ctx.kernel(lab), ctx.kernel(u, lab), None
-            x_u = ctx.inputs(u)
-            k_uu_diag = torch.cat([ctx.kernel_fn(ctx.model, x_u[s:s + 256]).diagonal()
-                                   for s in range(0, m, 256)])
-            keep = ctx.keep_mask(u) & torch.isfinite(k_uu_diag).cpu().numpy()
-            if not keep.all():
-                ctx.exclude(u[~keep], "kernel")
-                sel = torch.from_numpy(np.flatnonzero(keep)).to(k_ul.device)
-                u, x_u, k_ul, k_uu_diag = u[keep], x_u[sel], k_ul[sel], k_uu_diag[sel]
-                m = len(u)
-
-            def k_uu_block(rows: slice, cols: torch.Tensor) -> torch.Tensor:
-                return ctx.kernel_fn(ctx.model, x_u[rows], x_u[cols])
-
+        # K = k(L, L) by row tiles on the shards; the driver factors K + λI once.
+        k_ll = ctx.kernel(lab)
         if not ctx.keep_mask(lab).all() or not bool(torch.isfinite(k_ll).all()):
             raise StrategyError("the kernel of the labeled set has non-finite entries (float32 overflow?); "
                                 "check the inputs for huge values")
-        cand_ids = cand_ids[ctx.keep_mask(cand_ids)]
-        if len(cand_ids) < k:
-            raise StrategyError(f"only {len(cand_ids)} candidates have a finite kernel, fewer than the {k} to query")
-
         ridge = relative_ridge(k_ll, self.ridge_rel)
-        sysm = fit_lookahead(k_ll, k_ul, k_uu, ctx.logits(lab), ctx.labeled_onehot(), ctx.logits(u),
-                             k_uu_diag=k_uu_diag, ridge=ridge)
-        post = Posterior(sysm, k_uu_block, reference=self.reference)
-        pos_of = {int(i): p for p, i in enumerate(u.tolist())}
-        cand_pos = np.fromiter((pos_of[int(i)] for i in cand_ids), dtype=np.int64, count=len(cand_ids))
+        chol, jitter = cholesky_with_jitter(k_ll, ridge)
+        resid = (ctx.labeled_onehot().double() - ctx.logits(lab).double()).to(chol.device)
+        alpha = torch.cholesky_solve(resid, chol) if len(lab) else resid
+        x_lab = ctx.x_pool[torch.from_numpy(lab)]
+        while True:
+            # A, B and the score sums stay on the shards, by row tile of U (entk_al.executor.sharded_posterior).
+            u, cand_ids = u[ctx.keep_mask(u)], cand_ids[ctx.keep_mask(cand_ids)]
+            if len(cand_ids) < k:
+                raise StrategyError(f"only {len(cand_ids)} candidates have a finite kernel, "
+                                    f"fewer than the {k} to query")
+            m = len(u)
+            pos_of = {int(i): p for p, i in enumerate(u.tolist())}
+            cand_pos = np.fromiter((pos_of[int(i)] for i in cand_ids), dtype=np.int64, count=len(cand_ids))
+            with ctx.progress.task(f"look-ahead setup, |U| = {m}", total=1) as advance:
+                t0 = time.perf_counter()
+                post, bad = fit_on_shards(ctx.executor, ctx._raw_kernel_fn, u_ids=u, cand_pos=cand_pos, x_lab=x_lab,
+                                          x_cand=ctx.x_pool[torch.from_numpy(cand_ids)], chol=chol, alpha=alpha,
+                                          ridge=ridge + jitter, jitter=jitter, dense=m + len(lab) <= self.dense_max,
+                                          reference=self.reference)
+                ctx.kernel_seconds += time.perf_counter() - t0
+                advance(1)
+            if post is not None:
+                break
+            ctx.exclude(bad, "kernel")
         # Folding modes score the remaining candidates once per fold: no known total there.
         total = len(cand_pos) if self.mode == "batch" else None
         with ctx.progress.task(f"look-ahead scoring, |U| = {m}", total=total) as advance:
@@ -209,7 +203,7 @@ class LookaheadSampling:
                 diversity_pool=self.diversity_pool, gumbel_temperature=self.gumbel_temperature,
                 score_progress=on_block)
         scores = info["pick_scores"]
-        ctx.info.update(ridge=ridge, jitter=sysm.jitter, acquisition=self.acquisition, mode=self.mode,
+        ctx.info.update(ridge=ridge, jitter=jitter, acquisition=self.acquisition, mode=self.mode,
                         num_candidates=int(len(cand_ids)), num_eval=int(m), folded=len(post.folded),
                         score_max=float(max(scores)) if scores else float("nan"),
                         score_mean=float(np.mean(scores)) if scores else float("nan"))

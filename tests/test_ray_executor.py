@@ -35,7 +35,7 @@ def _queried(records):
 @pytest.mark.parametrize("strategy,options", [
     ("entropy", {}), ("margin", {}), ("least_confidence", {}), ("badge", {}), ("coreset", {}), ("bald", {}),
     ("lookahead", {}),
-    ("lookahead", {"mode": "sequential"}),
+    ("lookahead", {"mode": "sequential", "dense_max": 100}),  # streamed B columns, folds
     ("lookahead", {"mode": "hybrid", "hybrid_size": 2, "acquisition": "flip"}),
     ("lookahead", {"prefilter": "knn", "num_candidates": 40, "eval_size": 200, "neighbours": 5}),
 ])
