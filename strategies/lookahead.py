@@ -16,6 +16,7 @@ evaluation set U, as in the paper; ``prefilter=knn`` shortlists a large pool wit
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
@@ -26,9 +27,11 @@ from entk_al.acquisition import ACQUISITIONS
 from entk_al.batch_diversity import SELECTIONS
 from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
+from entk_al.executor.knn_tiles import embeddings, knn_on_shards, train_quantizer
+from entk_al.executor.scan import top_scores
 from entk_al.executor.sharded_posterior import fit_on_shards
 from entk_al.lookahead import cholesky_with_jitter, relative_ridge
-from entk_al.prefilter import pntk_random_features, prefilter_knn
+from entk_al.prefilter import EXACT_MAX, diverse_subset, eval_set
 from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, select_lookahead
 
 
@@ -66,7 +69,9 @@ class LookaheadSampling:
         neighbours: faiss neighbours per candidate added to U.
         embedding: ``penultimate`` | ``pntk`` (random projection of pNTK features).
         embedding_dim: dimension of the ``pntk`` projection.
-        faiss_gpu: ``auto`` | True | False.
+        faiss_gpu: accepted for compatibility; the prefilter's searches now run per tile of the
+            executor's plan on the CPU (:mod:`entk_al.executor.knn_tiles`), where an index holds
+            at most 512 vectors.
         dense_max: above this |U| + n, k(U, U) is streamed in column blocks through the
             kernel function instead of being built whole.
     """
@@ -137,18 +142,35 @@ class LookaheadSampling:
         """(candidate ids (C,), evaluation ids (m,)); the eval ids start with the candidates."""
         if self.prefilter == "random":
             return ctx.candidate_ids, ctx.candidate_ids
-        unl = ctx.finite_ids(ctx.unlabeled_ids)
+        # Scores, embeddings and faiss searches run on the executor's tiles; the driver holds
+        # only the shortlist's embeddings and the merged (distance, id) neighbour lists.
+        ex = ctx.executor
+        unl = ctx.unlabeled_ids[ctx.keep_mask(ctx.unlabeled_ids)]
+        spec = {"kind": "penultimate"}
         if self.embedding == "pntk":
-            emb = pntk_random_features(ctx.model, ctx.inputs(unl), self.embedding_dim,
-                                       seed=int(ctx.rng.integers(2**31)))
-        else:
-            emb = ctx.embeddings(unl)
-        top2 = torch.topk(ctx.probs(unl), 2, dim=1).values
-        cheap = (1.0 - (top2[:, 0] - top2[:, 1])).double().cpu().numpy()  # 1 − margin
-        use_gpu = self.faiss_gpu if ctx.device.type == "cuda" else False
-        return prefilter_knn(emb.float().cpu().numpy(), unl, cheap, num_candidates=self.num_candidates,
-                             shortlist=self.shortlist, eval_size=self.eval_size, neighbours=self.neighbours,
-                             seed=int(ctx.rng.integers(2**31)), use_gpu=use_gpu)
+            spec = {"kind": "pntk", "dim": self.embedding_dim, "seed": int(ctx.rng.integers(2**31))}
+        seed = int(ctx.rng.integers(2**31))
+        # margin score −(p_(1) − p_(2)): the highest are the least certain (ties to the lower id).
+        top = top_scores(ex, "margin", unl, min(len(unl), self.shortlist or 4 * self.num_candidates))
+        ctx.exclude(top["nonfinite"], "outputs")
+        short, short_emb = top["ids"], embeddings(ex, top["ids"], spec).numpy()
+        finite = np.isfinite(short_emb).all(1)
+        ctx.exclude(short[~finite], "embeddings")
+        short, short_emb = short[finite], short_emb[finite]
+        keep = short[diverse_subset(short_emb, min(self.num_candidates, len(short)), seed=seed)]
+        if self.eval_size <= len(keep) or self.neighbours == 0:
+            return keep, keep[:max(self.eval_size, len(keep))]
+        centroids = None
+        if len(unl) > EXACT_MAX:  # one IVF quantizer, trained here on a seeded sample, serves every tile
+            nlist = max(16, int(math.sqrt(len(unl))))
+            sample = np.sort(np.random.default_rng(seed).choice(len(unl), min(len(unl), 64 * nlist), replace=False))
+            sample_emb = embeddings(ex, unl[sample], spec).numpy()
+            centroids = train_quantizer(sample_emb[np.isfinite(sample_emb).all(1)], nlist, seed)
+        emb_of = dict(zip(short.tolist(), short_emb))
+        _, nbr, bad = knn_on_shards(ex, unl, np.stack([emb_of[i] for i in keep.tolist()]), self.neighbours + 1,
+                                    spec, centroids=centroids)
+        ctx.exclude(bad, "embeddings")
+        return keep, eval_set(keep, nbr, self.eval_size)
 
     # -- one round -------------------------------------------------------------------
     def select(self, ctx: RoundContext, k: int) -> np.ndarray:

@@ -11,7 +11,7 @@ it through :attr:`entk_al.context.RoundContext.executor`; the loop creates it
 
 from __future__ import annotations
 
-from . import diversity, kernel_rows, lookahead_tiles, scan  # noqa: F401  (registers their tile tasks)
+from . import diversity, kernel_rows, knn_tiles, lookahead_tiles, scan  # noqa: F401  (registers their tile tasks)
 from .base import Executor
 from .factory import EXECUTORS, make_executor
 from .local import LocalExecutor

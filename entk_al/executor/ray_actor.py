@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import diversity, kernel_rows, lookahead_tiles, scan  # noqa: F401  (registers the tile tasks in this worker)
+from . import diversity, kernel_rows, knn_tiles, lookahead_tiles, scan  # noqa: F401  (registers the tile tasks in this worker)
 from .shard import Shard
 
 
