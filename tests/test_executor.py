@@ -147,3 +147,23 @@ def test_badge_and_kcenter_refuse_bad_k(pool):
         badge_kmeanspp(ex, np.arange(5), 6, np.random.default_rng(0))
     with pytest.raises(ValueError, match="k must be"):
         k_center(ex, np.arange(5), torch.zeros(0, 32), 0)
+
+
+def test_local_executor_pins_threads_only_while_its_tasks_run(pool):
+    from entk_al.executor.shard import task
+
+    @task("test_threads")
+    def _threads(shard, tile, payload, shared):
+        return torch.get_num_threads()
+
+    x, model = pool
+    before = torch.get_num_threads()
+    pinned = LocalExecutor(x, tile_size=TILE, threads=1)
+    pinned.begin_round(0, 0, model)
+    assert set(pinned.map("test_threads", {0: None, 3: None}).values()) == {1}
+    assert torch.get_num_threads() == before
+    default = LocalExecutor(x, tile_size=TILE)
+    default.begin_round(0, 0, model)
+    assert default.map("test_threads", {0: None}) == {0: before}
+    with pytest.raises(ValueError, match="threads"):
+        LocalExecutor(x, threads=0)
