@@ -221,7 +221,7 @@ def fit_on_shards(executor: Any, kernel_fn: Callable[..., torch.Tensor], *, u_id
     for t in tiles:  # float64, in tile order
         pos = torch.from_numpy(groups[t])
         base[pos], f_u[pos], m_diag[pos] = got[t]["base"], got[t]["f"], got[t]["m_diag"]
-        w_cand[:, torch.from_numpy(got[t]["cidx"])] = got[t]["w_cand"]
+        w_cand[:, torch.as_tensor(np.array(got[t]["cidx"]))] = got[t]["w_cand"]  # Ray hands read-only arrays
         diag_sum += got[t]["diag_abs_sum"]
     tol = DEGENERATE_REL * diag_sum / m if m else 0.0
     post = ShardedPosterior(executor, {t: torch.from_numpy(groups[t]) for t in tiles}, base, f_u, m_diag, w_cand,
