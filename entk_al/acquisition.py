@@ -111,7 +111,12 @@ def pseudo_labels(outputs: torch.Tensor) -> torch.Tensor:
 
 
 def bytes_per_entry(acquisition: str, num_outputs: int) -> int:
-    """Bytes of the scoring working set per (row, candidate) entry of a block (float64 temporaries)."""
+    """Bytes of the scoring working set per (row, candidate) entry of a block (float64 temporaries).
+
+    Args:
+        acquisition: one of :data:`ACQUISITIONS` (``flip`` holds (r, c, O) outputs).
+        num_outputs: O.
+    """
     return 8 * (2 * num_outputs + 4) if acquisition == "flip" else 8 * 6
 
 
@@ -241,9 +246,15 @@ def block_terms(acquisition: str, m_blk: torch.Tensor, cols: BlockColumns, rows:
                 exclude_self: bool) -> torch.Tensor:
     """Per-(row, candidate) terms of the score sums over U for one block, (r, c) float64.
 
-    ``m_blk`` (r, c) is the block M[rows, cols] of the current posterior; it is overwritten.
     Summing the result over rows (and over all row blocks) gives the un-normalized score
     before :func:`finish_columns` (see the module docstring for each acquisition's term).
+
+    Args:
+        acquisition: one of :data:`ACQUISITIONS`.
+        m_blk: (r, c) float64 block M[rows, cols] of the current posterior; overwritten.
+        cols: the candidates of the block (:class:`BlockColumns`).
+        rows: the evaluation rows of the block (:class:`BlockRows`).
+        exclude_self: zero the term of a candidate in its own row.
     """
     coef = m_blk.div_(cols.den)  # c_ij
     g_r, gsq_r = rows.g, rows.g_sq.unsqueeze(1)
@@ -277,7 +288,14 @@ def block_terms(acquisition: str, m_blk: torch.Tensor, cols: BlockColumns, rows:
 
 def finish_columns(acquisition: str, sums: torch.Tensor, cols: BlockColumns, variance_power: float) -> torch.Tensor:
     """Per-candidate factors applied to a column block's summed terms, (c,) float64 (new tensor):
-    ‖y_j − base_j‖ for ``variance_reduction_error`` and √(M_jj + λ)^p for ``variance_power``."""
+    ‖y_j − base_j‖ for ``variance_reduction_error`` and √(M_jj + λ)^p for ``variance_power``.
+
+    Args:
+        acquisition: one of :data:`ACQUISITIONS`.
+        sums: (c,) float64 the block's terms summed over all of U.
+        cols: the block's candidates (:class:`BlockColumns`).
+        variance_power: p (0: no factor).
+    """
     out = sums.clone()
     if acquisition == "variance_reduction_error":
         out *= (cols.y - cols.base).norm(dim=1)
@@ -290,7 +308,15 @@ def finish_columns(acquisition: str, sums: torch.Tensor, cols: BlockColumns, var
 def flip_fraction(sums: torch.Tensor, cand: torch.Tensor, m: int, exclude_self: bool,
                   weights: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     """Flip counts (C,) to fractions: over m (m − 1 with ``exclude_self``) points, or over the
-    total eval weight (``weights`` = (Σ_i w_i, w at the candidates (C,)))."""
+    total eval weight.
+
+    Args:
+        sums: (C,) float64 (weighted) flip counts.
+        cand: (C,) candidate positions (unused beyond alignment with ``weights``).
+        m: |U|.
+        exclude_self: the candidate's own row was left out of its count.
+        weights: None, or (Σ_i w_i, (C,) w at the candidates).
+    """
     if weights is None:
         return sums / (max(1, m - 1) if exclude_self else max(1, m))
     total, w_cand = weights

@@ -41,6 +41,19 @@ class ShardedPosterior:
     uses: ``base`` and ``ref`` (m, O), ``m_diag`` (m,), ``folded``, :meth:`denominators`,
     :meth:`scores`, :meth:`fold` and :meth:`coef_gram`; all driver tensors are float64 on the CPU.
 
+    Args:
+        executor: the run's executor, whose tiles hold the round's look-ahead rows.
+        tile_pos: {tile: (m_t,) int64 positions in U of the tile's rows}.
+        base: (m, O) float64 base = f(U) + A α.
+        f_u: (m, O) float64 network outputs f(U).
+        m_diag: (m,) float64 diag(M).
+        w_cand: (n, C) float64 W_c = (K + λI)⁻¹A[cand]ᵀ.
+        col_of: (m,) int64 column of W_c / the tiles' B for each position in U (−1: not a candidate).
+        ridge: λ + jitter.
+        jitter: the jitter part of the ridge.
+        tol: round-off level of the denominators.
+        reference: ``network`` (ref = f(U)) | ``base`` (ref = base).
+
     Attributes:
         tile_pos: {tile: (m_t,) int64 positions in U of the tile's rows}.
         jitter: extra diagonal added to make K + λI factor.
