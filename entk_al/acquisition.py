@@ -49,7 +49,7 @@ Ties in argmax go to the lowest class index (``torch.argmax`` returns the first 
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import torch
 
@@ -110,7 +110,13 @@ def pseudo_labels(outputs: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.one_hot(outputs.argmax(dim=1), outputs.shape[1]).to(torch.float64)
 
 
-def _bytes_per_entry(acquisition: str, num_outputs: int) -> int:
+def bytes_per_entry(acquisition: str, num_outputs: int) -> int:
+    """Bytes of the scoring working set per (row, candidate) entry of a block (float64 temporaries).
+
+    Args:
+        acquisition: one of :data:`ACQUISITIONS` (``flip`` holds (r, c, O) outputs).
+        num_outputs: O.
+    """
     return 8 * (2 * num_outputs + 4) if acquisition == "flip" else 8 * 6
 
 
@@ -193,56 +199,129 @@ def lookahead_scores(post: PosteriorLike, cand: torch.Tensor, *, acquisition: st
     g_sq = (g * g).sum(dim=1)
     ref_arg = ref.argmax(dim=1)
     out = torch.zeros(num_c, dtype=torch.float64, device=dev)
-    rows_n, cols_n = block_shape(m, max(num_c, 1), _bytes_per_entry(acquisition, n_out), memory_budget_bytes)
+    rows_n, cols_n = block_shape(m, max(num_c, 1), bytes_per_entry(acquisition, n_out), memory_budget_bytes)
     for s in range(0, num_c, cols_n):
         cb = cand[s:s + cols_n]
         den = post.denominators(cb)
-        base_c = base[cb]  # (c, O)
+        cols = BlockColumns(cb, den, base[cb], None if y_cand is None else y_cand[s:s + cols_n],
+                            None if probs is None else probs[s:s + cols_n])
         for r0 in range(0, m, rows_n):
             rows = slice(r0, min(m, r0 + rows_n))
-            coef = post.m_block(rows, cb).div_(den)  # (r, c); m_block returns a fresh tensor
-            # Where the candidate itself falls in this row block (for exclude_self).
-            inside = ((cb >= rows.start) & (cb < rows.stop)).nonzero().squeeze(1)
-            self_rc = (cb[inside] - rows.start, inside)
-            g_r, gsq_r = g[rows], g_sq[rows].unsqueeze(1)
-            if acquisition in VARIANCE_ACQUISITIONS:
-                # M_ij² / (M_jj + λ) = c_ij² (M_jj + λ); a degenerate column (den = inf) has c = 0.
-                part = coef.square_().mul_(torch.where(torch.isfinite(den), den, torch.zeros_like(den)))
-            elif acquisition == "mlmoc":
-                delta = y_cand[s:s + cols_n] - base_c
-                part = _l2_change(gsq_r, g_r @ delta.T, (delta * delta).sum(dim=1), coef)
-            elif acquisition == "emoc":
-                part = torch.zeros_like(coef)
-                gb = g_r @ base_c.T  # (r, c)
-                bsq = (base_c * base_c).sum(dim=1)
-                for k in range(n_out):
-                    # δ = e_k − base_j:  g·δ = g_k − g·base_j,  ‖δ‖² = 1 − 2 base_jk + ‖base_j‖².
-                    gd = g_r[:, k:k + 1] - gb
-                    dsq = 1.0 - 2.0 * base_c[:, k] + bsq
-                    part += probs[s:s + cols_n, k] * _l2_change(gsq_r, gd, dsq, coef)
-            else:
-                delta = y_cand[s:s + cols_n] - base_c
-                new = base[rows].unsqueeze(1) + coef.unsqueeze(-1) * delta.unsqueeze(0)  # (r, c, O)
-                part = (new.argmax(dim=2) != ref_arg[rows].unsqueeze(1)).to(torch.float64)
-            if exclude_self and inside.numel():
-                part[self_rc] = 0.0
-            if eval_weights is not None:
-                part.mul_(eval_weights[rows].unsqueeze(1))
+            # m_block returns a fresh tensor: block_terms may edit it in place.
+            part = block_terms(acquisition, post.m_block(rows, cb), cols, BlockRows(
+                torch.arange(rows.start, rows.stop, device=dev), g[rows], g_sq[rows], base[rows], ref_arg[rows],
+                None if eval_weights is None else eval_weights[rows]), exclude_self)
             out[s:s + cols_n] += part.sum(dim=0)
-        if acquisition == "variance_reduction_error":
-            out[s:s + cols_n] *= (y_cand[s:s + cols_n] - base_c).norm(dim=1)
-        if variance_power != 0.0:
-            scale = torch.where(torch.isfinite(den), den.pow(variance_power / 2), torch.zeros_like(den))
-            out[s:s + cols_n] *= scale
+        out[s:s + cols_n] = finish_columns(acquisition, out[s:s + cols_n], cols, variance_power)
         if progress is not None:
             progress(min(num_c, s + cols_n))
     if acquisition == "flip":
-        if eval_weights is None:
-            out /= max(1, m - 1) if exclude_self else max(1, m)
-        else:
-            total = eval_weights.sum() - (eval_weights[cand] if exclude_self else 0.0)
-            out /= torch.clamp_min(total, torch.finfo(torch.float64).tiny)
+        out = flip_fraction(out, cand, m, exclude_self, None if eval_weights is None else (
+            eval_weights.sum(), eval_weights[cand]))
     return out
+
+
+class BlockColumns(NamedTuple):
+    """What one column block of candidates contributes to :func:`block_terms` (c candidates)."""
+
+    pos: torch.Tensor  # (c,) int64 positions in U
+    den: torch.Tensor  # (c,) float64 M_jj + λ (+inf when degenerate)
+    base: torch.Tensor  # (c, O) float64 base at the candidates
+    y: torch.Tensor | None  # (c, O) targets (all but emoc)
+    probs: torch.Tensor | None  # (c, O) label probabilities (emoc)
+
+
+class BlockRows(NamedTuple):
+    """The evaluation rows of one block (r rows of U)."""
+
+    pos: torch.Tensor  # (r,) int64 positions in U
+    g: torch.Tensor  # (r, O) float64 base − ref
+    g_sq: torch.Tensor  # (r,) float64 ‖g‖²
+    base: torch.Tensor  # (r, O) float64
+    ref_arg: torch.Tensor  # (r,) int64 argmax of ref
+    weights: torch.Tensor | None  # (r,) float64 eval weights, or None
+
+
+def block_terms(acquisition: str, m_blk: torch.Tensor, cols: BlockColumns, rows: BlockRows,
+                exclude_self: bool) -> torch.Tensor:
+    """Per-(row, candidate) terms of the score sums over U for one block, (r, c) float64.
+
+    Summing the result over rows (and over all row blocks) gives the un-normalized score
+    before :func:`finish_columns` (see the module docstring for each acquisition's term).
+
+    Args:
+        acquisition: one of :data:`ACQUISITIONS`.
+        m_blk: (r, c) float64 block M[rows, cols] of the current posterior; overwritten.
+        cols: the candidates of the block (:class:`BlockColumns`).
+        rows: the evaluation rows of the block (:class:`BlockRows`).
+        exclude_self: zero the term of a candidate in its own row.
+    """
+    coef = m_blk.div_(cols.den)  # c_ij
+    g_r, gsq_r = rows.g, rows.g_sq.unsqueeze(1)
+    if acquisition in VARIANCE_ACQUISITIONS:
+        # M_ij² / (M_jj + λ) = c_ij² (M_jj + λ); a degenerate column (den = inf) has c = 0.
+        den = cols.den
+        part = coef.square_().mul_(torch.where(torch.isfinite(den), den, torch.zeros_like(den)))
+    elif acquisition == "mlmoc":
+        delta = cols.y - cols.base
+        part = _l2_change(gsq_r, g_r @ delta.T, (delta * delta).sum(dim=1), coef)
+    elif acquisition == "emoc":
+        part = torch.zeros_like(coef)
+        gb = g_r @ cols.base.T  # (r, c)
+        bsq = (cols.base * cols.base).sum(dim=1)
+        for k in range(cols.base.shape[1]):
+            # δ = e_k − base_j:  g·δ = g_k − g·base_j,  ‖δ‖² = 1 − 2 base_jk + ‖base_j‖².
+            gd = g_r[:, k:k + 1] - gb
+            dsq = 1.0 - 2.0 * cols.base[:, k] + bsq
+            part += cols.probs[:, k] * _l2_change(gsq_r, gd, dsq, coef)
+    else:
+        delta = cols.y - cols.base
+        new = rows.base.unsqueeze(1) + coef.unsqueeze(-1) * delta.unsqueeze(0)  # (r, c, O)
+        part = (new.argmax(dim=2) != rows.ref_arg.unsqueeze(1)).to(torch.float64)
+    if exclude_self:
+        r_i, c_i = (rows.pos.unsqueeze(1) == cols.pos.unsqueeze(0)).nonzero(as_tuple=True)
+        part[r_i, c_i] = 0.0
+    if rows.weights is not None:
+        part.mul_(rows.weights.unsqueeze(1))
+    return part
+
+
+def finish_columns(acquisition: str, sums: torch.Tensor, cols: BlockColumns, variance_power: float) -> torch.Tensor:
+    """Per-candidate factors applied to a column block's summed terms, (c,) float64 (new tensor):
+    ‖y_j − base_j‖ for ``variance_reduction_error`` and √(M_jj + λ)^p for ``variance_power``.
+
+    Args:
+        acquisition: one of :data:`ACQUISITIONS`.
+        sums: (c,) float64 the block's terms summed over all of U.
+        cols: the block's candidates (:class:`BlockColumns`).
+        variance_power: p (0: no factor).
+    """
+    out = sums.clone()
+    if acquisition == "variance_reduction_error":
+        out *= (cols.y - cols.base).norm(dim=1)
+    if variance_power != 0.0:
+        den = cols.den
+        out *= torch.where(torch.isfinite(den), den.pow(variance_power / 2), torch.zeros_like(den))
+    return out
+
+
+def flip_fraction(sums: torch.Tensor, cand: torch.Tensor, m: int, exclude_self: bool,
+                  weights: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Flip counts (C,) to fractions: over m (m − 1 with ``exclude_self``) points, or over the
+    total eval weight.
+
+    Args:
+        sums: (C,) float64 (weighted) flip counts.
+        cand: (C,) candidate positions (unused beyond alignment with ``weights``).
+        m: |U|.
+        exclude_self: the candidate's own row was left out of its count.
+        weights: None, or (Σ_i w_i, (C,) w at the candidates).
+    """
+    if weights is None:
+        return sums / (max(1, m - 1) if exclude_self else max(1, m))
+    total, w_cand = weights
+    total = total - (w_cand if exclude_self else 0.0)
+    return sums / torch.clamp_min(total, torch.finfo(torch.float64).tiny)
 
 
 def _l2_change(g_sq: torch.Tensor, g_dot_delta: torch.Tensor, delta_sq: torch.Tensor,

@@ -67,7 +67,8 @@ def change_gram(post, pos: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     Args:
         post: the posterior (``base``, ``m_block``, ``denominators``; see
-            :class:`entk_al.sequential.Posterior`).
+            :class:`entk_al.sequential.Posterior`), or one with ``coef_gram(pos)`` returning
+            CᵀC itself (:class:`entk_al.executor.lookahead_tiles.ShardedPosterior`).
         pos: (P,) int64 candidate positions in U.
         y: (P, O) the labels assumed for them (pseudo-labels).
 
@@ -75,8 +76,10 @@ def change_gram(post, pos: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         (P, P) float64: (CᵀC) ∘ (δδᵀ), C the (m, P) coefficients c_ij, δ_j = y_j − base_j.
         A degenerate candidate (denominator +inf) has Δ = 0.
     """
-    coef = post.m_block(slice(None), pos).div_(post.denominators(pos))  # (m, P)
     delta = y.to(post.base) - post.base[pos]
+    if hasattr(post, "coef_gram"):  # a posterior spread over shards sums CᵀC tile by tile
+        return post.coef_gram(pos) * (delta @ delta.T)
+    coef = post.m_block(slice(None), pos).div_(post.denominators(pos))  # (m, P)
     return (coef.T @ coef) * (delta @ delta.T)
 
 

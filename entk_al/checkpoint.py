@@ -26,7 +26,9 @@ CHECKPOINT = "checkpoint.pt"
 #: 2: plain types only (loads with weights_only=True); 1 held NumPy arrays (pickled objects).
 CHECKPOINT_VERSION = 2
 #: Options that may differ between a checkpoint and a resumed run.
-RESUMABLE_CHANGES = {"rounds", "device", "data_dir", "download"}
+#: Where scans run does not change what is selected (entk_al.executor), so those may change too.
+RESUMABLE_CHANGES = {"rounds", "device", "data_dir", "download", "executor", "address", "workers",
+                     "gpus_per_worker", "cpus_per_worker"}
 
 
 @dataclass

@@ -50,6 +50,12 @@ class RunConfig:
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         threads: CPU threads for training; 0 = automatic.
         oracle: ``simulated`` (ground truth) or ``files`` (a person labels CSV files).
+        executor: where pool scans run: ``local`` (this process) or ``ray`` (shard actors;
+            ``pip install entk-al[ray]``). Both select the same ids (:mod:`entk_al.executor`).
+        address: Ray cluster, ``auto`` or ``HOST:PORT``; None starts a private local cluster.
+        workers: Ray shard actors.
+        gpus_per_worker: GPUs per Ray actor (0: CPU shards).
+        cpus_per_worker: CPUs per Ray actor (its torch threads, at least 1).
     """
 
     strategy: str = "lookahead"
@@ -74,6 +80,11 @@ class RunConfig:
     device: str = "auto"
     threads: int = 0
     oracle: str = "simulated"
+    executor: str = "local"
+    address: str | None = None
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
 
     def validate(self) -> "RunConfig":
         """Check value ranges (not dataset-dependent ones). Raises ConfigError."""
@@ -103,10 +114,23 @@ class RunConfig:
         if self.oracle not in ("simulated", "files"):
             raise ConfigError(f"--oracle must be 'simulated' or 'files', got {self.oracle!r}")
         check_seed(self.seed, "--seed")
+        self._validate_executor()
         if self.subset < self.query:
             raise ConfigError(f"--subset ({self.subset}) must be >= --query ({self.query}): the strategy "
                               f"selects the queries from the candidate subset")
         return self
+
+    def _validate_executor(self) -> None:
+        if self.executor not in ("local", "ray"):
+            raise ConfigError(f"--executor must be 'local' or 'ray', got {self.executor!r}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        check_finite(self.gpus_per_worker, "--gpus-per-worker")
+        check_finite(self.cpus_per_worker, "--cpus-per-worker", strict=True)
+        if self.address is not None and self.address != "auto":
+            host, _, port = self.address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"--address must be 'auto' or HOST:PORT (e.g. 10.0.0.1:6379), got {self.address!r}")
 
     @property
     def budget(self) -> int:

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import StrategyError
-from .models import eval_mode, last_linear
+from .executor import LocalExecutor
+from .executor.kernel_rows import kernel_rows
+from .executor.scan import predict
 from .progress import NullProgress
 
 
@@ -61,8 +63,11 @@ class RoundContext:
             (wrapped so that its time counts in :attr:`kernel_seconds`).
         progress: the run's progress reporter; ``with ctx.progress.task(name, total) as advance``.
         excluded: ids left out this round for non-finite values (see :meth:`finite_ids`).
-        eval_batch_size: samples per forward pass when the context evaluates the model on pool
-            inputs (outputs, embeddings, finiteness checks).
+        eval_batch_size: kept for compatibility; forward passes now run per tile of the
+            executor's plan (:data:`entk_al.executor.TILE_SIZE` ids).
+        executor: where pool scans run (:mod:`entk_al.executor`); default: a
+            :class:`~entk_al.executor.LocalExecutor` over ``x_pool`` on ``device``, its round
+            begun with ``model``. Strategies hand it to the scan functions of that package.
     """
 
     round: int
@@ -87,6 +92,7 @@ class RoundContext:
     kernel_seconds: float = 0.0
     #: pool id -> why it was left out this round ("outputs", "embeddings", "kernel", "score").
     excluded: dict[int, str] = field(default_factory=dict)
+    executor: Any = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -102,14 +108,17 @@ class RoundContext:
             return out
 
         self.kernel_fn = timed_kernel
+        self._raw_kernel_fn = raw
+        if self.executor is None:
+            self.executor = LocalExecutor(self.x_pool, self.device)
+            self.executor.begin_round(self.round, self.seed, self.model)
 
     # -- cached per-round quantities ------------------------------------------------
     def _ensure_predictions(self, ids: np.ndarray) -> np.ndarray:
         """Compute logits and features for ids not yet cached; return their cache rows.
 
-        One copy of each is held: rows are written into one preallocated (rows, O) and
-        (rows, H) array per quantity, in ``eval_batch_size`` batches (the batches, hence the
-        values, are those of :func:`entk_al.models.predict_with_features`).
+        One copy of each is held on the driver; the forward passes run tile by tile on the
+        executor's shards (:func:`entk_al.executor.scan.predict`).
         """
         if "row_of" not in self._cache:
             self._cache["row_of"] = np.full(len(self.x_pool), -1, dtype=np.int64)
@@ -131,30 +140,12 @@ class RoundContext:
 
     @torch.no_grad()
     def _predict_into(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """(logits, features, finite mask (len(ids),) bool) for ``ids``, batch by batch; the
-        finiteness test runs per batch so that its temporaries stay batch-sized."""
-        captured: list[torch.Tensor] = []
-        head = last_linear(self.model)
-        handle = head.register_forward_hook(lambda m, inp, out: captured.append(inp[0].flatten(1)))
-        logits = feats = None
-        finite = np.ones(len(ids), dtype=bool)
-        bs = self.eval_batch_size
-        dtype = next(self.model.parameters()).dtype
-        try:
-            with eval_mode(self.model), self.progress.task("outputs", total=len(ids)) as advance:
-                for s in range(0, len(ids), bs):
-                    x = self.x_pool[torch.from_numpy(ids[s:s + bs])].to(device=self.device, dtype=dtype)
-                    out = self.model(x)
-                    f = captured.pop()
-                    if logits is None:
-                        logits = out.new_empty((len(ids), out.shape[1]))
-                        feats = f.new_empty((len(ids), f.shape[1]))
-                    logits[s:s + len(x)] = out
-                    feats[s:s + len(x)] = f
-                    finite[s:s + len(x)] = (torch.isfinite(out).all(1) & torch.isfinite(f).all(1)).cpu().numpy()
-                    advance(len(x))
-        finally:
-            handle.remove()
+        """(logits, features, finite mask (len(ids),) bool) for ``ids``, from the executor."""
+        with self.progress.task("outputs", total=len(ids)) as advance:
+            logits, feats = predict(self.executor, ids)
+            advance(len(ids))
+        logits, feats = logits.to(self.device), feats.to(self.device)
+        finite = (torch.isfinite(logits).all(1) & torch.isfinite(feats).all(1)).cpu().numpy()
         return logits, feats, finite
 
     def _rows(self, name: str, ids: np.ndarray) -> torch.Tensor:
@@ -189,6 +180,9 @@ class RoundContext:
     def kernel(self, ids1: np.ndarray, ids2: np.ndarray | None = None) -> torch.Tensor:
         """pNTK between pool ids (cached for the round): (len(ids1), len(ids2)) on ``device``.
 
+        Computed by row tiles on the executor's shards (:func:`entk_al.executor.kernel_rows.kernel_rows`),
+        so a symmetric kernel (``ids2`` None) is symmetric up to round-off only.
+
         Ids whose kernel rows (or columns) are non-finite (e.g. float32 overflow) are added to
         :attr:`excluded`; the matrix is returned as computed, so callers drop them with
         :meth:`keep_mask`. Source: sum-of-logits pNTK, Mohamadi, Bae & Sutherland, arXiv 2206.12543.
@@ -197,8 +191,14 @@ class RoundContext:
         ids2 = None if ids2 is None else np.asarray(ids2, dtype=np.int64)
         key = ("kernel", ids1.tobytes(), None if ids2 is None else ids2.tobytes())
         if key not in self._cache:
-            x2 = None if ids2 is None else self.inputs(ids2)
-            k = self.kernel_fn(self.model, self.inputs(ids1), x2)
+            # Row tiles on the executor's shards; the columns' inputs travel once.
+            cols = ids1 if ids2 is None else ids2
+            t0 = time.perf_counter()
+            with self.progress.task(f"kernel {len(ids1)}x{len(cols)}", total=1) as advance:
+                k = kernel_rows(self.executor, self._raw_kernel_fn, ids1,
+                                self.x_pool[torch.from_numpy(cols)]).to(self.device)
+                advance(1)
+            self.kernel_seconds += time.perf_counter() - t0
             self._note_nonfinite_kernel(k, ids1, ids1 if ids2 is None else ids2)
             self._cache[key] = k
         return self._cache[key]

@@ -28,6 +28,7 @@ from .checkpoint import (
 from .config import RunConfig
 from .data import ALDataset
 from .errors import CheckpointError, ConfigError, LabelError
+from .executor import Executor, make_executor
 from .fileio import write_json, write_jsonl
 from .metrics import aubc
 from .models import predict
@@ -96,6 +97,8 @@ class ActiveLearningLoop:
         self.setup.check_sizes()
         #: set when the run stopped to wait for human labels: the queries CSV to fill in.
         self.waiting_for: Path | None = None
+        #: where pool scans run while :meth:`run` runs (:mod:`entk_al.executor`); None otherwise.
+        self.executor: Executor | None = None
 
     # The parts of the setup, under the names users and tests know.
     data = property(lambda self: self.setup.data)
@@ -155,8 +158,17 @@ class ActiveLearningLoop:
         embeds the loop keeps its own random stream.
         """
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            return self._run(resume, on_round)
+        cfg = self.cfg
+        # Started before anything is written: a missing Ray or cluster fails as a one-line error.
+        self.executor = make_executor(cfg.executor, self.data.x_train, self.device, address=cfg.address,
+                                      workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker,
+                                      cpus_per_worker=cfg.cpus_per_worker)
+        try:
+            with torch.random.fork_rng(devices=devices):
+                return self._run(resume, on_round)
+        finally:
+            self.executor.close()
+            self.executor = None
 
     def _run(self, resume: bool, on_round: Callable[[dict], None] | None) -> list[dict]:
         model = self.new_model(0)
@@ -291,7 +303,8 @@ class ActiveLearningLoop:
     def select(self, r: int, model: torch.nn.Module, pool: PoolState
                ) -> tuple[np.ndarray, np.ndarray | None, dict, float]:
         """See :func:`entk_al.selection.select_queries`."""
-        return select_queries(self.setup, r, model, pool, self.oracle, progress=self.progress)
+        return select_queries(self.setup, r, model, pool, self.oracle, progress=self.progress,
+                              executor=self.executor)
 
     def evaluate(self, model: torch.nn.Module) -> float:
         """Accuracy (fraction in [0, 1]) on the held-out test split."""

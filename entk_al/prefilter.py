@@ -171,20 +171,36 @@ def prefilter_knn(emb: np.ndarray, ids: np.ndarray, scores: np.ndarray, *, num_c
     # Stable top by score: ties go to the smaller row, so the result is reproducible.
     top = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:shortlist]
     keep = top[diverse_subset(emb[top], num_candidates, seed=seed)]
-    eval_rows = list(keep.tolist())
-    if eval_size > len(eval_rows) and neighbours > 0:
+    nbr = np.zeros((len(keep), 0), dtype=np.int64)
+    if eval_size > len(keep) and neighbours > 0:
         index = index if index is not None else build_index(emb, use_gpu=use_gpu, seed=seed, exact_max=exact_max)
-        _, nbr = knn(index, emb[keep], neighbours + 1)
-        seen = set(eval_rows)
-        for col in range(nbr.shape[1]):  # nearest-first across all candidates
-            for r in nbr[:, col].tolist():
-                if r >= 0 and r not in seen:
-                    seen.add(r)
-                    eval_rows.append(r)
-            if len(eval_rows) >= eval_size:
-                break
-    eval_rows = eval_rows[:max(eval_size, len(keep))]
-    return ids[keep], ids[np.asarray(eval_rows, dtype=np.int64)]
+        _, rows = knn(index, emb[keep], neighbours + 1)
+        nbr = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+    return ids[keep], eval_set(ids[keep], nbr, eval_size)
+
+
+def eval_set(cand_ids: np.ndarray, nbr_ids: np.ndarray, eval_size: int) -> np.ndarray:
+    """The look-ahead's evaluation set: the candidates, then their neighbours nearest-first.
+
+    Args:
+        cand_ids: (C,) int64 candidate ids.
+        nbr_ids: (C, k) int64 each candidate's neighbours by increasing distance (−1 = none).
+        eval_size: cap on the size (never below C).
+
+    Returns:
+        (m,) int64 distinct ids: ``cand_ids``, then column by column of ``nbr_ids`` the ids
+        not yet in, until ``eval_size``.
+    """
+    out = list(np.asarray(cand_ids, dtype=np.int64).tolist())
+    seen = set(out)
+    for col in range(nbr_ids.shape[1] if len(out) < eval_size else 0):  # nearest-first across all candidates
+        for i in nbr_ids[:, col].tolist():
+            if i >= 0 and i not in seen:
+                seen.add(i)
+                out.append(i)
+        if len(out) >= eval_size:
+            break
+    return np.asarray(out[:max(eval_size, len(cand_ids))], dtype=np.int64)
 
 
 def random_projection_matrix(dim_in: int, dim_out: int, seed: int) -> np.ndarray:

@@ -9,6 +9,7 @@ import torch
 
 from .context import RoundContext
 from .errors import EntkAlError, StrategyError
+from .executor import Executor
 from .pool import PoolState, validate_selection
 from .progress import NullProgress
 from .run_setup import RunSetup
@@ -17,7 +18,7 @@ from .seeding import int_seed, numpy_rng, torch_generator
 
 def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool: PoolState,
                    oracle: Callable[[np.ndarray], np.ndarray], *, progress: NullProgress | None = None,
-                   ) -> tuple[np.ndarray, np.ndarray | None, dict, float]:
+                   executor: Executor | None = None) -> tuple[np.ndarray, np.ndarray | None, dict, float]:
     """Let the strategy choose this round's queries and label them.
 
     Draws the round's random candidate subset (``cfg.subset`` of the unlabeled ids), leaves
@@ -31,6 +32,8 @@ def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool
         model: the network trained this round.
         pool: labeled/unlabeled bookkeeping (not modified here).
         progress: progress reporter handed to the strategy (default: none).
+        executor: where the round's pool scans run (:mod:`entk_al.executor`); its round is begun
+            here with ``model``. Default: an in-process local executor.
 
     Returns:
         (queried (k,) int64 ids in the strategy's order, their labels (k,) int64 or None for a
@@ -59,11 +62,13 @@ def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool
     # the same global numbers as one that followed training in the same process.
     torch.manual_seed(int_seed(cfg.seed, round_idx, "torch-select"))
     lab = pool.labeled_ids()
+    if executor is not None:
+        executor.begin_round(round_idx, cfg.seed, model)
     ctx = RoundContext(round=round_idx, seed=cfg.seed, model=model, device=setup.device, x_pool=setup.data.x_train,
                        num_classes=setup.data.num_classes, labeled_ids=lab, labeled_targets=pool.labels[lab],
                        unlabeled_ids=unl, candidate_ids=cand, rng=numpy_rng(cfg.seed, round_idx, "strategy"),
                        torch_generator=torch_generator(cfg.seed, round_idx, "strategy"), oracle=ask,
-                       kernel_fn=setup.kernel_fn, progress=progress or NullProgress())
+                       kernel_fn=setup.kernel_fn, progress=progress or NullProgress(), executor=executor)
     model.eval()
     k = min(cfg.query, len(unl))
     ctx.screen_candidates(k)

@@ -90,6 +90,11 @@ class Posterior:
         :meth:`LookaheadSystem.denominators`)."""
         return safe_denominators(self.m_diag[cols] + self.ridge, self.sysm.tol)
 
+    def scores(self, cand: torch.Tensor, **options) -> torch.Tensor:
+        """:func:`entk_al.acquisition.lookahead_scores` of candidates ``cand`` (positions in U)
+        under the current posterior; ``options`` are its keyword arguments."""
+        return lookahead_scores(self, cand, **options)
+
     def fold(self, j: int, y: torch.Tensor) -> None:
         """Add (U_j, y) to the labeled set by a rank-one update; ``y`` (O,) one-hot target."""
         col = self.m_block(slice(None), torch.tensor([int(j)], device=self.base.device))[:, 0]
@@ -156,7 +161,10 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
     Pseudo-labels, emoc probabilities and uncertainty weights come from the current ``post.ref``.
 
     Args:
-        post: the posterior (modified in place by folds).
+        post: the posterior (modified in place by folds): a :class:`Posterior`, or anything with
+            its ``base``, ``ref``, ``folded``, ``fold(j, y)``, ``scores(pos, **options)`` and
+            ``denominators`` / ``coef_gram`` (e.g. :class:`entk_al.executor.lookahead_tiles.ShardedPosterior`,
+            which scores on the executor's shards).
         cand: (C,) int64 candidate positions in U.
         k: number to select (≤ C).
         oracle: ``oracle(positions) -> labels`` (int64 class indices); needed unless batch.
@@ -217,9 +225,9 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
             kw["y_cand"] = y_pos
         if eval_weight == "uncertainty":
             kw["eval_weights"] = uncertainty_weights(post.ref)
-        scores = lookahead_scores(post, pos, acquisition=acquisition, exclude_self=exclude_self,
-                                  memory_budget_bytes=memory_budget_bytes, variance_power=variance_power,
-                                  progress=score_progress, **kw)
+        scores = post.scores(pos, acquisition=acquisition, exclude_self=exclude_self,
+                             memory_budget_bytes=memory_budget_bytes, variance_power=variance_power,
+                             progress=score_progress, **kw)
         take = _choose(post, pos, scores, y_pos, min(step, k - len(picked)), selection, rng, diversity_pool,
                        gumbel_temperature)
         chosen = remaining[take]

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from entk_al.context import RoundContext
+from entk_al.executor.diversity import badge_kmeanspp
 
 
 def kmeanspp_factorized(a: torch.Tensor, h: torch.Tensor, k: int, rng: np.random.Generator,
@@ -76,10 +76,12 @@ def kmeanspp_factorized(a: torch.Tensor, h: torch.Tensor, k: int, rng: np.random
 
 
 class BadgeSampling:
-    """BADGE batch selection over the candidate subset.
+    """BADGE batch selection over the candidate subset, run tile by tile on the round's
+    executor (:func:`entk_al.executor.diversity.badge_kmeanspp`, the same seeding as
+    :func:`kmeanspp_factorized` with the D² draw walking per-tile running sums).
 
     Args:
-        chunk_size: rows per chunk in the D² update (memory, not results).
+        chunk_size: kept for compatibility (the executor's tiles bound the memory).
     """
 
     name = "badge"
@@ -91,12 +93,7 @@ class BadgeSampling:
         self.chunk_size = int(chunk_size)
 
     def select(self, ctx: RoundContext, k: int) -> np.ndarray:
-        ids = ctx.candidate_ids
-        p = ctx.probs(ids).double()
-        a = p - F.one_hot(p.argmax(dim=1), p.shape[1]).double()
-        h = ctx.embeddings(ids)
-        pos = kmeanspp_factorized(a, h, k, ctx.rng, self.chunk_size)
-        return ids[pos]
+        return badge_kmeanspp(ctx.executor, ctx.candidate_ids, k, ctx.rng)
 
     def __repr__(self) -> str:
         return f"BadgeSampling(chunk_size={self.chunk_size})"

@@ -15,12 +15,8 @@ import numpy as np
 import torch
 
 from entk_al.context import RoundContext
-
-
-def _sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances (len(x), len(y)), clamped at 0, in x's dtype."""
-    d = (x * x).sum(1, keepdim=True) + (y * y).sum(1) - 2.0 * (x @ y.T)
-    return d.clamp_min_(0.0)
+from entk_al.executor.diversity import k_center
+from entk_al.executor.diversity import sq_dists as _sq_dists
 
 
 def k_center_greedy(cand: torch.Tensor, centers: torch.Tensor, k: int, chunk_size: int = 4096) -> np.ndarray:
@@ -66,7 +62,8 @@ def k_center_greedy(cand: torch.Tensor, centers: torch.Tensor, k: int, chunk_siz
 
 
 class CoresetSampling:
-    """k-center greedy over the candidate subset, with the labeled set as initial centers.
+    """k-center greedy over the candidate subset, with the labeled set as initial centers, run
+    tile by tile on the round's executor (:func:`entk_al.executor.diversity.k_center`).
 
     Args:
         chunk_size: rows per distance tile (memory, not results).
@@ -81,9 +78,7 @@ class CoresetSampling:
         self.chunk_size = int(chunk_size)
 
     def select(self, ctx: RoundContext, k: int) -> np.ndarray:
-        ids = ctx.candidate_ids
-        pos = k_center_greedy(ctx.embeddings(ids), ctx.embeddings(ctx.labeled_ids), k, self.chunk_size)
-        return ids[pos]
+        return k_center(ctx.executor, ctx.candidate_ids, ctx.embeddings(ctx.labeled_ids), k, self.chunk_size)
 
     def __repr__(self) -> str:
         return f"CoresetSampling(chunk_size={self.chunk_size})"

@@ -16,6 +16,8 @@ evaluation set U, as in the paper; ``prefilter=knn`` shortlists a large pool wit
 
 from __future__ import annotations
 
+import math
+import time
 import warnings
 
 import numpy as np
@@ -25,9 +27,12 @@ from entk_al.acquisition import ACQUISITIONS
 from entk_al.batch_diversity import SELECTIONS
 from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
-from entk_al.lookahead import fit_lookahead, relative_ridge
-from entk_al.prefilter import pntk_random_features, prefilter_knn
-from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, Posterior, select_lookahead
+from entk_al.executor.knn_tiles import embeddings, knn_on_shards, train_quantizer
+from entk_al.executor.scan import top_scores
+from entk_al.executor.sharded_posterior import fit_on_shards
+from entk_al.lookahead import cholesky_with_jitter, relative_ridge
+from entk_al.prefilter import EXACT_MAX, diverse_subset, eval_set
+from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, select_lookahead
 
 
 class LookaheadSampling:
@@ -64,7 +69,9 @@ class LookaheadSampling:
         neighbours: faiss neighbours per candidate added to U.
         embedding: ``penultimate`` | ``pntk`` (random projection of pNTK features).
         embedding_dim: dimension of the ``pntk`` projection.
-        faiss_gpu: ``auto`` | True | False.
+        faiss_gpu: accepted for compatibility; the prefilter's searches now run per tile of the
+            executor's plan on the CPU (:mod:`entk_al.executor.knn_tiles`), where an index holds
+            at most 512 vectors.
         dense_max: above this |U| + n, k(U, U) is streamed in column blocks through the
             kernel function instead of being built whole.
     """
@@ -135,61 +142,70 @@ class LookaheadSampling:
         """(candidate ids (C,), evaluation ids (m,)); the eval ids start with the candidates."""
         if self.prefilter == "random":
             return ctx.candidate_ids, ctx.candidate_ids
-        unl = ctx.finite_ids(ctx.unlabeled_ids)
+        # Scores, embeddings and faiss searches run on the executor's tiles; the driver holds
+        # only the shortlist's embeddings and the merged (distance, id) neighbour lists.
+        ex = ctx.executor
+        unl = ctx.unlabeled_ids[ctx.keep_mask(ctx.unlabeled_ids)]
+        spec = {"kind": "penultimate"}
         if self.embedding == "pntk":
-            emb = pntk_random_features(ctx.model, ctx.inputs(unl), self.embedding_dim,
-                                       seed=int(ctx.rng.integers(2**31)))
-        else:
-            emb = ctx.embeddings(unl)
-        top2 = torch.topk(ctx.probs(unl), 2, dim=1).values
-        cheap = (1.0 - (top2[:, 0] - top2[:, 1])).double().cpu().numpy()  # 1 − margin
-        use_gpu = self.faiss_gpu if ctx.device.type == "cuda" else False
-        return prefilter_knn(emb.float().cpu().numpy(), unl, cheap, num_candidates=self.num_candidates,
-                             shortlist=self.shortlist, eval_size=self.eval_size, neighbours=self.neighbours,
-                             seed=int(ctx.rng.integers(2**31)), use_gpu=use_gpu)
+            spec = {"kind": "pntk", "dim": self.embedding_dim, "seed": int(ctx.rng.integers(2**31))}
+        seed = int(ctx.rng.integers(2**31))
+        # margin score −(p_(1) − p_(2)): the highest are the least certain (ties to the lower id).
+        top = top_scores(ex, "margin", unl, min(len(unl), self.shortlist or 4 * self.num_candidates))
+        ctx.exclude(top["nonfinite"], "outputs")
+        short, short_emb = top["ids"], embeddings(ex, top["ids"], spec).numpy()
+        finite = np.isfinite(short_emb).all(1)
+        ctx.exclude(short[~finite], "embeddings")
+        short, short_emb = short[finite], short_emb[finite]
+        keep = short[diverse_subset(short_emb, min(self.num_candidates, len(short)), seed=seed)]
+        if self.eval_size <= len(keep) or self.neighbours == 0:
+            return keep, keep[:max(self.eval_size, len(keep))]
+        centroids = None
+        if len(unl) > EXACT_MAX:  # one IVF quantizer, trained here on a seeded sample, serves every tile
+            nlist = max(16, int(math.sqrt(len(unl))))
+            sample = np.sort(np.random.default_rng(seed).choice(len(unl), min(len(unl), 64 * nlist), replace=False))
+            sample_emb = embeddings(ex, unl[sample], spec).numpy()
+            centroids = train_quantizer(sample_emb[np.isfinite(sample_emb).all(1)], nlist, seed)
+        emb_of = dict(zip(short.tolist(), short_emb))
+        _, nbr, bad = knn_on_shards(ex, unl, np.stack([emb_of[i] for i in keep.tolist()]), self.neighbours + 1,
+                                    spec, centroids=centroids)
+        ctx.exclude(bad, "embeddings")
+        return keep, eval_set(keep, nbr, self.eval_size)
 
     # -- one round -------------------------------------------------------------------
     def select(self, ctx: RoundContext, k: int) -> np.ndarray:
         cand_ids, u = self.candidates(ctx)
         lab = ctx.labeled_ids
-        m, n = len(u), len(lab)
-        if m + n <= self.dense_max:
-            kfull = ctx.kernel(np.concatenate([u, lab]))
-            keep = ctx.keep_mask(u)  # the context marks ids with non-finite kernel rows
-            if not keep.all():
-                rows = torch.from_numpy(np.concatenate([np.flatnonzero(keep), m + np.arange(n)])).to(kfull.device)
-                kfull, u = kfull[rows][:, rows], u[keep]
-                m = len(u)
-            k_uu, k_ul, k_ll = kfull[:m, :m], kfull[:m, m:], kfull[m:, m:]
-            k_uu_diag, k_uu_block = None, None
-        else:
-            k_ll, k_ul, k_uu = ctx.kernel(lab), ctx.kernel(u, lab), None
-            x_u = ctx.inputs(u)
-            k_uu_diag = torch.cat([ctx.kernel_fn(ctx.model, x_u[s:s + 256]).diagonal()
-                                   for s in range(0, m, 256)])
-            keep = ctx.keep_mask(u) & torch.isfinite(k_uu_diag).cpu().numpy()
-            if not keep.all():
-                ctx.exclude(u[~keep], "kernel")
-                sel = torch.from_numpy(np.flatnonzero(keep)).to(k_ul.device)
-                u, x_u, k_ul, k_uu_diag = u[keep], x_u[sel], k_ul[sel], k_uu_diag[sel]
-                m = len(u)
-
-            def k_uu_block(rows: slice, cols: torch.Tensor) -> torch.Tensor:
-                return ctx.kernel_fn(ctx.model, x_u[rows], x_u[cols])
-
+        # K = k(L, L) by row tiles on the shards; the driver factors K + λI once.
+        k_ll = ctx.kernel(lab)
         if not ctx.keep_mask(lab).all() or not bool(torch.isfinite(k_ll).all()):
             raise StrategyError("the kernel of the labeled set has non-finite entries (float32 overflow?); "
                                 "check the inputs for huge values")
-        cand_ids = cand_ids[ctx.keep_mask(cand_ids)]
-        if len(cand_ids) < k:
-            raise StrategyError(f"only {len(cand_ids)} candidates have a finite kernel, fewer than the {k} to query")
-
         ridge = relative_ridge(k_ll, self.ridge_rel)
-        sysm = fit_lookahead(k_ll, k_ul, k_uu, ctx.logits(lab), ctx.labeled_onehot(), ctx.logits(u),
-                             k_uu_diag=k_uu_diag, ridge=ridge)
-        post = Posterior(sysm, k_uu_block, reference=self.reference)
-        pos_of = {int(i): p for p, i in enumerate(u.tolist())}
-        cand_pos = np.fromiter((pos_of[int(i)] for i in cand_ids), dtype=np.int64, count=len(cand_ids))
+        chol, jitter = cholesky_with_jitter(k_ll, ridge)
+        resid = (ctx.labeled_onehot().double() - ctx.logits(lab).double()).to(chol.device)
+        alpha = torch.cholesky_solve(resid, chol) if len(lab) else resid
+        x_lab = ctx.x_pool[torch.from_numpy(lab)]
+        while True:
+            # A, B and the score sums stay on the shards, by row tile of U (entk_al.executor.sharded_posterior).
+            u, cand_ids = u[ctx.keep_mask(u)], cand_ids[ctx.keep_mask(cand_ids)]
+            if len(cand_ids) < k:
+                raise StrategyError(f"only {len(cand_ids)} candidates have a finite kernel, "
+                                    f"fewer than the {k} to query")
+            m = len(u)
+            pos_of = {int(i): p for p, i in enumerate(u.tolist())}
+            cand_pos = np.fromiter((pos_of[int(i)] for i in cand_ids), dtype=np.int64, count=len(cand_ids))
+            with ctx.progress.task(f"look-ahead setup, |U| = {m}", total=1) as advance:
+                t0 = time.perf_counter()
+                post, bad = fit_on_shards(ctx.executor, ctx._raw_kernel_fn, u_ids=u, cand_pos=cand_pos, x_lab=x_lab,
+                                          x_cand=ctx.x_pool[torch.from_numpy(cand_ids)], chol=chol, alpha=alpha,
+                                          ridge=ridge + jitter, jitter=jitter, dense=m + len(lab) <= self.dense_max,
+                                          reference=self.reference)
+                ctx.kernel_seconds += time.perf_counter() - t0
+                advance(1)
+            if post is not None:
+                break
+            ctx.exclude(bad, "kernel")
         # Folding modes score the remaining candidates once per fold: no known total there.
         total = len(cand_pos) if self.mode == "batch" else None
         with ctx.progress.task(f"look-ahead scoring, |U| = {m}", total=total) as advance:
@@ -209,7 +225,7 @@ class LookaheadSampling:
                 diversity_pool=self.diversity_pool, gumbel_temperature=self.gumbel_temperature,
                 score_progress=on_block)
         scores = info["pick_scores"]
-        ctx.info.update(ridge=ridge, jitter=sysm.jitter, acquisition=self.acquisition, mode=self.mode,
+        ctx.info.update(ridge=ridge, jitter=jitter, acquisition=self.acquisition, mode=self.mode,
                         selection=self.selection, reference=self.reference, eval_weight=self.eval_weight,
                         variance_power=self.variance_power,
                         num_candidates=int(len(cand_ids)), num_eval=int(m), folded=len(post.folded),

@@ -7,6 +7,7 @@ import torch
 
 from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
+from entk_al.executor.scan import top_scores
 
 
 def top_k(ids: np.ndarray, scores: np.ndarray | torch.Tensor, k: int,
@@ -44,16 +45,59 @@ def top_k(ids: np.ndarray, scores: np.ndarray | torch.Tensor, k: int,
     return ids[order[:k]]
 
 
+def executor_top_k(ctx: RoundContext, kind: str, k: int, **options) -> tuple[np.ndarray, dict]:
+    """:func:`top_k` of the candidates under an executor score, computed tile by tile on the
+    shards (:func:`entk_al.executor.scan.top_scores`); non-finite scores are excluded as in
+    :func:`top_k`.
+
+    Args:
+        ctx: the round context (its ``candidate_ids`` and ``executor``).
+        kind: ``entropy``, ``margin``, ``least_confidence`` or ``bald``.
+        k: how many ids to return.
+        options: score options (BALD: ``samples``, ``dropout``, ``model_dropout``).
+
+    Returns:
+        (the k ids, the merge's dict: ``scores``, ``mean``, ...).
+
+    Raises:
+        StrategyError: fewer than ``k`` candidates have a finite score.
+    """
+    ids = ctx.candidate_ids
+    got = top_scores(ctx.executor, kind, ids, k, **options)
+    if got["nonfinite"].size:
+        ctx.exclude(got["nonfinite"], "score")
+    if got["count"] < k:
+        raise StrategyError(f"only {got['count']} of {len(ids)} candidates have a finite score, "
+                            f"fewer than the {k} to query")
+    return got["ids"], got
+
+
 class ScoreStrategy:
-    """Select the top-k candidates under ``score(ctx, ids)``; subclasses define ``score``."""
+    """Select the top-k candidates under ``score(ctx, ids)``; subclasses define ``score``.
+
+    A subclass that sets ``tile_score`` to a name of :data:`entk_al.uncertainty.CHEAP_SCORES`
+    is scored tile by tile on the run's executor instead (same ids, same order); ``score``
+    then stays available for callers that want every candidate's value.
+    """
 
     name = "score"
     description = ""
+    #: an executor score name (entropy, margin, least_confidence), or None to call ``score``.
+    tile_score: str | None = None
 
     def score(self, ctx: RoundContext, ids: np.ndarray) -> torch.Tensor | np.ndarray:
         raise NotImplementedError
 
+    def _uses_tile_score(self) -> bool:
+        """True when ``tile_score`` is set by the class that also defines the ``score`` in use
+        (a subclass overriding ``score`` gets its own ``score`` called)."""
+        owner = next((c for c in type(self).__mro__ if "tile_score" in vars(c)), None)
+        return (self.tile_score is not None and owner is not None
+                and vars(owner).get("score") is type(self).score)
+
     def select(self, ctx: RoundContext, k: int) -> np.ndarray:
+        if self._uses_tile_score():
+            return executor_top_k(ctx, self.tile_score, k)[0]
         ids = ctx.candidate_ids
         return top_k(ids, self.score(ctx, ids), k, ctx)
 

@@ -11,13 +11,11 @@ import numpy as np
 import torch
 
 from entk_al.context import RoundContext
+from entk_al.uncertainty import entropy
 
 from .scoring import ScoreStrategy
 
-
-def entropy(p: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) over the last axis of probabilities ``p`` (…, O); 0·log 0 counts as 0."""
-    return -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(dim=-1)
+__all__ = ["entropy", "EntropySampling", "MarginSampling", "LeastConfidence"]
 
 
 class EntropySampling(ScoreStrategy):
@@ -25,6 +23,7 @@ class EntropySampling(ScoreStrategy):
 
     name = "entropy"
     description = "highest predictive entropy of the softmax"
+    tile_score = "entropy"
 
     def score(self, ctx: RoundContext, ids: np.ndarray) -> torch.Tensor:
         return entropy(ctx.probs(ids).double())
@@ -35,6 +34,7 @@ class MarginSampling(ScoreStrategy):
 
     name = "margin"
     description = "smallest gap between the two most likely classes"
+    tile_score = "margin"
 
     def score(self, ctx: RoundContext, ids: np.ndarray) -> torch.Tensor:
         top2 = ctx.probs(ids).double().topk(2, dim=1).values
@@ -46,6 +46,7 @@ class LeastConfidence(ScoreStrategy):
 
     name = "least_confidence"
     description = "lowest probability of the predicted class"
+    tile_score = "least_confidence"
 
     def score(self, ctx: RoundContext, ids: np.ndarray) -> torch.Tensor:
         return 1.0 - ctx.probs(ids).double().max(dim=1).values

@@ -4,7 +4,6 @@ chunk-size invariance, and no side effects on the model."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,18 +17,54 @@ from strategies.bald import BALDSampling, bald_from_samples
 from strategies.coreset import CoresetSampling, k_center_greedy
 
 
-def fake_ctx(ids, *, probs=None, feats=None, labeled_ids=(), model=None, inputs=None, seed=0):
-    """A minimal stand-in for RoundContext: pool rows are addressed by global id."""
+class _Table(nn.Module):
+    """Pool row = [features | logits]: the last Linear (all zeros) reads the features, the
+    logits pass through, so a real RoundContext sees exactly the given probs and features."""
+
+    def __init__(self, h: int, o: int):
+        super().__init__()
+        self.h = h
+        self.head = nn.Linear(h, o)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        return self.head(x[:, :self.h]) + x[:, self.h:]
+
+
+def fake_ctx(ids, *, probs=None, feats=None, labeled_ids=(), model=None, inputs=None, seed=0, tile_size=512):
+    """A real RoundContext on a tiny pool (rows addressed by global id), with a local executor
+    of ``tile_size``. Without ``model``, the pool holds ``feats`` and log ``probs``."""
+    from entk_al.context import RoundContext
+    from entk_al.executor import LocalExecutor
+
     ids = np.asarray(ids, dtype=np.int64)
-    probs_t = None if probs is None else torch.as_tensor(probs, dtype=torch.float64)
-    feats_t = None if feats is None else torch.as_tensor(feats, dtype=torch.float32)
-    g = torch.Generator().manual_seed(seed)
-    return SimpleNamespace(
-        candidate_ids=ids, labeled_ids=np.asarray(labeled_ids, dtype=np.int64), info={},
-        rng=np.random.default_rng(seed), torch_generator=g, model=model, device=torch.device("cpu"),
-        probs=lambda i: probs_t[torch.as_tensor(np.asarray(i))],
-        embeddings=lambda i: feats_t[torch.as_tensor(np.asarray(i))],
-        inputs=lambda i: inputs[torch.as_tensor(np.asarray(i))])
+    if model is None:
+        f = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
+        n = len(f)
+        p = torch.full((n, 2), 0.5, dtype=torch.float64) if probs is None else torch.as_tensor(probs).double()
+        x = torch.cat([f, p.log().float()], dim=1)
+        model = _Table(f.shape[1], p.shape[1])
+    else:
+        x = torch.as_tensor(np.asarray(inputs if inputs is not None else feats), dtype=torch.float32)
+    o = model(x[:1]).shape[1]
+    lab = np.asarray(labeled_ids, dtype=np.int64)
+    ex = LocalExecutor(x, tile_size=tile_size)
+    ex.begin_round(0, seed, model)
+    return RoundContext(round=0, seed=seed, model=model, device=torch.device("cpu"), x_pool=x, num_classes=o,
+                        labeled_ids=lab, labeled_targets=np.zeros(len(lab), dtype=np.int64), unlabeled_ids=ids,
+                        candidate_ids=ids, rng=np.random.default_rng(seed),
+                        torch_generator=torch.Generator().manual_seed(seed), oracle=lambda i: None,
+                        kernel_fn=lambda *a, **k: None, executor=ex)
+
+
+def _bald_scores(ctx, samples, dropout):
+    """Every candidate's BALD score (feature dropout), by id, from the executor's tiles."""
+    from entk_al.executor.scan import top_scores
+
+    got = top_scores(ctx.executor, "bald", ctx.candidate_ids, len(ctx.candidate_ids), samples=samples,
+                     dropout=dropout, model_dropout=False)
+    return torch.from_numpy(got["scores"][np.argsort(got["ids"])])
 
 
 def test_registered():
@@ -165,30 +200,34 @@ def test_bald_zero_dropout_scores_zero():
     gen = np.random.default_rng(0)
     model = _readout_model(gen.normal(size=(3, 4)).astype(np.float32), np.zeros(3, dtype=np.float32))
     ctx = fake_ctx(np.arange(10), feats=gen.normal(size=(10, 4)), model=model)
-    scores = BALDSampling(samples=5, dropout=0.0)._scores_feature_dropout(ctx, ctx.candidate_ids)
+    scores = _bald_scores(ctx, 5, 0.0)
     assert torch.allclose(scores, torch.zeros(10, dtype=torch.float64), atol=1e-12)
 
 
-def test_bald_chunked_masks_match_unchunked():
+def test_bald_masks_come_from_each_tiles_own_stream():
+    # Ids 0-5 in tile 0 and 6-11 in tile 1 (tile size 6): the scores of ids 6-11 must equal
+    # those of a pool holding only them, scored with tile 1's stream.
     gen = np.random.default_rng(1)
     model = _readout_model(gen.normal(size=(4, 6)).astype(np.float32), gen.normal(size=4).astype(np.float32))
-    feats = gen.normal(size=(50, 6))
-    full = BALDSampling(samples=8, chunk_size=1000)._scores_feature_dropout(
-        fake_ctx(np.arange(50), feats=feats, model=model, seed=4), np.arange(50))
-    chunked = BALDSampling(samples=8, chunk_size=7)._scores_feature_dropout(
-        fake_ctx(np.arange(50), feats=feats, model=model, seed=4), np.arange(50))
-    # Same masks whatever the chunking; only BLAS summation order may differ.
-    assert torch.allclose(full, chunked, rtol=0, atol=1e-12)
+    feats = gen.normal(size=(12, 6))
+    both = _bald_scores(fake_ctx(np.arange(12), feats=feats, model=model, seed=4, tile_size=6), 8, 0.5)
+    second = _bald_scores(fake_ctx(np.arange(6, 12), feats=feats, model=model, seed=4, tile_size=6), 8, 0.5)
+    assert torch.equal(both[6:], second)
+    first = _bald_scores(fake_ctx(np.arange(6), feats=feats, model=model, seed=4, tile_size=6), 8, 0.5)
+    assert torch.equal(both[:6], first)
+    assert not torch.equal(both[:6], both[6:])  # different tiles, different masks
 
 
 def test_bald_feature_dropout_matches_manual_mc_reference():
+    from entk_al.seeding import torch_generator
+
     gen = np.random.default_rng(2)
     w, b = gen.normal(size=(3, 5)).astype(np.float32), gen.normal(size=3).astype(np.float32)
     feats = torch.tensor(gen.normal(size=(6, 5)), dtype=torch.float32)
     ctx = fake_ctx(np.arange(6), feats=feats, model=_readout_model(w, b), seed=11)
-    got = BALDSampling(samples=4, dropout=0.3)._scores_feature_dropout(ctx, np.arange(6))
-    # Reference: one sample at a time, with the documented (N, T, H) mask layout.
-    u = torch.rand((6, 4, 5), generator=torch.Generator().manual_seed(11))
+    got = _bald_scores(ctx, 4, 0.3)
+    # Reference: one sample at a time, with the documented (N, T, H) mask layout of tile 0's stream.
+    u = torch.rand((6, 4, 5), generator=torch_generator(11, 0, "bald-masks-tile0"))
     ref = []
     for i in range(6):
         ps = [F.softmax(torch.tensor(w) @ (feats[i] * (u[i, t] < 0.7) / 0.7) + torch.tensor(b), 0)

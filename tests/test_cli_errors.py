@@ -58,6 +58,10 @@ def _npz_without_test(tmp_path):
 CASES = {
     "ConfigError": lambda t: (["run", "--rounds", "-1"], "--rounds"),
     "ConfigError/oracle": lambda t: (["run", "--oracle", "mail"], "--oracle"),
+    "ConfigError/executor": lambda t: (["run", "--executor", "spark"], "--executor"),
+    "ConfigError/workers": lambda t: (["run", "--executor", "ray", "--workers", "0"], "--workers"),
+    "ConfigError/address": lambda t: (["run", "--executor", "ray", "--address", "nohost"], "HOST:PORT"),
+    "ConfigError/cpus": lambda t: (["run", "--executor", "ray", "--cpus-per-worker", "0"], "--cpus-per-worker"),
     "ConfigError/budget": lambda t: (["run", "--initial", "2000"], "exceeds the pool"),
     "DataNotFoundError": lambda t: (["run", "--dataset", f"numpy:{t / 'none.npz'}"], "does not exist"),
     "DataNotFoundError/cifar": lambda t: (["run", "--dataset", "cifar10", "--data-dir", str(t)], "--download"),
@@ -73,6 +77,17 @@ def test_run_errors(tmp_path, capsys, case):
     run_dir = tmp_path / "run"
     code, out, err = run_cli(capsys, "run", *FAST, "--out", run_dir, *args[1:])
     assert_clean_failure(code, err, needle, run_dir)
+
+
+def test_executor_ray_without_ray_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "run", *FAST, "--out", run_dir, "--executor", "ray")
+    assert_clean_failure(code, err, "pip install entk-al[ray]", run_dir)
+    assert not run_dir.exists()  # refused before anything was written
 
 
 def test_checkpoint_error(tmp_path, capsys):

@@ -49,6 +49,15 @@ def run(
     oracle: Optional[str] = typer.Option(
         None, help=f"simulated (ground truth) or files (you label queries/round_XXX.csv) "
                    f"(default: {default('oracle')})."),
+    executor: Optional[str] = typer.Option(
+        None, help=f"Where pool scans run: local or ray (pip install entk-al[ray]) (default: {default('executor')})."),
+    address: Optional[str] = typer.Option(
+        None, help="Ray cluster: auto or HOST:PORT (default: start a private local cluster)."),
+    workers: Optional[int] = typer.Option(None, help=f"Ray shard actors (default: {default('workers')})."),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, help=f"GPUs per Ray actor (default: {default('gpus_per_worker')})."),
+    cpus_per_worker: Optional[float] = typer.Option(
+        None, help=f"CPUs per Ray actor (default: {default('cpus_per_worker')})."),
     option: list[str] = typer.Option([], "--option", "-o", help="Strategy option key=value (repeatable)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these options."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
@@ -63,7 +72,8 @@ def run(
     flags = dict(strategy=strategy, dataset=dataset, model=model, width=width, initial=initial, query=query,
                  rounds=rounds, subset=subset, seed=seed, retrain=retrain, loss=loss, epochs=epochs,
                  min_steps=min_steps, batch_size=batch_size, lr=lr, device=device, threads=threads, data_dir=data_dir,
-                 download=download, oracle=oracle)
+                 download=download, oracle=oracle, executor=executor, address=address, workers=workers,
+                 gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
     if option:
         flags["strategy_options"] = parse_options(option)
     if resume is not None and overwrite:

@@ -1,0 +1,49 @@
+"""The executor interface: run per-tile tasks where the tiles live, hand results back by tile."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from torch import nn
+
+from .plan import TilePlan
+
+
+class Executor(ABC):
+    """Runs named per-tile tasks (:data:`entk_al.executor.shard.TASKS`) on the shards of a
+    :class:`~entk_al.executor.plan.TilePlan`.
+
+    The driver calls :meth:`begin_round` once per round with the trained model, then any number
+    of :meth:`map` calls; it reduces their results itself, in tile order. Results must not
+    depend on which shard ran a tile or in what order tiles finished.
+
+    Attributes:
+        plan: the tile plan (tile size fixed; shards = workers).
+        name: ``local`` or ``ray``.
+    """
+
+    plan: TilePlan
+    name: str = "executor"
+
+    @abstractmethod
+    def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
+        """Hand every shard this round's model (broadcast once) and clear last round's tile state."""
+
+    @abstractmethod
+    def map(self, task: str, jobs: dict[int, Any], shared: Any = None) -> dict[int, Any]:
+        """Run ``task`` on each tile of ``jobs`` ({tile: payload}) with ``shared`` (sent once).
+
+        Returns:
+            {tile: result} for every tile of ``jobs``.
+        """
+
+    def close(self) -> None:
+        """Release workers (nothing for in-process executors)."""
+        return None
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

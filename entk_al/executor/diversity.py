@@ -1,0 +1,219 @@
+"""BADGE's k-means++ seeding and Core-Set's greedy k-center on the tile plan.
+
+Shards keep each tile's embeddings and running minimum distances for the round; per step the
+driver broadcasts the new center's vectors, every tile updates its minima and returns one
+number or one (value, id) pair, and the driver takes the global argmax (ties to the lower
+global id) or the D²-weighted draw over the per-tile sums, in tile order. Only the chosen
+centers' vectors travel.
+
+Sources: Ash et al., ICLR 2020, Sec. 3 (BADGE: k-means++ seeding, Arthur & Vassilvitskii 2007,
+on g = (p − e_ŷ) ⊗ h with ‖g‖² = ‖a‖²‖h‖², ⟨g_i, g_j⟩ = ⟨a_i, a_j⟩⟨h_i, h_j⟩); Sener & Savarese,
+ICLR 2018, Alg. 1 (k-Center-Greedy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .shard import Shard, task
+
+
+def sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (len(x), len(y)), clamped at 0, in x's dtype."""
+    d = (x * x).sum(1, keepdim=True) + (y * y).sum(1) - 2.0 * (x @ y.T)
+    return d.clamp_min_(0.0)
+
+
+# -- BADGE ------------------------------------------------------------------------------
+@task("badge_init")
+@torch.no_grad()
+def _badge_init(shard: Shard, tile: int, ids: np.ndarray, shared: Any) -> tuple[float, int]:
+    logits, feats = shard.outputs(tile, ids)
+    p = F.softmax(logits, dim=1).double()
+    a = p - F.one_hot(p.argmax(dim=1), p.shape[1]).double()
+    h = feats.double()
+    sq = (a * a).sum(1) * (h * h).sum(1)
+    shard.state(tile)["badge"] = {"ids": ids, "a": a, "h": h, "sq": sq, "w": None,
+                                  "d2": torch.full_like(sq, float("inf")),
+                                  "taken": torch.zeros(len(ids), dtype=torch.bool, device=sq.device)}
+    j = int(torch.argmax(sq))
+    return float(sq[j]), int(ids[j])
+
+
+def _badge_vector(st: dict, pos: int) -> dict:
+    return {"id": int(st["ids"][pos]), "a": st["a"][pos].cpu(), "h": st["h"][pos].cpu(), "sq": float(st["sq"][pos])}
+
+
+@task("badge_vector")
+def _badge_vector_task(shard: Shard, tile: int, gid: int, shared: Any) -> dict:
+    st = shard.state(tile)["badge"]
+    return _badge_vector(st, int(np.flatnonzero(st["ids"] == gid)[0]))
+
+
+@task("badge_update")
+@torch.no_grad()
+def _badge_update(shard: Shard, tile: int, payload: Any, c: dict) -> tuple[float, int]:
+    st = shard.state(tile)["badge"]
+    own = np.flatnonzero(st["ids"] == c["id"])
+    if own.size:
+        st["taken"][int(own[0])] = True
+    a_c, h_c = c["a"].to(st["a"]), c["h"].to(st["h"])
+    dist = (st["sq"] + c["sq"] - 2.0 * ((st["a"] @ a_c) * (st["h"] @ h_c))).clamp_min(0.0)
+    st["d2"] = torch.minimum(st["d2"], dist)
+    w = torch.where(st["taken"], torch.zeros_like(st["d2"]), st["d2"]).cpu().numpy()
+    st["w"] = w
+    free = np.flatnonzero(~st["taken"].cpu().numpy())
+    # The running sum, not a pairwise sum: the driver's draw walks the same partial sums.
+    total = float(np.cumsum(w)[-1]) if len(w) else 0.0
+    return total, int(st["ids"][free[0]]) if free.size else -1
+
+
+@task("badge_pick")
+def _badge_pick(shard: Shard, tile: int, residual: float, shared: Any) -> dict:
+    st = shard.state(tile)["badge"]
+    w = st["w"]
+    pick = int(np.searchsorted(np.cumsum(w), residual, side="right"))
+    if pick >= len(w) or w[pick] == 0.0:  # rounding at the top of the running sum
+        pick = int(np.flatnonzero(w)[-1])
+    return _badge_vector(st, pick)
+
+
+def badge_kmeanspp(executor: Any, ids: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """BADGE's k-means++ seeding of the candidates ``ids`` on the shards.
+
+    The first center is the largest ‖g‖ (ties: lower id); each next one is drawn with
+    probability ∝ D² (one ``rng.random()`` per center): the driver finds the tile whose running
+    sum passes u·total, that tile the id. When every remaining D² is 0 the lowest unchosen id
+    is taken.
+
+    Args:
+        executor: the run's executor (round begun).
+        ids: (S,) int64 increasing candidate ids.
+        k: centers, 1 ≤ k ≤ S.
+        rng: generator of the draws.
+
+    Returns:
+        (k,) int64 global ids in selection order.
+
+    Raises:
+        ValueError: k out of range.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    if not 1 <= k <= len(ids):
+        raise ValueError(f"k must be in [1, {len(ids)}], got {k}")
+    groups = executor.plan.split(ids)
+    init = executor.map("badge_init", {t: ids[pos] for t, pos in groups.items()})
+    best = None
+    for t in sorted(init):
+        if best is None or init[t][0] > init[best][0]:
+            best = t
+    center = executor.map("badge_vector", {best: init[best][1]})[best]
+    chosen = [center["id"]]
+    jobs = {t: None for t in groups}
+    while len(chosen) < k:
+        res = executor.map("badge_update", jobs, center)
+        tiles = sorted(res)
+        total = 0.0
+        for t in tiles:
+            total += res[t][0]
+        u = rng.random()
+        if not np.isfinite(total) or total <= 0.0:
+            t = next(t for t in tiles if res[t][1] >= 0)
+            center = executor.map("badge_vector", {t: res[t][1]})[t]
+        else:
+            target, before, tile = u * total, 0.0, None
+            for t in tiles:
+                if res[t][0] > 0.0:
+                    tile = t
+                    if before + res[t][0] > target:
+                        break
+                    before += res[t][0]
+            center = executor.map("badge_pick", {tile: target - before})[tile]
+        chosen.append(center["id"])
+    return np.asarray(chosen, dtype=np.int64)
+
+
+# -- Core-Set -------------------------------------------------------------------------------
+def _argmax_entry(st: dict) -> tuple[float, int, torch.Tensor]:
+    j = int(torch.argmax(st["mind"]))  # first maximal position on ties
+    return float(st["mind"][j]), int(st["ids"][j]), st["x"][j].cpu()
+
+
+@task("kcenter_sum")
+@torch.no_grad()
+def _kcenter_sum(shard: Shard, tile: int, ids: np.ndarray, shared: Any) -> torch.Tensor:
+    return shard.outputs(tile, ids)[1].double().sum(0).cpu()
+
+
+@task("kcenter_init")
+@torch.no_grad()
+def _kcenter_init(shard: Shard, tile: int, ids: np.ndarray, centers: dict) -> tuple[float, int, torch.Tensor]:
+    x = shard.outputs(tile, ids)[1].double()
+    cen = centers["x"].to(x)
+    chunk = centers["chunk"]
+    mind = torch.full((len(x),), float("inf"), dtype=torch.float64, device=x.device)
+    for j in range(0, cen.shape[0], chunk):
+        mind = torch.minimum(mind, sq_dists(x, cen[j:j + chunk]).min(dim=1).values)
+    st = {"ids": ids, "x": x, "mind": mind}
+    shard.state(tile)["kcenter"] = st
+    return _argmax_entry(st)
+
+
+@task("kcenter_step")
+@torch.no_grad()
+def _kcenter_step(shard: Shard, tile: int, payload: Any, c: dict) -> tuple[float, int, torch.Tensor]:
+    st = shard.state(tile)["kcenter"]
+    st["mind"] = torch.minimum(st["mind"], sq_dists(st["x"], c["x"].to(st["x"]).unsqueeze(0)).squeeze(1))
+    own = np.flatnonzero(st["ids"] == c["id"])
+    if own.size:
+        st["mind"][int(own[0])] = -1.0  # never picked again, even among exact duplicates
+    return _argmax_entry(st)
+
+
+def k_center(executor: Any, ids: np.ndarray, centers: torch.Tensor, k: int, chunk_size: int = 4096) -> np.ndarray:
+    """Greedy k-center (Sener & Savarese 2018, Alg. 1) of the candidates ``ids`` on the shards.
+
+    Args:
+        executor: the run's executor (round begun).
+        ids: (S,) int64 increasing candidate ids (their penultimate features are the points).
+        centers: (n, H) features of the existing centers (the labeled set); n may be 0, then
+            the first pick is the candidate farthest from the candidates' mean (a float64 sum
+            over tiles in tile order).
+        k: points to choose, 1 ≤ k ≤ S.
+        chunk_size: centers per distance tile (memory, not results).
+
+    Returns:
+        (k,) int64 global ids in selection order; ties go to the lower id.
+
+    Raises:
+        ValueError: k out of range.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    if not 1 <= k <= len(ids):
+        raise ValueError(f"k must be in [1, {len(ids)}], got {k}")
+    groups = executor.plan.split(ids)
+    jobs = {t: ids[pos] for t, pos in groups.items()}
+    centers = centers.detach().double().cpu()
+    if centers.shape[0] == 0:
+        sums = executor.map("kcenter_sum", jobs)
+        total = torch.zeros_like(sums[min(sums)])
+        for t in sorted(sums):
+            total += sums[t]
+        centers = (total / len(ids)).unsqueeze(0)
+    res = executor.map("kcenter_init", jobs, {"x": centers, "chunk": int(chunk_size)})
+    chosen: list[int] = []
+    step_jobs = {t: None for t in groups}
+    while True:
+        best = None
+        for t in sorted(res):
+            if best is None or res[t][0] > res[best][0]:
+                best = t
+        _, cid, cx = res[best]
+        chosen.append(cid)
+        if len(chosen) == k:
+            return np.asarray(chosen, dtype=np.int64)
+        res = executor.map("kcenter_step", step_jobs, {"id": cid, "x": cx})

@@ -1,0 +1,48 @@
+"""The ``local`` executor: the tile plan with one shard, in the driver process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import Executor
+from .plan import TILE_SIZE, TilePlan
+from .shard import Shard
+
+
+class LocalExecutor(Executor):
+    """Every tile runs in this process, in increasing tile order, on ``device``.
+
+    Numerics: Ray actors pin ``cpus_per_worker`` torch threads; this executor pins ``threads``
+    while a tile task runs, and by default (None) keeps the process's setting, so that the
+    default ``--executor local`` computes what it always did. Tile results equal the actors'
+    bit for bit when the BLAS kernels involved do not depend on the thread count (the case
+    in ``tests/test_ray_executor.py`` on a 2-core CPU); ``threads = cpus_per_worker`` (or
+    ``OMP_NUM_THREADS``) makes them equal by construction.
+
+    Args:
+        x_pool: (N, *input_shape) pool inputs (CPU tensor; not copied).
+        device: where the model and tile work run.
+        tile_size: ids per tile (the default is every executor's; tests pass small ones).
+        threads: torch intra-op threads during tile tasks (>= 1), or None.
+
+    Raises:
+        ValueError: ``threads`` below 1.
+    """
+
+    name = "local"
+
+    def __init__(self, x_pool: torch.Tensor, device: str | torch.device = "cpu", tile_size: int = TILE_SIZE,
+                 threads: int | None = None):
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.plan = TilePlan(len(x_pool), 1, tile_size)
+        self.shard = Shard(x_pool, 0, tile_size, device, threads=threads)
+
+    def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
+        self.shard.begin_round(round_idx, seed, model)
+
+    def map(self, task: str, jobs: dict[int, Any], shared: Any = None) -> dict[int, Any]:
+        return dict(self.shard.run(task, sorted(jobs.items()), shared))

@@ -1,0 +1,143 @@
+"""The ``ray`` executor: long-lived shard actors, each owning a contiguous range of pool ids.
+
+Ray is imported here only, and this module only when ``--executor ray`` is asked for
+(:func:`entk_al.executor.factory.make_executor`). Each actor receives its id range's inputs
+once, at start; each round the model is put in the object store once (``ray.put``) and every
+actor takes it from there; a task's shared arguments are put once per call. Only per-tile
+results come back.
+
+Fault tolerance: every call an actor served this round is journaled (the round's model
+first). When an actor dies (``RayActorError``), a new one is created for the same id range,
+the journal is replayed into it (every tile task is deterministic), and the failed call is
+retried, so the round's result is unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Executor
+from .plan import TILE_SIZE, TilePlan
+from .ray_actor import ShardHost
+
+
+class RayExecutor(Executor):
+    """Shard actors on a Ray cluster.
+
+    Args:
+        x_pool: (N, *input_shape) CPU pool inputs; each actor gets its id range's rows once.
+        address: ``auto``, ``HOST:PORT`` (an existing cluster), or None: start a private local
+            cluster (``num_cpus`` = workers × cpus_per_worker) that :meth:`close` shuts down.
+            When Ray is already initialized in this process, that cluster is used and left up.
+        workers: shard actors (>= 1).
+        gpus_per_worker: GPUs per actor (> 0: the shard runs on its GPU).
+        cpus_per_worker: CPUs per actor; also its torch thread count (at least 1).
+        tile_size: ids per tile (the same as the local executor's).
+
+    Raises:
+        ConfigError: the cluster cannot be reached.
+    """
+
+    name = "ray"
+
+    def __init__(self, x_pool: torch.Tensor, *, address: str | None = None, workers: int = 2,
+                 gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, tile_size: int = TILE_SIZE):
+        import ray
+
+        self._ray = ray
+        self._own_cluster = False
+        if not ray.is_initialized():
+            try:
+                if address is None:
+                    ray.init(num_cpus=max(1, math.ceil(workers * cpus_per_worker)), include_dashboard=False,
+                             log_to_driver=False, configure_logging=False)
+                    self._own_cluster = True
+                else:
+                    ray.init(address=address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"--address {address}: cannot reach a Ray cluster "
+                                  f"({' '.join(str(exc).split())[:200]})") from None
+        self.plan = TilePlan(len(x_pool), workers, tile_size)
+        self._remote = ray.remote(ShardHost).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                                                      max_restarts=0)
+        self._threads = max(1, int(cpus_per_worker))
+        self._use_gpu = gpus_per_worker > 0
+        self._inputs: dict[int, Any] = {}
+        self.actors: dict[int, Any] = {}
+        for s in range(workers):
+            start, stop = self.plan.shard_ids(s)
+            if stop > start:
+                self._inputs[s] = ray.put(x_pool[start:stop].contiguous())
+                self.actors[s] = self._spawn(s)
+        ray.get([a.ping.remote() for a in self.actors.values()])
+        self._journal: dict[int, list[tuple[str, tuple]]] = {s: [] for s in self.actors}
+        #: test hook: called with the number of map calls made this round, before each one.
+        self.before_map: Callable[[int], None] | None = None
+        self._maps = 0
+        #: actors re-created after a failure, over the executor's life.
+        self.restarts = 0
+
+    def _spawn(self, s: int) -> Any:
+        return self._remote.remote(self._inputs[s], self.plan.shard_ids(s)[0], self.plan.tile_size, self._threads,
+                                   self._use_gpu)
+
+    def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            model = copy.deepcopy(model).cpu()
+        ref = self._ray.put(model)
+        self._journal = {s: [("begin_round", (round_idx, seed, ref))] for s in self.actors}
+        self._maps = 0
+        self._gather({s: ("begin_round", (round_idx, seed, ref)) for s in self.actors}, journal=False)
+
+    def map(self, task: str, jobs: dict[int, Any], shared: Any = None) -> dict[int, Any]:
+        if self.before_map is not None:
+            self.before_map(self._maps)
+        self._maps += 1
+        shared_ref = self._ray.put(shared)
+        per_shard: dict[int, list] = {}
+        for t in sorted(jobs):
+            per_shard.setdefault(self.plan.owner(t), []).append((t, jobs[t]))
+        got = self._gather({s: ("run", (task, tj, shared_ref)) for s, tj in per_shard.items()})
+        out: dict[int, Any] = {}
+        for pairs in got.values():
+            out.update(pairs)
+        return out
+
+    def _gather(self, calls: dict[int, tuple[str, tuple]], journal: bool = True) -> dict[int, Any]:
+        """Send every call, then collect; a dead actor is revived and its call retried."""
+        exc_type = self._ray.exceptions.RayActorError
+        refs = {s: getattr(self.actors[s], m).remote(*args) for s, (m, args) in calls.items()}
+        out = {}
+        for s, ref in refs.items():
+            try:
+                out[s] = self._ray.get(ref)
+            except exc_type:
+                self._revive(s)
+                m, args = calls[s]
+                out[s] = self._ray.get(getattr(self.actors[s], m).remote(*args))
+            if journal:
+                self._journal[s].append(calls[s])
+        return out
+
+    def _revive(self, s: int) -> None:
+        """A new actor for shard ``s``'s id range, brought to where the dead one was this round."""
+        self.restarts += 1
+        self.actors[s] = self._spawn(s)
+        for m, args in self._journal[s]:
+            self._ray.get(getattr(self.actors[s], m).remote(*args))
+
+    def close(self) -> None:
+        for a in self.actors.values():
+            try:
+                self._ray.kill(a)
+            except Exception:  # already gone
+                pass
+        self.actors = {}
+        if self._own_cluster and self._ray.is_initialized():
+            self._ray.shutdown()

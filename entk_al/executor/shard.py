@@ -1,0 +1,124 @@
+"""A shard: the pool ids one worker owns, the round's model, and per-tile state.
+
+The same class runs in the driver process (the ``local`` executor) and inside each Ray actor
+(the ``ray`` executor), so both compute every tile with the same code. Per-round state (cached
+outputs and features, running minima of the diversity steps, look-ahead rows) is kept per
+tile and dropped when the next round begins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models import eval_mode, last_linear
+
+#: task name -> fn(shard, tile, payload, shared) -> result; filled by the task modules.
+TASKS: dict[str, Callable[["Shard", int, Any, Any], Any]] = {}
+
+
+def task(name: str) -> Callable:
+    """Register a per-tile task function under ``name`` (decorator)."""
+    def register(fn: Callable) -> Callable:
+        TASKS[name] = fn
+        return fn
+    return register
+
+
+class Shard:
+    """Pool inputs of ids [id_start, id_start + len(x)) and the per-tile state of one round.
+
+    Args:
+        x: (n, *input_shape) inputs of the owned ids, in id order (CPU tensor).
+        id_start: global id of ``x[0]``.
+        tile_size: ids per tile of the run's :class:`~entk_al.executor.plan.TilePlan`.
+        device: where the model runs on this shard.
+        threads: torch intra-op threads while a task runs (None: leave the process's setting).
+    """
+
+    def __init__(self, x: torch.Tensor, id_start: int, tile_size: int, device: str | torch.device = "cpu",
+                 threads: int | None = None):
+        self.x, self.id_start, self.tile_size = x, int(id_start), int(tile_size)
+        self.device = torch.device(device)
+        self.threads = threads
+        self.model: nn.Module | None = None
+        self.round = self.seed = -1
+        self.tiles: dict[int, dict[str, Any]] = {}
+
+    def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
+        """Take this round's model (moved to the shard's device) and drop last round's state."""
+        self.model = model.to(self.device)
+        self.round, self.seed = int(round_idx), int(seed)
+        self.tiles = {}
+
+    def state(self, tile: int) -> dict[str, Any]:
+        """The mutable per-round state of ``tile`` (a dict, created empty)."""
+        return self.tiles.setdefault(tile, {})
+
+    def inputs(self, ids: np.ndarray) -> torch.Tensor:
+        """Inputs at global ``ids`` (owned by this shard), on the shard's device in the model dtype."""
+        rows = torch.from_numpy(np.asarray(ids, dtype=np.int64) - self.id_start)
+        dtype = next(self.model.parameters()).dtype
+        return self.x[rows].to(device=self.device, dtype=dtype)
+
+    @torch.no_grad()
+    def outputs(self, tile: int, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (n, O), penultimate features (n, H)) at ``ids`` of ``tile``, cached for the round.
+
+        Ids not yet cached go through one forward pass together, in the order given; the
+        features are the input of the model's last ``nn.Linear``.
+        """
+        st = self.state(tile)
+        base = tile * self.tile_size
+        rows = np.asarray(ids, dtype=np.int64) - base
+        if "have" not in st:
+            st["have"] = np.zeros(self.tile_size, dtype=bool)
+        missing = rows[~st["have"][rows]]
+        if missing.size:
+            missing = missing[np.sort(np.unique(missing, return_index=True)[1])]
+            captured: list[torch.Tensor] = []
+            handle = last_linear(self.model).register_forward_hook(
+                lambda m, inp, out: captured.append(inp[0].flatten(1)))
+            try:
+                with eval_mode(self.model):
+                    out = self.model(self.inputs(missing + base))
+            finally:
+                handle.remove()
+            feats = captured.pop()
+            if "logits" not in st:
+                st["logits"] = out.new_zeros((self.tile_size, out.shape[1]))
+                st["feats"] = feats.new_zeros((self.tile_size, feats.shape[1]))
+            idx = torch.from_numpy(missing).to(out.device)
+            st["logits"][idx] = out
+            st["feats"][idx] = feats
+            st["have"][missing] = True
+        if "logits" not in st:  # nothing asked of this tile yet, and nothing asked now
+            return torch.zeros(0, 0), torch.zeros(0, 0)
+        idx = torch.from_numpy(rows).to(st["logits"].device)
+        return st["logits"][idx], st["feats"][idx]
+
+    def run(self, name: str, jobs: list[tuple[int, Any]], shared: Any = None) -> list[tuple[int, Any]]:
+        """Run task ``name`` on each (tile, payload) of ``jobs``; [(tile, result)] in the same order.
+
+        Raises:
+            KeyError: unknown task name.
+        """
+        fn = TASKS[name]
+        with self._pinned():
+            return [(t, fn(self, t, payload, shared)) for t, payload in jobs]
+
+    @contextlib.contextmanager
+    def _pinned(self) -> Iterator[None]:
+        if self.threads is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)

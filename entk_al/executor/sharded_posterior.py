@@ -1,0 +1,242 @@
+"""The look-ahead posterior spread over the executor's shards (driver side).
+
+Source: Mohamadi, Bae & Sutherland, NeurIPS 2022 (arXiv 2206.12569), Eq. 11–13; notation of
+:mod:`entk_al.lookahead`. The driver factors K + λI (n × n) once and keeps what is m·O or
+m·(folds) in size: base, ref, diag(M), the fold factors u_t and W_c = (K + λI)⁻¹A[cand]ᵀ
+(n × C). The shards keep A = k(U, X_L) and B[U, cand] by row tile
+(:mod:`entk_al.executor.lookahead_tiles`). Per column block of candidates the driver
+broadcasts W_c's columns and gets back one (c,) partial per tile, which it sums in tile order
+in float64; a fold asks every tile for its rows of one column of M'. The m × m (or m × C)
+kernel never reaches the driver, and the same plan runs in one process (``local``) and on
+Ray, so both executors score and select alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..acquisition import (
+    ACQUISITIONS,
+    BlockColumns,
+    block_shape,
+    bytes_per_entry,
+    finish_columns,
+    flip_fraction,
+    label_probabilities,
+    pseudo_labels,
+)
+from ..lookahead import DEGENERATE_REL, safe_denominators
+from . import lookahead_tiles  # noqa: F401  (registers the look-ahead tile tasks)
+
+F64 = torch.float64
+
+
+class ShardedPosterior:
+    """Current linearized model on U, its kernel rows held by the executor's shards.
+
+    Built by :func:`fit_on_shards`. Offers what :func:`entk_al.sequential.select_lookahead`
+    uses: ``base`` and ``ref`` (m, O), ``m_diag`` (m,), ``folded``, :meth:`denominators`,
+    :meth:`scores`, :meth:`fold` and :meth:`coef_gram`; all driver tensors are float64 on the CPU.
+
+    Args:
+        executor: the run's executor, whose tiles hold the round's look-ahead rows.
+        tile_pos: {tile: (m_t,) int64 positions in U of the tile's rows}.
+        base: (m, O) float64 base = f(U) + A α.
+        f_u: (m, O) float64 network outputs f(U).
+        m_diag: (m,) float64 diag(M).
+        w_cand: (n, C) float64 W_c = (K + λI)⁻¹A[cand]ᵀ.
+        col_of: (m,) int64 column of W_c / the tiles' B for each position in U (−1: not a candidate).
+        ridge: λ + jitter.
+        jitter: the jitter part of the ridge.
+        tol: round-off level of the denominators.
+        reference: ``network`` (ref = f(U)) | ``base`` (ref = base).
+
+    Attributes:
+        tile_pos: {tile: (m_t,) int64 positions in U of the tile's rows}.
+        jitter: extra diagonal added to make K + λI factor.
+        ridge: λ + jitter, the ridge of the augmented system.
+        tol: denominators at or below it are round-off (their update is 0).
+    """
+
+    def __init__(self, executor: Any, tile_pos: dict[int, torch.Tensor], base: torch.Tensor, f_u: torch.Tensor,
+                 m_diag: torch.Tensor, w_cand: torch.Tensor, col_of: torch.Tensor, ridge: float, jitter: float,
+                 tol: float, reference: str):
+        self.executor, self.tile_pos, self.tiles = executor, tile_pos, sorted(tile_pos)
+        self.base = base.clone()
+        self.ref = (f_u if reference == "network" else base).clone()
+        self.m_diag = m_diag
+        self.w_cand, self.col_of = w_cand, col_of
+        self.ridge, self.jitter, self.tol = float(ridge), float(jitter), float(tol)
+        self.u = torch.zeros(len(base), 0, dtype=F64)
+        self.folded: list[int] = []
+
+    @property
+    def num_eval(self) -> int:
+        return self.base.shape[0]
+
+    def denominators(self, cols: torch.Tensor) -> torch.Tensor:
+        """M'_jj + λ at positions ``cols`` (c,); +inf where it is round-off."""
+        return safe_denominators(self.m_diag[cols] + self.ridge, self.tol)
+
+    def _columns(self, pos: torch.Tensor) -> dict:
+        """What every tile needs to form M'[its rows, pos]: B column indices, W_c's columns, u."""
+        cidx = self.col_of[pos]
+        if bool((cidx < 0).any()):
+            raise ValueError("only candidate positions have kernel columns on the shards")
+        return {"cidx": cidx, "pos": pos, "w": self.w_cand[:, cidx].contiguous(), "u": self.u}
+
+    def _sum_tiles(self, task: str, shared: dict) -> torch.Tensor:
+        got = self.executor.map(task, {t: None for t in self.tiles}, shared)
+        total = None
+        for t in self.tiles:  # float64, in tile order
+            total = got[t].clone() if total is None else total.add_(got[t])
+        return total
+
+    def scores(self, cand: torch.Tensor, *, acquisition: str = "mlmoc", y_cand: torch.Tensor | None = None,
+               probs: torch.Tensor | None = None, exclude_self: bool = False,
+               memory_budget_bytes: int = 256 * 2**20, eval_weights: torch.Tensor | None = None,
+               variance_power: float = 0.0, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """:func:`entk_al.acquisition.lookahead_scores` computed on the shards (same arguments).
+
+        Per column block (:func:`entk_al.acquisition.block_shape`) one map call; each tile
+        returns its rows' (c,) partial sums, which are added in tile order in float64.
+
+        Returns:
+            (C,) float64 CPU scores of candidates ``cand`` (positions in U).
+
+        Raises:
+            ValueError: unknown acquisition, a non-candidate position, or bad y_cand/probs/eval_weights shapes.
+        """
+        if acquisition not in ACQUISITIONS:
+            raise ValueError(f"unknown acquisition {acquisition!r}; choose from {', '.join(ACQUISITIONS)}")
+        base, ref = self.base, self.ref
+        m, n_out = base.shape
+        cand = torch.as_tensor(cand, dtype=torch.long).cpu()
+        num_c = cand.numel()
+        if acquisition == "emoc":
+            probs = label_probabilities(ref[cand]) if probs is None else probs.to(base)
+            if probs.shape != (num_c, n_out):
+                raise ValueError(f"probs must be ({num_c}, {n_out}), got {tuple(probs.shape)}")
+        else:
+            y_cand = pseudo_labels(ref[cand]) if y_cand is None else y_cand.to(base)
+            if y_cand.shape != (num_c, n_out):
+                raise ValueError(f"y_cand must be ({num_c}, {n_out}), got {tuple(y_cand.shape)}")
+        if eval_weights is not None:
+            eval_weights = eval_weights.to(base)
+            if eval_weights.shape != (m,) or bool((eval_weights < 0).any()):
+                raise ValueError(f"eval_weights must be ({m},) and >= 0")
+        g = base - ref
+        rows = (g, (g * g).sum(dim=1), base, ref.argmax(dim=1), eval_weights)
+        rows_n, cols_n = block_shape(m, max(num_c, 1), bytes_per_entry(acquisition, n_out), memory_budget_bytes)
+        out = torch.zeros(num_c, dtype=F64)
+        for s in range(0, num_c, cols_n):
+            cb = cand[s:s + cols_n]
+            cols = BlockColumns(cb, self.denominators(cb), base[cb], None if y_cand is None else y_cand[s:s + cols_n],
+                                None if probs is None else probs[s:s + cols_n])
+            shared = dict(self._columns(cb), cols=cols, rows=rows, rows_n=rows_n, acquisition=acquisition,
+                          exclude_self=exclude_self)
+            out[s:s + cols_n] = finish_columns(acquisition, self._sum_tiles("la_score", shared), cols, variance_power)
+            if progress is not None:
+                progress(min(num_c, s + cols_n))
+        if acquisition == "flip":
+            out = flip_fraction(out, cand, m, exclude_self,
+                                None if eval_weights is None else (eval_weights.sum(), eval_weights[cand]))
+        return out
+
+    def column(self, j: int) -> torch.Tensor:
+        """Column M'[:, j] of the current posterior, (m,) float64, assembled from the tiles' rows."""
+        got = self.executor.map("la_column", {t: None for t in self.tiles}, self._columns(torch.tensor([int(j)])))
+        col = torch.empty(self.num_eval, dtype=F64)
+        for t in self.tiles:
+            col[self.tile_pos[t]] = got[t]
+        return col
+
+    def fold(self, j: int, y: torch.Tensor) -> None:
+        """Add (U_j, y) to the labeled set by a rank-one update (:meth:`entk_al.sequential.Posterior.fold`)."""
+        col = self.column(j)
+        den = self.denominators(torch.tensor([int(j)]))[0]
+        step = torch.outer(col / den, y.to(self.base) - self.base[j])
+        self.base += step
+        self.ref += step
+        u = col / den.sqrt()
+        self.u = torch.cat([self.u, u.unsqueeze(1)], dim=1)
+        self.m_diag -= u * u
+        self.m_diag.clamp_min_(0.0)
+        self.folded.append(int(j))
+
+    def coef_gram(self, pos: torch.Tensor) -> torch.Tensor:
+        """CᵀC (P, P) float64, C = M'[:, pos] / (M'_jj + λ): per-tile parts summed in tile order."""
+        pos = torch.as_tensor(pos, dtype=torch.long).cpu()
+        return self._sum_tiles("la_gram", dict(self._columns(pos), den=self.denominators(pos)))
+
+
+def fit_on_shards(executor: Any, kernel_fn: Callable[..., torch.Tensor], *, u_ids: np.ndarray, cand_pos: np.ndarray,
+                  x_lab: torch.Tensor, x_cand: torch.Tensor, chol: torch.Tensor, alpha: torch.Tensor, ridge: float,
+                  jitter: float, dense: bool, reference: str = "network") -> tuple[ShardedPosterior | None, np.ndarray]:
+    """Set the round's look-ahead system up on the shards (one map call).
+
+    Each tile of ``u_ids`` computes A_t = k(U_t, X_L) and diag k(U_t, U_t), its rows of
+    base = f(U) + A α and diag(M) = diag B − rowsum(A ∘ ((K+λI)⁻¹Aᵀ)ᵀ), its candidates' columns
+    of W_c = (K + λI)⁻¹A[cand]ᵀ and, when ``dense``, B[U_t, cand] (kept for the round; else B's
+    column blocks are recomputed per scoring block from the inputs).
+
+    Args:
+        executor: the run's executor (round begun).
+        kernel_fn: ``kernel_fn(model, x1, x2=None) -> (N1, N2)`` pNTK (module-level for Ray).
+        u_ids: (m,) int64 global ids of the evaluation set U.
+        cand_pos: (C,) int64 positions in U of the candidates.
+        x_lab: (n, *input_shape) CPU inputs of the labeled set.
+        x_cand: (C, *input_shape) CPU inputs of the candidates, in ``cand_pos`` order.
+        chol: (n, n) float64 lower Cholesky factor of K + (λ + jitter)I
+            (:func:`entk_al.lookahead.cholesky_with_jitter`).
+        alpha: (n, O) float64 (K + λI)⁻¹(Y_L − f(X_L)).
+        ridge: λ + jitter, the augmented system's ridge.
+        jitter: the jitter part (reported).
+        dense: keep B[U_t, cand] on the shards for the round.
+        reference: ``network`` | ``base`` (:class:`entk_al.sequential.Posterior`).
+
+    Returns:
+        (posterior, bad): ``bad`` (int64 global ids) lists ids of U with non-finite kernel or
+        output values; when it is non-empty the posterior is None and the caller drops them
+        and calls again.
+    """
+    u_ids = np.asarray(u_ids, dtype=np.int64)
+    m, c = len(u_ids), len(cand_pos)
+    col_of = np.full(m, -1, dtype=np.int64)
+    col_of[np.asarray(cand_pos, dtype=np.int64)] = np.arange(c)
+    groups = executor.plan.split(u_ids)
+    shared = {"fn": kernel_fn, "x_lab": x_lab, "x_cand": x_cand, "chol": chol.cpu(), "alpha": alpha.cpu(),
+              "dense": bool(dense)}
+    got = executor.map("la_setup", {t: (u_ids[p], p, col_of[p]) for t, p in groups.items()}, shared)
+    tiles = sorted(groups)
+    bad = np.zeros(m, dtype=bool)
+    bad_b = None
+    for t in tiles:
+        bad[groups[t]] = got[t]["bad"]
+        if got[t]["bad_b"] is not None:
+            bad_b = np.zeros((m, c), dtype=bool) if bad_b is None else bad_b
+            bad_b[groups[t]] = got[t]["bad_b"]
+    if bad_b is not None:
+        # The context's rule for kernels: a column bad in every row blames the candidate, other bad entries the row.
+        bad_cols = bad_b.all(0)
+        bad[np.asarray(cand_pos)[bad_cols]] = True
+        bad |= (bad_b & ~bad_cols[None, :]).any(1)
+    if bad.any():
+        return None, u_ids[bad]
+    n_out = got[tiles[0]]["base"].shape[1]
+    base, f_u = torch.empty(m, n_out, dtype=F64), torch.empty(m, n_out, dtype=F64)
+    m_diag = torch.empty(m, dtype=F64)
+    w_cand = torch.empty(len(x_lab), c, dtype=F64)
+    diag_sum = 0.0
+    for t in tiles:  # float64, in tile order
+        pos = torch.from_numpy(groups[t])
+        base[pos], f_u[pos], m_diag[pos] = got[t]["base"], got[t]["f"], got[t]["m_diag"]
+        w_cand[:, torch.as_tensor(np.array(got[t]["cidx"]))] = got[t]["w_cand"]  # Ray hands read-only arrays
+        diag_sum += got[t]["diag_abs_sum"]
+    tol = DEGENERATE_REL * diag_sum / m if m else 0.0
+    post = ShardedPosterior(executor, {t: torch.from_numpy(groups[t]) for t in tiles}, base, f_u, m_diag, w_cand,
+                            torch.from_numpy(col_of), ridge, jitter, tol, reference)
+    return post, np.zeros(0, dtype=np.int64)
