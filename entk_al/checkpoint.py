@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,9 @@ def read_checkpoint(path: Path) -> dict:
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip; this is some other file
+            raise CheckpointError(f"checkpoint {path} is unreadable or corrupted (not a torch checkpoint file)"
+                                  ) from None
         raise CheckpointError(f"checkpoint {path} holds objects other than tensors, numbers, strings, lists "
                               f"and dicts; refusing to load it (an older checkpoint format or an edited file)"
                               ) from None

@@ -95,8 +95,9 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.initial < 2:
             raise ConfigError(f"--initial must be >= 2, got {self.initial}")
-        if self.rounds < 0 or self.min_steps < 0:
-            raise ConfigError("--rounds and --min-steps must be >= 0")
+        for name in ("rounds", "min_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.threads < 0:
             raise ConfigError(f"--threads must be >= 0 (0 = automatic), got {self.threads}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -275,6 +276,10 @@ def resolve_config(config_file: Path | None, flags: dict[str, Any],
     data: dict[str, Any] = {}
     if resume_dir is not None:
         saved = resume_dir / "config.json"
+        if not resume_dir.exists():
+            raise ConfigError(f"--resume {resume_dir} does not exist")
+        if not resume_dir.is_dir():
+            raise ConfigError(f"--resume {resume_dir} is a file, not a run directory")
         if not saved.is_file():
             raise ConfigError(f"--resume {resume_dir}: no config.json there; is it a run directory?")
         try:

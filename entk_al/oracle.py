@@ -139,6 +139,8 @@ def parse_answers(path: str | Path, pending_ids: Sequence[int], classes: Sequenc
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise LabelError(f"answers file {path} does not exist") from None
+    except IsADirectoryError:
+        raise LabelError(f"answers file {path} is a directory; give the CSV file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelError(f"answers file {path} is unreadable ({type(exc).__name__}); save it as UTF-8 CSV") from None
     where = f"round {round_idx}" if round_idx != INITIAL_ROUND else "the initial set"

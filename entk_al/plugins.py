@@ -150,6 +150,8 @@ def load_strategy(spec: str, options: dict[str, Any] | None = None) -> Any:
         StrategyError: unknown spec, a bad option, or an object without ``select``.
     """
     cls = resolve_strategy_class(spec)
+    if not isinstance(cls, type):
+        raise StrategyError(f"strategy {spec!r} is a {type(cls).__name__}, not a class")
     options = check_options(spec, cls, options or {})
     try:
         obj = cls(**options)
@@ -188,6 +190,9 @@ def check_options(spec: str, cls: Any, options: dict[str, Any]) -> dict[str, Any
             names = ", ".join(known) or "none"
             raise StrategyError(f"strategy {spec!r} has no option {key!r}; its options: {names}")
         allowed = _allowed_types(known[key])
+        if (isinstance(value, str) and allowed is not None and "float" in allowed
+                and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")):
+            value = float(value)  # -o x=nan arrives as text; it is a number, just not a finite one
         if isinstance(value, float) and not math.isfinite(value):
             raise StrategyError(f"strategy {spec!r}: option {key!r} must be a finite number, got {value!r}")
         if value is None or allowed is None:
@@ -249,7 +254,9 @@ def describe_options(cls: Any) -> list[tuple[str, str, str, str]]:
         ann = p.annotation
         type_text = "?" if ann is p.empty else ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
         default = "required" if p.default is p.empty else repr(p.default)
-        out.append((name, str(type_text), default, first_sentence(docs.get(name, ""))))
+        # Sphinx roles (:mod:`x`, :func:`y`) read as plain names on a terminal
+        meaning = re.sub(r":\w+:`~?([^`]+)`", r"\1", first_sentence(docs.get(name, "")))
+        out.append((name, str(type_text), default, meaning))
     return out
 
 

@@ -168,7 +168,27 @@ MORE_CASES = {
     "bench-protocol-missing": lambda t: (["bench", "--protocol", t / "nope.toml"], "protocol"),
     "resume-with-other-out": lambda t: (["run", "--resume", t, "--out", t / "elsewhere"], "cannot move"),
     "out-not-creatable": lambda t: (["run", "--out", t / "file" / "sub", *FAST], "cannot create"),
+    # --out naming an existing file: refused before any work, by every command that writes
+    "bench-out-is-file": lambda t: (["bench", "--protocol", _protocol(t, 0), "--out", t / "file"], "is a file"),
+    "plot-out-is-file": lambda t: (["plot", t, "--out", t / "file"], "is a file"),
+    "fidelity-out-is-file": lambda t: (["fidelity", "--out", t / "file"], "is a file"),
+    "approx-out-is-file": lambda t: (["approx", "--out", t / "file"], "is a file"),
+    "resume-missing": lambda t: (["run", "--resume", t / "nope"], "does not exist"),
+    "resume-a-file": lambda t: (["run", "--resume", t / "file"], "is a file"),
+    "resume-text-checkpoint": lambda t: (["run", "--resume", _run_with_text_checkpoint(t)], "not a torch checkpoint"),
+    "numpy-dataset-is-dir": lambda t: (["run", "--dataset", f"numpy:{t}", "--out", t / "r", *FAST], "is a directory"),
+    "strategy-not-a-class": lambda t: (["run", "--strategy", "os:path", "--out", t / "r", *FAST], "not a class"),
+    "strategy-option-nan-text": lambda t: (["run", "-o", "ridge_rel=nan", "--out", t / "r", *FAST], "finite"),
+    "rounds-negative": lambda t: (["run", "--rounds", "-1", "--out", t / "r"], "--rounds must be >= 0, got -1"),
 }
+
+
+def _run_with_text_checkpoint(t):
+    d = t / "run"
+    d.mkdir()
+    (d / "config.json").write_text('{"strategy": "random", "rounds": 1}')
+    (d / "checkpoint.pt").write_text("garbage, not a checkpoint")
+    return d
 
 
 @pytest.mark.parametrize("case", sorted(MORE_CASES))

@@ -14,7 +14,7 @@ import typer
 from ..config import RunConfig, check_finite, check_seed
 from ..errors import ConfigError, EntkAlError
 from ..progress import rich_bar
-from .options import DataDir, Device, Quiet
+from .options import DataDir, Device, Quiet, check_out_dir
 from .output import echo_error
 
 _RUN = RunConfig()
@@ -106,6 +106,7 @@ def approx(
 
 def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, eval_size, cost_sizes, method, ridge_rel,
             memory_gib, seed, epochs, min_steps, batch_size, lr, loss, device, threads, float64, data_dir, out, quiet):
+    check_out_dir(out)
     width_list = parse_int_list(widths, "--widths") if widths is not None else [None]
     cps = parse_int_list(checkpoints, "--checkpoints", allow_init=True)
     sizes = parse_int_list(cost_sizes, "--cost-sizes")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .options import DataDir, Device, Download, Quiet
+from .options import DataDir, Device, Download, Quiet, check_out_dir
 
 
 def bench(
@@ -16,7 +16,9 @@ def bench(
     device: Device = None,
     data_dir: DataDir = None,
     download: Download = None,
-    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write curves.png, summary.csv, penalty.png at the end."),
+    plot: bool = typer.Option(
+        True, "--plot/--no-plot",
+        help="Write curves.png, summary.csv, penalty.png, paired.csv and paired.png at the end."),
     quiet: Quiet = False,
 ) -> None:
     """Run strategies × seeds × query sizes; finished runs are skipped, partial ones resumed."""
@@ -24,6 +26,7 @@ def bench(
 
     proto = Protocol.from_file(protocol)
     out_dir = out or Path("runs") / proto.name
+    check_out_dir(out_dir)
     overrides = {k: v for k, v in dict(device=device, data_dir=data_dir, download=download).items() if v is not None}
     runner = BenchRunner(proto, out_dir, overrides)
     states = runner.prepare()
@@ -83,5 +86,6 @@ def plot(
     paired.csv / paired.png (paired AUBC differences against the references)."""
     from ..plot import plot_runs
 
+    check_out_dir(out)
     written = plot_runs(runs_dir, out, references=reference or None)
     typer.echo("wrote " + ", ".join(str(p) for p in written))

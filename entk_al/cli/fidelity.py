@@ -11,7 +11,7 @@ import typer
 from ..config import check_finite, default
 from ..errors import ConfigError
 from ..progress import rich_bar
-from .options import DataDir, Device, Quiet
+from .options import DataDir, Device, Quiet, check_out_dir
 
 DEFAULT_DEVICE = default("device")
 
@@ -39,6 +39,7 @@ def fidelity(
     quiet: Quiet = False,
 ) -> None:
     """Compare look-ahead predictions with real warm-started retraining on L ∪ {(x, ŷ)}."""
+    check_out_dir(out)
     import torch
 
     from ..config import RunConfig

@@ -11,6 +11,21 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import default
+from ..errors import ConfigError
+
+
+def check_out_dir(path, flag: str = "--out") -> None:
+    """Refuse an output folder that exists as something other than a folder, before any work.
+
+    Args:
+        path: the folder a command will write into (``pathlib.Path``), or None (nothing to check).
+        flag: the option's name, for the message.
+
+    Raises:
+        ConfigError: ``path`` exists and is not a directory.
+    """
+    if path is not None and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a directory")
 
 Device = Annotated[Optional[str], typer.Option(
     help=f"auto, cpu or cuda[:N] (default: {default('device')}, unless a config or protocol file sets it).")]

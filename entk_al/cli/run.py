@@ -10,7 +10,7 @@ import typer
 
 from ..config import default
 from ..errors import ConfigError
-from .options import DataDir, Device, Download, Quiet
+from .options import DataDir, Device, Download, Quiet, check_out_dir
 
 RUN_FILES = ("config.json", "rounds.jsonl", "curve.png", "checkpoint.pt", "summary.json")
 
@@ -88,8 +88,7 @@ def run(
         overwrite = overwrite or bool(extra.get("overwrite", False))
     out_dir = resume or out or Path("runs") / (f"{Path(cfg.strategy).stem.replace(':', '-')}-"
                                                f"{cfg.dataset.replace(':', '-').replace('/', '_')}-seed{cfg.seed}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file, not a directory")
+    check_out_dir(out_dir, "--resume" if resume is not None else "--out")
     if resume is None and (out_dir / CHECKPOINT).exists():
         if not overwrite:
             raise ConfigError(f"{out_dir} already holds a run; pass --resume {out_dir} to continue it or "

@@ -36,6 +36,9 @@ def load_numpy_dataset(path: str | Path) -> ALDataset:
         DataFormatError: not an npz archive, missing arrays, or inconsistent shapes/labels.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataFormatError(f"numpy dataset {path} is a directory; give the .npz file (folder:PATH reads "
+                              f"a folder of images)")
     if not path.is_file():
         raise DataNotFoundError(f"numpy dataset {path} does not exist")
     with open(path, "rb") as fh:

@@ -280,7 +280,14 @@ SHIFT_MIN_C = 32
 
 
 def shift_ok(mod: nn.Module, inp: torch.Tensor) -> bool:
-    """True when :func:`conv_shift_materialize` applies to this Conv2d call and pays off."""
+    """True when :func:`conv_shift_materialize` applies to this Conv2d call and pays off.
+
+    Args:
+        mod: the layer (only a plain ``nn.Conv2d`` with stride 1, dilation 1, one group and
+            zero padding qualifies).
+        inp: (N, C, H, W) its input; needs C >= :data:`SHIFT_MIN_C` and at least
+            :data:`SHIFT_MIN_T` output positions.
+    """
     if type(mod) is not nn.Conv2d or mod.groups != 1 or mod.padding_mode != "zeros":
         return False
     if tuple(mod.stride) != (1, 1) or tuple(mod.dilation) != (1, 1) or isinstance(mod.padding, str):
