@@ -140,6 +140,49 @@ def block_shape(num_eval: int, num_cand: int, per_entry: int, budget: int) -> tu
     return max(1, min(num_eval, entries // cols)), cols
 
 
+def check_score_inputs(acquisition: str, base: torch.Tensor, ref: torch.Tensor, cand: torch.Tensor,
+                       y_cand: torch.Tensor | None, probs: torch.Tensor | None,
+                       eval_weights: torch.Tensor | None):
+    """Validate the scoring inputs and fill the defaults; shared by the in-process and the sharded scorer.
+
+    Args:
+        acquisition: the acquisition name (one of :data:`ACQUISITIONS`).
+        base: (m, O) linearized predictions on U; fixes the dtype and device of the results.
+        ref: (m, O) reference outputs the change is measured from.
+        cand: (C,) int64 candidate positions in U.
+        y_cand: (C, O) targets, or None for the one-hot argmax of ``ref[cand]``.
+        probs: (C, O) label probabilities for emoc, or None for the softmax of ``ref[cand]``.
+        eval_weights: (m,) nonnegative weights over U, or None.
+
+    Returns:
+        (y_cand, probs, eval_weights): the one that the acquisition uses filled in and moved to
+        ``base``'s dtype and device (the other None as given), and the weights likewise.
+
+    Raises:
+        ValueError: unknown acquisition, or y_cand/probs/eval_weights of the wrong shape, or
+            negative eval_weights.
+    """
+    if acquisition not in ACQUISITIONS:
+        raise ValueError(f"unknown acquisition {acquisition!r}; choose from {', '.join(ACQUISITIONS)}")
+    m, n_out = base.shape
+    num_c = cand.numel()
+    if acquisition == "emoc":
+        probs = label_probabilities(ref[cand]) if probs is None else probs.to(base)
+        if probs.shape != (num_c, n_out):
+            raise ValueError(f"probs must be ({num_c}, {n_out}), got {tuple(probs.shape)}")
+    else:
+        y_cand = pseudo_labels(ref[cand]) if y_cand is None else y_cand.to(base)
+        if y_cand.shape != (num_c, n_out):
+            raise ValueError(f"y_cand must be ({num_c}, {n_out}), got {tuple(y_cand.shape)}")
+    if eval_weights is not None:
+        eval_weights = eval_weights.to(base)
+        if eval_weights.shape != (m,):
+            raise ValueError(f"eval_weights must have shape ({m},), got {tuple(eval_weights.shape)}")
+        if bool((eval_weights < 0).any()):
+            raise ValueError("eval_weights must be >= 0")
+    return y_cand, probs, eval_weights
+
+
 def lookahead_scores(post: PosteriorLike, cand: torch.Tensor, *, acquisition: str = "mlmoc",
                      y_cand: torch.Tensor | None = None, probs: torch.Tensor | None = None,
                      exclude_self: bool = False, memory_budget_bytes: int = 256 * 2**20,
@@ -181,20 +224,7 @@ def lookahead_scores(post: PosteriorLike, cand: torch.Tensor, *, acquisition: st
     if cand.ndim != 1 or (cand.numel() and (int(cand.min()) < 0 or int(cand.max()) >= m)):
         raise ValueError(f"cand must be 1-D positions in [0, {m})")
     num_c = cand.numel()
-    if acquisition == "emoc":
-        probs = label_probabilities(ref[cand]) if probs is None else probs.to(base)
-        if probs.shape != (num_c, n_out):
-            raise ValueError(f"probs must be ({num_c}, {n_out}), got {tuple(probs.shape)}")
-    else:
-        y_cand = pseudo_labels(ref[cand]) if y_cand is None else y_cand.to(base)
-        if y_cand.shape != (num_c, n_out):
-            raise ValueError(f"y_cand must be ({num_c}, {n_out}), got {tuple(y_cand.shape)}")
-    if eval_weights is not None:
-        eval_weights = eval_weights.to(base)
-        if eval_weights.shape != (m,):
-            raise ValueError(f"eval_weights must have shape ({m},), got {tuple(eval_weights.shape)}")
-        if bool((eval_weights < 0).any()):
-            raise ValueError("eval_weights must be >= 0")
+    y_cand, probs, eval_weights = check_score_inputs(acquisition, base, ref, cand, y_cand, probs, eval_weights)
     g = base - ref
     g_sq = (g * g).sum(dim=1)
     ref_arg = ref.argmax(dim=1)

@@ -19,14 +19,12 @@ import numpy as np
 import torch
 
 from ..acquisition import (
-    ACQUISITIONS,
     BlockColumns,
     block_shape,
     bytes_per_entry,
+    check_score_inputs,
     finish_columns,
     flip_fraction,
-    label_probabilities,
-    pseudo_labels,
 )
 from ..lookahead import DEGENERATE_REL, safe_denominators
 from . import lookahead_tiles  # noqa: F401  (registers the look-ahead tile tasks)
@@ -110,24 +108,11 @@ class ShardedPosterior:
         Raises:
             ValueError: unknown acquisition, a non-candidate position, or bad y_cand/probs/eval_weights shapes.
         """
-        if acquisition not in ACQUISITIONS:
-            raise ValueError(f"unknown acquisition {acquisition!r}; choose from {', '.join(ACQUISITIONS)}")
         base, ref = self.base, self.ref
         m, n_out = base.shape
         cand = torch.as_tensor(cand, dtype=torch.long).cpu()
         num_c = cand.numel()
-        if acquisition == "emoc":
-            probs = label_probabilities(ref[cand]) if probs is None else probs.to(base)
-            if probs.shape != (num_c, n_out):
-                raise ValueError(f"probs must be ({num_c}, {n_out}), got {tuple(probs.shape)}")
-        else:
-            y_cand = pseudo_labels(ref[cand]) if y_cand is None else y_cand.to(base)
-            if y_cand.shape != (num_c, n_out):
-                raise ValueError(f"y_cand must be ({num_c}, {n_out}), got {tuple(y_cand.shape)}")
-        if eval_weights is not None:
-            eval_weights = eval_weights.to(base)
-            if eval_weights.shape != (m,) or bool((eval_weights < 0).any()):
-                raise ValueError(f"eval_weights must be ({m},) and >= 0")
+        y_cand, probs, eval_weights = check_score_inputs(acquisition, base, ref, cand, y_cand, probs, eval_weights)
         g = base - ref
         rows = (g, (g * g).sum(dim=1), base, ref.argmax(dim=1), eval_weights)
         rows_n, cols_n = block_shape(m, max(num_c, 1), bytes_per_entry(acquisition, n_out), memory_budget_bytes)
