@@ -113,7 +113,10 @@ def test_corrupted_and_mismatched_checkpoints_are_errors(reference, tmp_path, ca
     code, _, err = cli(capsys, "run", "--resume", run, "-q")
     assert code == 2 and "nothing to resume" in err
     code, _, err = cli(capsys, "run", "--resume", tmp_path / "nowhere", "-q")
-    assert code == 2 and "config.json" in err
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli(capsys, "run", "--resume", tmp_path / "empty", "-q")
+    assert code == 2 and "no config.json" in err
 
 
 def test_toml_config_with_cli_override_is_saved_resolved(tmp_path, capsys):
