@@ -14,7 +14,7 @@ import typer
 from ..config import RunConfig, check_finite, check_seed
 from ..errors import ConfigError, EntkAlError
 from ..progress import rich_bar
-from .options import DataDir, Device, Quiet, check_out_dir
+from .options import PlainDataDir, PlainDevice, Quiet, check_out_dir
 from .output import echo_error
 
 _RUN = RunConfig()
@@ -88,11 +88,11 @@ def approx(
     batch_size: Annotated[int, typer.Option(help="Training batch size (the run default).")] = _RUN.batch_size,
     lr: Annotated[float, typer.Option(help="OneCycle max learning rate (the run default).")] = _RUN.lr,
     loss: Annotated[str, typer.Option(help="mse or ce (the run default).")] = _RUN.loss,
-    device: Device = None,
+    device: PlainDevice = None,
     threads: Annotated[int, typer.Option(
         help="CPU threads (1 is fastest for small models on a shared machine; 0 = torch's default).")] = 1,
     float64: Annotated[bool, typer.Option("--float64", help="Model and kernels in float64.")] = False,
-    data_dir: DataDir = None,
+    data_dir: PlainDataDir = None,
     out: Annotated[Path, typer.Option(help="Output folder for approx.json and the figures.")] = Path("runs/approx"),
     quiet: Quiet = False,
 ) -> None:

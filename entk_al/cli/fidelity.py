@@ -11,7 +11,7 @@ import typer
 from ..config import check_finite, default
 from ..errors import ConfigError
 from ..progress import rich_bar
-from .options import DataDir, Device, Quiet, check_out_dir
+from .options import PlainDataDir, PlainDevice, Quiet, check_out_dir
 
 DEFAULT_DEVICE = default("device")
 
@@ -33,8 +33,8 @@ def fidelity(
     batch_size: int = typer.Option(default("batch_size"), help="Batch size."),
     lr: float = typer.Option(default("lr"), help="OneCycle max learning rate."),
     loss: str = typer.Option(default("loss"), help="mse or ce."),
-    device: Device = DEFAULT_DEVICE,
-    data_dir: DataDir = None,
+    device: PlainDevice = DEFAULT_DEVICE,
+    data_dir: PlainDataDir = None,
     out: Path = typer.Option(Path("runs/fidelity"), help="Output folder for fidelity.json and fidelity.png."),
     quiet: Quiet = False,
 ) -> None:

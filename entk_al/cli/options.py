@@ -33,4 +33,7 @@ DataDir = Annotated[Optional[str], typer.Option(
     help="Folder holding dataset files (overrides a config or protocol file).")]
 Download = Annotated[Optional[bool], typer.Option(
     "--download/--no-download", help="Allow torchvision downloads (overrides a config or protocol file).")]
+#: The same options for commands that read no config or protocol file (fidelity, approx).
+PlainDevice = Annotated[Optional[str], typer.Option(help="auto, cpu or cuda[:N].")]
+PlainDataDir = Annotated[Optional[str], typer.Option(help="Folder holding dataset files.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
