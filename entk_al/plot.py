@@ -44,13 +44,15 @@ from .metrics import aubc
 
 @dataclass
 class RunResult:
-    """One finished run: strategy, query size, seed, and per-round (n_labeled, accuracy)."""
+    """One finished run: strategy, query size, seed, and per-round (n_labeled, accuracy);
+    ``seed_index`` is the grid's seed index (bench.json) or None for a run outside a grid."""
 
     strategy: str
     query: int
     seed: int
     n_labeled: np.ndarray
     accuracy: np.ndarray
+    seed_index: int | None = None
 
     @property
     def aubc(self) -> float:
@@ -104,9 +106,11 @@ def load_runs(runs_dir: str | Path) -> tuple[list[RunResult], int]:
         setting = tuple((k, json.dumps(cfg.get(k), sort_keys=True)) for k in SETTING_KEYS)
         settings.setdefault(setting, d)
         recs = read_jsonl(d / "rounds.jsonl")
-        runs.append(RunResult(strategy=_label(d, cfg), query=int(cfg["query"]), seed=int(cfg["seed"]),
+        label, seed_index = _bench_info(d, cfg)
+        runs.append(RunResult(strategy=label, query=int(cfg["query"]), seed=int(cfg["seed"]),
                               n_labeled=np.array([r["n_labeled"] for r in recs]),
-                              accuracy=np.array([r["test_accuracy"] for r in recs], dtype=np.float64)))
+                              accuracy=np.array([r["test_accuracy"] for r in recs], dtype=np.float64),
+                              seed_index=seed_index))
     if len(settings) > 1:
         (a, da), (b, db) = list(settings.items())[:2]
         differ = [k for (k, va), (_, vb) in zip(a, b) if va != vb]
@@ -117,17 +121,19 @@ def load_runs(runs_dir: str | Path) -> tuple[list[RunResult], int]:
     return runs, unfinished
 
 
-def _label(run_dir: Path, cfg: dict) -> str:
-    """The name a run is grouped under: bench.json's ``label`` (variants), else its strategy."""
+def _bench_info(run_dir: Path, cfg: dict) -> tuple[str, int | None]:
+    """The name a run is grouped under (bench.json's ``label`` for variants, else its strategy)
+    and its grid seed index (None outside a grid), which names the run folder ``...-seed<index>``."""
     info_path = run_dir / "bench.json"
+    label, index = None, None
     if info_path.is_file():
         try:
-            label = json.loads(info_path.read_text()).get("label")
+            info = json.loads(info_path.read_text())
         except json.JSONDecodeError:
             raise ConfigError(f"{info_path} is corrupted (not JSON)") from None
-        if isinstance(label, str) and label:
-            return label
-    return str(cfg["strategy"])
+        label, index = info.get("label"), info.get("seed_index")
+    label = label if isinstance(label, str) and label else str(cfg["strategy"])
+    return label, index if isinstance(index, int) and not isinstance(index, bool) else None
 
 
 def _groups(runs: list[RunResult]) -> dict[tuple[int, str], list[RunResult]]:
@@ -138,8 +144,9 @@ def _groups(runs: list[RunResult]) -> dict[tuple[int, str], list[RunResult]]:
 
 
 def summary_rows(runs: list[RunResult]) -> list[dict]:
-    """Rows of summary.csv: one per run (AUBC, final accuracy), then one ``seed="mean"`` row
-    per (strategy, query) with the mean and its 95% t-interval over seeds. Accuracies are
+    """Rows of summary.csv: one per run (AUBC, final accuracy; ``seed_index`` the grid's index
+    that names the run folder, empty outside a grid), then one ``seed="mean"`` row per
+    (strategy, query) with the mean and its 95% t-interval over seeds. Accuracies are
     fractions in [0, 1].
 
     Args:
@@ -148,12 +155,13 @@ def summary_rows(runs: list[RunResult]) -> list[dict]:
     rows = []
     for (q, strat), group in _groups(runs).items():
         for r in sorted(group, key=lambda r: r.seed):
-            rows.append(dict(strategy=strat, query=q, seed=r.seed, n_runs=1, aubc=r.aubc,
+            rows.append(dict(strategy=strat, query=q, seed=r.seed,
+                             seed_index="" if r.seed_index is None else r.seed_index, n_runs=1, aubc=r.aubc,
                              aubc_ci95_low="", aubc_ci95_high="", final_accuracy=float(r.accuracy[-1]),
                              final_n_labeled=int(r.n_labeled[-1])))
         m, h = mean_ci([r.aubc for r in group])
         fm, _ = mean_ci([r.accuracy[-1] for r in group])
-        rows.append(dict(strategy=strat, query=q, seed="mean", n_runs=len(group), aubc=m,
+        rows.append(dict(strategy=strat, query=q, seed="mean", seed_index="", n_runs=len(group), aubc=m,
                          aubc_ci95_low=m - h, aubc_ci95_high=m + h, final_accuracy=fm,
                          final_n_labeled=int(group[0].n_labeled[-1])))
     return rows
@@ -168,7 +176,7 @@ def write_summary_csv(runs: list[RunResult], path: str | Path) -> None:
     """
     rows = summary_rows(runs)
     buf = io.StringIO()
-    fields = ["strategy", "query", "seed", "n_runs", "aubc", "aubc_ci95_low", "aubc_ci95_high",
+    fields = ["strategy", "query", "seed", "seed_index", "n_runs", "aubc", "aubc_ci95_low", "aubc_ci95_high",
               "final_accuracy", "final_n_labeled"]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()

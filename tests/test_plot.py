@@ -58,6 +58,18 @@ def test_summary_csv_aubc_and_ci(tmp_path):
     assert int(mean["n_runs"]) == 3
     b_rows = [r for r in rows if r["strategy"] == "b"]
     assert [r["seed"] for r in b_rows] == ["0", "mean"] and b_rows[1]["aubc_ci95_low"] == "nan"
+    assert {r["seed_index"] for r in rows} == {""}  # runs outside a grid have no seed index
+
+
+def test_summary_csv_names_the_grid_seed_index(tmp_path):
+    # a grid run's seed is derived from (base_seed, index); the index is what names its folder
+    for index, seed in ((0, 1650423692), (1, 2003167257)):
+        make_run(tmp_path, "a", seed, [0.5, 0.6 + index / 10])
+        write_json(tmp_path / f"a-q10-seed{seed}" / "bench.json", {"label": "a", "seed_index": index})
+    plot_runs(tmp_path)
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [(r["seed"], r["seed_index"]) for r in rows] == [("1650423692", "0"), ("2003167257", "1"),
+                                                            ("mean", "")]
     for name in ("curves.png", "penalty.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
