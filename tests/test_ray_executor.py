@@ -23,6 +23,35 @@ def cluster():
     ray.shutdown()
 
 
+def test_impossible_requests_fail_fast_in_one_line(capsys, tmp_path):
+    """More workers/CPUs/GPUs than there are, or an address with nothing listening, stop the run
+    in one line instead of leaving actors pending (or Ray retrying) forever."""
+    import socket
+    import time
+
+    from clitools import cli
+
+    from entk_al.errors import ConfigError
+    from entk_al.executor.ray_executor import _check_resources, _probe
+
+    for flags, needle in ((["--workers", "1000000000"], "needs 1e+09 CPUs"),
+                          (["--gpus-per-worker", "1000"], "needs 2000 GPUs"),
+                          (["--cpus-per-worker", "100000"], "needs 200000 CPUs")):
+        code, _, err = cli(capsys, "run", "--executor", "ray", "--rounds", "1", "-q", "--out", tmp_path / "r", *flags)
+        assert code == 2 and needle in err and err.count("\n") == 1, err
+        assert not (tmp_path / "r" / "rounds.jsonl").exists()
+    with pytest.raises(ConfigError, match="needs 3 GPUs, but the Ray cluster has 2"):
+        _check_resources({"CPU": 8.0, "GPU": 2.0}, 3, 1.0, 1.0, "the Ray cluster")
+    _check_resources({"CPU": 4.0}, 2, 2.0, 0.0, "the Ray cluster")  # exactly enough
+    with socket.socket() as free:  # a port with nothing listening on it
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=f"127.0.0.1:{port}: cannot reach a Ray cluster"):
+        _probe(f"127.0.0.1:{port}")
+    assert time.perf_counter() - t0 < 30  # the probe's timeout, not Ray's endless retries
+
+
 def _cfg(strategy: str, executor: str, rounds: int = 2, **options) -> RunConfig:
     return RunConfig(strategy=strategy, strategy_options=options, dataset="digits", width=16, initial=10, query=5,
                      rounds=rounds, subset=800, epochs=1, min_steps=5, device="cpu", executor=executor, workers=2)

@@ -50,7 +50,8 @@ def run(
         None, help=f"simulated (ground truth) or files (you label queries/round_XXX.csv) "
                    f"(default: {default('oracle')})."),
     executor: Optional[str] = typer.Option(
-        None, help=f"Where pool scans run: local or ray (pip install entk-al[ray]) (default: {default('executor')})."),
+        None, help=f"Where pool scans run: local or ray (pip install entk-al\\[ray]) "
+                   f"(default: {default('executor')})."),
     address: Optional[str] = typer.Option(
         None, help="Ray cluster: auto or HOST:PORT (default: start a private local cluster)."),
     workers: Optional[int] = typer.Option(None, help=f"Ray shard actors (default: {default('workers')})."),

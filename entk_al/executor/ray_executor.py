@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import socket
 from typing import Any, Callable
 
 import torch
@@ -25,6 +26,30 @@ from ..errors import ConfigError
 from .base import Executor
 from .plan import TILE_SIZE, TilePlan
 from .ray_actor import ShardHost
+
+#: Seconds the shard actors may take to start before the run stops with an error (a cluster
+#: whose CPUs or GPUs are all taken would otherwise keep them pending forever).
+ACTOR_START_S = 180.0
+#: Seconds to wait for a TCP connection to an explicit ``--address HOST:PORT``.
+PROBE_S = 5.0
+
+
+def _probe(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_S).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--address {address}: cannot reach a Ray cluster there "
+                          f"({type(exc).__name__}: {exc}); start one with `ray start --head`") from None
+
+
+def _check_resources(have: dict, workers: int, cpus_per_worker: float, gpus_per_worker: float, where: str) -> None:
+    need = {"CPU": workers * cpus_per_worker, "GPU": workers * gpus_per_worker}
+    for kind, amount in need.items():
+        if amount > have.get(kind, 0.0) + 1e-9:
+            flag = "--cpus-per-worker" if kind == "CPU" else "--gpus-per-worker"
+            raise ConfigError(f"--workers {workers} × {flag} {cpus_per_worker if kind == 'CPU' else gpus_per_worker:g} "
+                              f"needs {amount:g} {kind}s, but {where} has {have.get(kind, 0.0):g}")
 
 
 class RayExecutor(Executor):
@@ -41,7 +66,10 @@ class RayExecutor(Executor):
         tile_size: ids per tile (the same as the local executor's).
 
     Raises:
-        ConfigError: the cluster cannot be reached.
+        ConfigError: the cluster cannot be reached (``HOST:PORT`` is probed first, so an address
+            with nothing listening fails in seconds instead of Ray's endless retries); the
+            workers need more CPUs or GPUs than this machine (private cluster) or the cluster
+            has; or the actors do not start within :data:`ACTOR_START_S` seconds.
     """
 
     name = "ray"
@@ -53,6 +81,14 @@ class RayExecutor(Executor):
         self._ray = ray
         self._own_cluster = False
         if not ray.is_initialized():
+            if address is None:  # a private cluster on this machine: its CPUs and GPUs are the limit
+                import os
+
+                gpus = float(torch.cuda.device_count()) if torch.cuda.is_available() else 0.0
+                _check_resources({"CPU": float(os.cpu_count() or 1), "GPU": gpus}, workers, cpus_per_worker,
+                                 gpus_per_worker, "this machine")
+            elif address != "auto":
+                _probe(address)
             try:
                 if address is None:
                     ray.init(num_cpus=max(1, math.ceil(workers * cpus_per_worker)), include_dashboard=False,
@@ -63,6 +99,13 @@ class RayExecutor(Executor):
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"--address {address}: cannot reach a Ray cluster "
                                   f"({' '.join(str(exc).split())[:200]})") from None
+        try:
+            _check_resources(ray.cluster_resources(), workers, cpus_per_worker, gpus_per_worker,
+                             "the Ray cluster" if address is not None else "the private Ray cluster")
+        except ConfigError:
+            if self._own_cluster:
+                ray.shutdown()
+            raise
         self.plan = TilePlan(len(x_pool), workers, tile_size)
         self._remote = ray.remote(ShardHost).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                       max_restarts=0)
@@ -75,7 +118,12 @@ class RayExecutor(Executor):
             if stop > start:
                 self._inputs[s] = ray.put(x_pool[start:stop].contiguous())
                 self.actors[s] = self._spawn(s)
-        ray.get([a.ping.remote() for a in self.actors.values()])
+        try:
+            ray.get([a.ping.remote() for a in self.actors.values()], timeout=ACTOR_START_S)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise ConfigError(f"the {len(self.actors)} shard actors did not start within {ACTOR_START_S:g} s "
+                              f"(are the cluster's CPUs/GPUs taken by other jobs?)") from None
         self._journal: dict[int, list[tuple[str, tuple]]] = {s: [] for s in self.actors}
         #: test hook: called with the number of map calls made this round, before each one.
         self.before_map: Callable[[int], None] | None = None
