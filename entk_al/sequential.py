@@ -99,14 +99,38 @@ class Posterior:
         """Add (U_j, y) to the labeled set by a rank-one update; ``y`` (O,) one-hot target."""
         col = self.m_block(slice(None), torch.tensor([int(j)], device=self.base.device))[:, 0]
         den = self.denominators(torch.tensor([int(j)], device=self.base.device))[0]
-        step = torch.outer(col / den, y.to(self.base) - self.base[j])
-        self.base += step
-        self.ref += step
-        u = col / den.sqrt()
-        self._u = torch.cat([self._u, u.unsqueeze(1)], dim=1)
-        self.m_diag -= u * u
-        self.m_diag.clamp_min_(0.0)
+        self._u = fold_update(self.base, self.ref, self.m_diag, self._u, col, den, j, y)
         self.folded.append(int(j))
+
+
+def fold_update(base: torch.Tensor, ref: torch.Tensor, m_diag: torch.Tensor, u: torch.Tensor, col: torch.Tensor,
+                den: torch.Tensor, j: int, y: torch.Tensor) -> torch.Tensor:
+    """The rank-one fold of (U_j, y) shared by :class:`Posterior` and the sharded posterior.
+
+    base and ref move by M'[:, j] (y − base_j) / (M'_jj + λ) (Mohamadi et al. 2022, Eq. 12);
+    diag M' loses u², u = M'[:, j] / √(M'_jj + λ), clamped at 0 against round-off. Updates
+    ``base``, ``ref`` and ``m_diag`` in place.
+
+    Args:
+        base: (m, O) float64 linearized predictions on U.
+        ref: (m, O) float64 reference outputs (moved with base).
+        m_diag: (m,) float64 diag M'.
+        u: (m, F) float64 columns of the folds so far.
+        col: (m,) float64 column M'[:, j].
+        den: 0-d float64 M'_jj + λ.
+        j: position of the folded point in U.
+        y: (O,) its one-hot target.
+
+    Returns:
+        (m, F + 1) u with this fold's column appended.
+    """
+    step = torch.outer(col / den, y.to(base) - base[j])
+    base += step
+    ref += step
+    uj = col / den.sqrt()
+    m_diag -= uj * uj
+    m_diag.clamp_min_(0.0)
+    return torch.cat([u, uj.unsqueeze(1)], dim=1)
 
 
 def uncertainty_weights(ref: torch.Tensor) -> torch.Tensor:

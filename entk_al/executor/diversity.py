@@ -22,6 +22,14 @@ import torch.nn.functional as F
 from .shard import Shard, task
 
 
+def _split_for_k(executor, ids, k: int):
+    """(ids as int64, the plan's tile groups) after checking 1 <= k <= len(ids) (ValueError)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if not 1 <= k <= len(ids):
+        raise ValueError(f"k must be in [1, {len(ids)}], got {k}")
+    return ids, executor.plan.split(ids)
+
+
 def sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances (len(x), len(y)), clamped at 0, in x's dtype."""
     d = (x * x).sum(1, keepdim=True) + (y * y).sum(1) - 2.0 * (x @ y.T)
@@ -102,10 +110,7 @@ def badge_kmeanspp(executor: Any, ids: np.ndarray, k: int, rng: np.random.Genera
     Raises:
         ValueError: k out of range.
     """
-    ids = np.asarray(ids, dtype=np.int64)
-    if not 1 <= k <= len(ids):
-        raise ValueError(f"k must be in [1, {len(ids)}], got {k}")
-    groups = executor.plan.split(ids)
+    ids, groups = _split_for_k(executor, ids, k)
     init = executor.map("badge_init", {t: ids[pos] for t, pos in groups.items()})
     best = None
     for t in sorted(init):
@@ -192,10 +197,7 @@ def k_center(executor: Any, ids: np.ndarray, centers: torch.Tensor, k: int, chun
     Raises:
         ValueError: k out of range.
     """
-    ids = np.asarray(ids, dtype=np.int64)
-    if not 1 <= k <= len(ids):
-        raise ValueError(f"k must be in [1, {len(ids)}], got {k}")
-    groups = executor.plan.split(ids)
+    ids, groups = _split_for_k(executor, ids, k)
     jobs = {t: ids[pos] for t, pos in groups.items()}
     centers = centers.detach().double().cpu()
     if centers.shape[0] == 0:

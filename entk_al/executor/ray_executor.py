@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import socket
 from typing import Any, Callable
 
@@ -82,8 +83,6 @@ class RayExecutor(Executor):
         self._own_cluster = False
         if not ray.is_initialized():
             if address is None:  # a private cluster on this machine: its CPUs and GPUs are the limit
-                import os
-
                 gpus = float(torch.cuda.device_count()) if torch.cuda.is_available() else 0.0
                 _check_resources({"CPU": float(os.cpu_count() or 1), "GPU": gpus}, workers, cpus_per_worker,
                                  gpus_per_worker, "this machine")

@@ -27,6 +27,7 @@ from ..acquisition import (
     flip_fraction,
 )
 from ..lookahead import DEGENERATE_REL, safe_denominators
+from ..sequential import fold_update
 from . import lookahead_tiles  # noqa: F401  (registers the look-ahead tile tasks)
 
 F64 = torch.float64
@@ -143,13 +144,7 @@ class ShardedPosterior:
         """Add (U_j, y) to the labeled set by a rank-one update (:meth:`entk_al.sequential.Posterior.fold`)."""
         col = self.column(j)
         den = self.denominators(torch.tensor([int(j)]))[0]
-        step = torch.outer(col / den, y.to(self.base) - self.base[j])
-        self.base += step
-        self.ref += step
-        u = col / den.sqrt()
-        self.u = torch.cat([self.u, u.unsqueeze(1)], dim=1)
-        self.m_diag -= u * u
-        self.m_diag.clamp_min_(0.0)
+        self.u = fold_update(self.base, self.ref, self.m_diag, self.u, col, den, j, y)
         self.folded.append(int(j))
 
     def coef_gram(self, pos: torch.Tensor) -> torch.Tensor:
