@@ -21,6 +21,7 @@ from .errors import StrategyError
 from .executor import LocalExecutor
 from .executor.kernel_rows import kernel_rows
 from .executor.scan import predict
+from .ntk import PNTK
 from .progress import NullProgress
 
 
@@ -60,7 +61,9 @@ class RoundContext:
             look-ahead). Ids asked must be among those the strategy then returns.
         info: dict a strategy may fill; it is written to the round's log as ``strategy_info``.
         kernel_fn: ``kernel_fn(model, x1, x2) -> (N1, N2)`` the pNTK implementation used
-            (wrapped so that its time counts in :attr:`kernel_seconds`).
+            (wrapped so that its time counts in :attr:`kernel_seconds`); default
+            :data:`entk_al.ntk.PNTK`, a feature kernel, with which :meth:`kernel` and the
+            look-ahead compute each input's features once per round and shard.
         progress: the run's progress reporter; ``with ctx.progress.task(name, total) as advance``.
         excluded: ids left out this round for non-finite values (see :meth:`finite_ids`).
         eval_batch_size: kept for compatibility; forward passes now run per tile of the
@@ -83,7 +86,7 @@ class RoundContext:
     rng: np.random.Generator
     torch_generator: torch.Generator
     oracle: Callable[[np.ndarray], np.ndarray]
-    kernel_fn: Callable[..., torch.Tensor]
+    kernel_fn: Callable[..., torch.Tensor] = PNTK
     info: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 1024
     #: progress reporter (:mod:`entk_al.progress`); kernels and strategies open tasks on it.
@@ -195,13 +198,18 @@ class RoundContext:
             cols = ids1 if ids2 is None else ids2
             t0 = time.perf_counter()
             with self.progress.task(f"kernel {len(ids1)}x{len(cols)}", total=1) as advance:
-                k = kernel_rows(self.executor, self._raw_kernel_fn, ids1,
-                                self.x_pool[torch.from_numpy(cols)]).to(self.device)
+                k = kernel_rows(self.executor, self._raw_kernel_fn, ids1, self.x_pool[torch.from_numpy(cols)],
+                                col_ids=ids2, probe=self.kernel_probe()).to(self.device)
                 advance(1)
             self.kernel_seconds += time.perf_counter() - t0
             self._note_nonfinite_kernel(k, ids1, ids1 if ids2 is None else ids2)
             self._cache[key] = k
         return self._cache[key]
+
+    def kernel_probe(self) -> torch.Tensor:
+        """(≤4, *input_shape) CPU inputs (the pool's first ids) every shard traces the kernel's
+        layer plan on, so that all kernel blocks of a run are computed alike."""
+        return self.x_pool[:4]
 
     def _note_nonfinite_kernel(self, k: torch.Tensor, ids1: np.ndarray, ids2: np.ndarray) -> None:
         bad = ~torch.isfinite(k)

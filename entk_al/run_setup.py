@@ -16,7 +16,7 @@ from .config import RunConfig
 from .data import ALDataset, load_dataset
 from .errors import ConfigError
 from .models import build_model
-from .ntk import pntk
+from .ntk import PNTK
 from .plugins import load_strategy
 from .seeding import int_seed, numpy_rng
 from .train import TrainConfig
@@ -35,8 +35,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _default_kernel(model: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
-    return pntk(model, x1, x2)
+#: The run's kernel: the sum-of-logits pNTK, as a feature kernel so that the shards compute
+#: each input's features once per round (:mod:`entk_al.executor.feature_store`).
+_default_kernel = PNTK
 
 
 @dataclass

@@ -200,7 +200,8 @@ class LookaheadSampling:
                 post, bad = fit_on_shards(ctx.executor, ctx._raw_kernel_fn, u_ids=u, cand_pos=cand_pos, x_lab=x_lab,
                                           x_cand=ctx.x_pool[torch.from_numpy(cand_ids)], chol=chol, alpha=alpha,
                                           ridge=ridge + jitter, jitter=jitter, dense=m + len(lab) <= self.dense_max,
-                                          reference=self.reference)
+                                          reference=self.reference, lab_ids=lab, cand_ids=cand_ids,
+                                          probe=ctx.kernel_probe())
                 ctx.kernel_seconds += time.perf_counter() - t0
                 advance(1)
             if post is not None:

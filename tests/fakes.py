@@ -17,7 +17,7 @@ import torch
 from entk_al.context import RoundContext
 from entk_al.data import load_dataset
 from entk_al.models import build_model
-from entk_al.ntk import pntk
+from entk_al.ntk import PNTK
 from entk_al.seeding import numpy_rng, torch_generator
 from entk_al.train import TrainConfig, train_model
 
@@ -34,10 +34,17 @@ class DigitsRound:
     candidate_ids: np.ndarray
     seed: int
 
-    def context(self, round_idx: int = 1, model: torch.nn.Module | None = None) -> RoundContext:
-        """A fresh context (empty cache) on a copy of the trained model unless ``model`` is given."""
+    def context(self, round_idx: int = 1, model: torch.nn.Module | None = None, *, kernel_fn=PNTK,
+                executor=None) -> RoundContext:
+        """A fresh context (empty cache) on a copy of the trained model unless ``model`` is given.
+
+        ``kernel_fn`` defaults to the run's (:data:`entk_al.ntk.PNTK`); ``executor`` (round begun
+        here) to the context's own local executor.
+        """
         model = copy.deepcopy(self.model) if model is None else model
         model.eval()
+        if executor is not None:
+            executor.begin_round(round_idx, self.seed, model)
         pool_mask = np.zeros(len(self.x_pool), dtype=bool)
         pool_mask[self.labeled_ids] = True
         unl = np.flatnonzero(~pool_mask)
@@ -53,7 +60,7 @@ class DigitsRound:
                            labeled_targets=y[self.labeled_ids], unlabeled_ids=unl,
                            candidate_ids=self.candidate_ids, rng=numpy_rng(self.seed, round_idx, "strategy"),
                            torch_generator=torch_generator(self.seed, round_idx, "strategy"), oracle=oracle,
-                           kernel_fn=lambda m, x1, x2=None: pntk(m, x1, x2))
+                           kernel_fn=kernel_fn, executor=executor)
         ctx.oracle_calls = asked  # test-only record: the ids the strategy asked the oracle for
         return ctx
 

@@ -12,7 +12,7 @@ from torch import nn
 from entk_al.executor import LocalExecutor
 from entk_al.executor.sharded_posterior import fit_on_shards
 from entk_al.lookahead import cholesky_with_jitter, fit_lookahead
-from entk_al.ntk import pntk
+from entk_al.ntk import PNTK, pntk
 from entk_al.sequential import Posterior, select_lookahead, uncertainty_weights
 
 RIDGE = 0.05
@@ -20,7 +20,7 @@ N_OUT = 4
 
 
 @pytest.fixture(scope="module")
-def pr():
+def pr_base():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(160, 6, generator=gen, dtype=torch.float64)
     torch.manual_seed(3)
@@ -35,14 +35,30 @@ def pr():
     return dict(x=x, model=model, lab=lab, u=u, cand_pos=cand_pos, f=f, y_l=y_l)
 
 
-def _fit(ex, pr, dense=True, reference="network"):
+@pytest.fixture(params=["subset", "all"])
+def pr(request, pr_base):
+    """Candidates: part of U, or all of U (then B = k(U, U) is symmetric: the feature path
+    computes each entry once and sends the transposes between tiles)."""
+    if request.param == "subset":
+        return pr_base
+    return dict(pr_base, cand_pos=np.arange(len(pr_base["u"])))
+
+
+#: kernel paths: per tile (any kernel function: the columns' inputs go to every tile) and the
+#: feature kernel (each input's features once per shard, entk_al.executor.feature_store)
+KERNELS = ["per_tile", "features"]
+
+
+def _fit(ex, pr, dense=True, reference="network", kernel="features"):
     x, lab = pr["x"], pr["lab"]
     k_ll = pntk(pr["model"], x[lab])
     chol, jitter = cholesky_with_jitter(k_ll, RIDGE)
     alpha = torch.cholesky_solve(pr["y_l"] - pr["f"][lab], chol)
-    post, bad = fit_on_shards(ex, pntk, u_ids=pr["u"], cand_pos=pr["cand_pos"], x_lab=x[lab],
-                              x_cand=x[pr["u"][pr["cand_pos"]]], chol=chol, alpha=alpha, ridge=RIDGE + jitter,
-                              jitter=jitter, dense=dense, reference=reference)
+    cand_ids = pr["u"][pr["cand_pos"]]
+    extra = {} if kernel == "per_tile" else dict(lab_ids=lab, cand_ids=cand_ids, probe=x[:4])
+    post, bad = fit_on_shards(ex, pntk if kernel == "per_tile" else PNTK, u_ids=pr["u"], cand_pos=pr["cand_pos"],
+                              x_lab=x[lab], x_cand=x[cand_ids], chol=chol, alpha=alpha, ridge=RIDGE + jitter,
+                              jitter=jitter, dense=dense, reference=reference, **extra)
     assert post is not None and bad.size == 0 and jitter == 0.0
     return post
 
@@ -68,9 +84,10 @@ def _refit(pr, extra, labels):
     return pr["f"][u] + pntk(model, x[u], x[ids]) @ torch.linalg.solve(k, y - pr["f"][ids])
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dense", [True, False])
-def test_sharded_mlmoc_equals_a_direct_refit_per_candidate(pr, dense):
-    post = _fit(_local(pr), pr, dense=dense)
+def test_sharded_mlmoc_equals_a_direct_refit_per_candidate(pr, dense, kernel):
+    post = _fit(_local(pr), pr, dense=dense, kernel=kernel)
     cand = torch.from_numpy(pr["cand_pos"])
     labels = np.random.default_rng(2).integers(N_OUT, size=len(cand))
     y = torch.nn.functional.one_hot(torch.from_numpy(labels), N_OUT).double()
@@ -125,10 +142,10 @@ def test_sharded_scores_equal_the_in_process_posterior(pr, opt, reference):
         dense_post.m_block(slice(None), cand[:6]) / dense_post.denominators(cand[:6])), rtol=1e-9, atol=1e-12)
 
 
-def _everything(ex, pr, dense):
+def _everything(ex, pr, dense, kernel="features"):
     """Scores for every option, a fold, a Gram block and a 3-step hybrid selection."""
     out = []
-    post = _fit(ex, pr, dense=dense)
+    post = _fit(ex, pr, dense=dense, kernel=kernel)
     cand = torch.from_numpy(pr["cand_pos"])
     for opt in OPTIONS if dense else OPTIONS[:2]:  # streamed: every block recomputes its kernel columns
         o = dict(opt)
@@ -144,15 +161,17 @@ def _everything(ex, pr, dense):
     return out
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dense", [True, False])
-def test_scattered_tiles_give_bit_identical_lookahead_scores(pr, dense):
-    ref = _everything(_local(pr), pr, dense)
+def test_scattered_tiles_give_bit_identical_lookahead_scores(pr, dense, kernel):
+    ref = _everything(_local(pr), pr, dense, kernel)
     for seed in (0, 1, 2) if dense else (0,):
-        got = _everything(_scattered(pr, seed), pr, dense)
+        got = _everything(_scattered(pr, seed), pr, dense, kernel)
         assert all(torch.equal(a, b) for a, b in zip(got, ref))
 
 
-def test_nonfinite_rows_are_reported(pr):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_nonfinite_rows_are_reported(pr, kernel):
     x = pr["x"].clone()
     x[pr["u"][3]] = float("inf")
     p = dict(pr, x=x)
@@ -160,7 +179,9 @@ def test_nonfinite_rows_are_reported(pr):
     ex.begin_round(1, 5, pr["model"])
     k_ll = pntk(pr["model"], x[pr["lab"]])
     chol, _ = cholesky_with_jitter(k_ll, RIDGE)
-    post, bad = fit_on_shards(ex, pntk, u_ids=p["u"], cand_pos=p["cand_pos"], x_lab=x[p["lab"]],
-                              x_cand=x[p["u"][p["cand_pos"]]], chol=chol, alpha=torch.zeros(len(p["lab"]), N_OUT),
-                              ridge=RIDGE, jitter=0.0, dense=True)
+    cand_ids = p["u"][p["cand_pos"]]
+    extra = {} if kernel == "per_tile" else dict(lab_ids=p["lab"], cand_ids=cand_ids, probe=x[:4])
+    post, bad = fit_on_shards(ex, pntk if kernel == "per_tile" else PNTK, u_ids=p["u"], cand_pos=p["cand_pos"],
+                              x_lab=x[p["lab"]], x_cand=x[cand_ids], chol=chol,
+                              alpha=torch.zeros(len(p["lab"]), N_OUT), ridge=RIDGE, jitter=0.0, dense=True, **extra)
     assert post is None and bad.tolist() == [int(pr["u"][3])]

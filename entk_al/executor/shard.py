@@ -21,9 +21,17 @@ from ..models import eval_mode, last_linear
 TASKS: dict[str, Callable[["Shard", int, Any, Any], Any]] = {}
 
 
-def task(name: str) -> Callable:
-    """Register a per-tile task function under ``name`` (decorator)."""
+def task(name: str, *, per_shard: bool = False) -> Callable:
+    """Register a task function under ``name`` (decorator).
+
+    A per-tile task is called once per tile: ``fn(shard, tile, payload, shared) -> result``. A
+    ``per_shard`` task is called once per shard with all of the shard's tiles of the call,
+    ``fn(shard, [(tile, payload), ...], shared) -> [(tile, result), ...]``, for work that
+    shares something across the tiles (kernel features of the columns); its per-tile results
+    must still not depend on which other tiles the shard holds.
+    """
     def register(fn: Callable) -> Callable:
+        fn.per_shard = per_shard
         TASKS[name] = fn
         return fn
     return register
@@ -48,12 +56,15 @@ class Shard:
         self.model: nn.Module | None = None
         self.round = self.seed = -1
         self.tiles: dict[int, dict[str, Any]] = {}
+        #: per-round state shared by the shard's tiles (e.g. the kernel feature store).
+        self.cache: dict[str, Any] = {}
 
     def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
         """Take this round's model (moved to the shard's device) and drop last round's state."""
         self.model = model.to(self.device)
         self.round, self.seed = int(round_idx), int(seed)
         self.tiles = {}
+        self.cache = {}
 
     def state(self, tile: int) -> dict[str, Any]:
         """The mutable per-round state of ``tile`` (a dict, created empty)."""
@@ -109,6 +120,8 @@ class Shard:
         """
         fn = TASKS[name]
         with self._pinned():
+            if getattr(fn, "per_shard", False):
+                return fn(self, jobs, shared)
             return [(t, fn(self, t, payload, shared)) for t, payload in jobs]
 
     @contextlib.contextmanager

@@ -29,6 +29,7 @@ from ..acquisition import (
 from ..lookahead import DEGENERATE_REL, safe_denominators
 from ..sequential import fold_update
 from . import lookahead_tiles  # noqa: F401  (registers the look-ahead tile tasks)
+from .feature_store import is_feature_kernel
 
 F64 = torch.float64
 
@@ -153,9 +154,41 @@ class ShardedPosterior:
         return self._sum_tiles("la_gram", dict(self._columns(pos), den=self.denominators(pos)))
 
 
+def _complete_symmetric_b(executor: Any, got: dict, groups: dict, u_ids: np.ndarray, cand_ids: np.ndarray) -> None:
+    """Send each tile the transposes of the earlier tiles' upper B columns it lacks (``la_b_lower``).
+
+    Tile t returned ``b_upper`` (n_t, C − s_t): its rows (in U order) against the candidates in
+    canonical (increasing id) order from s_t on, s_t being its first id's canonical position;
+    its rows are the canonical positions s_t .. s_t + n_t − 1. The blocks are laid into one
+    canonical upper triangle, whose transposed columns give each tile its lower part.
+    """
+    order = np.argsort(cand_ids, kind="stable")
+    canon_of = np.empty(len(cand_ids), dtype=np.int64)
+    canon_of[order] = np.arange(len(cand_ids))
+    tiles = sorted(groups)
+    c = len(cand_ids)
+    first = got[tiles[0]]["b_upper"]
+    upper = first.new_zeros((c, c))
+    rows_canon = {}
+    for t in tiles:
+        s_t = got[t]["canon_start"]
+        rows_canon[t] = torch.from_numpy(np.searchsorted(cand_ids[order], u_ids[groups[t]]))
+        upper[rows_canon[t], s_t:] = got[t].pop("b_upper")
+    jobs = {}
+    for t in tiles:
+        s_t = got[t]["canon_start"]
+        # rows: tile t's canonical positions, in its U order; columns: canonical 0 .. s_t
+        jobs[t] = upper[:s_t].T[rows_canon[t]]
+    masks = executor.map("la_b_lower", jobs, {"canon_of": torch.from_numpy(canon_of)})
+    for t in tiles:
+        got[t]["bad_b"] = masks[t]
+
+
 def fit_on_shards(executor: Any, kernel_fn: Callable[..., torch.Tensor], *, u_ids: np.ndarray, cand_pos: np.ndarray,
                   x_lab: torch.Tensor, x_cand: torch.Tensor, chol: torch.Tensor, alpha: torch.Tensor, ridge: float,
-                  jitter: float, dense: bool, reference: str = "network") -> tuple[ShardedPosterior | None, np.ndarray]:
+                  jitter: float, dense: bool, reference: str = "network", lab_ids: np.ndarray | None = None,
+                  cand_ids: np.ndarray | None = None,
+                  probe: torch.Tensor | None = None) -> tuple[ShardedPosterior | None, np.ndarray]:
     """Set the round's look-ahead system up on the shards (one map call).
 
     Each tile of ``u_ids`` computes A_t = k(U_t, X_L) and diag k(U_t, U_t), its rows of
@@ -177,6 +210,12 @@ def fit_on_shards(executor: Any, kernel_fn: Callable[..., torch.Tensor], *, u_id
         jitter: the jitter part (reported).
         dense: keep B[U_t, cand] on the shards for the round.
         reference: ``network`` | ``base`` (:class:`entk_al.sequential.Posterior`).
+        lab_ids: (n,) int64 global ids of the labeled set, in ``x_lab`` order.
+        cand_ids: (C,) int64 global ids of the candidates, in ``x_cand`` order.
+        probe: (4, *input_shape) inputs the kernel's layer plan is traced on
+            (:meth:`entk_al.context.RoundContext.kernel_probe`). With the ids and the probe, a
+            feature kernel (:class:`~entk_al.ntk.features.FeatureKernel`) computes the labeled
+            set's and the candidates' features once per shard instead of once per tile.
 
     Returns:
         (posterior, bad): ``bad`` (int64 global ids) lists ids of U with non-finite kernel or
@@ -189,9 +228,14 @@ def fit_on_shards(executor: Any, kernel_fn: Callable[..., torch.Tensor], *, u_id
     col_of[np.asarray(cand_pos, dtype=np.int64)] = np.arange(c)
     groups = executor.plan.split(u_ids)
     shared = {"fn": kernel_fn, "x_lab": x_lab, "x_cand": x_cand, "chol": chol.cpu(), "alpha": alpha.cpu(),
-              "dense": bool(dense)}
-    got = executor.map("la_setup", {t: (u_ids[p], p, col_of[p]) for t, p in groups.items()}, shared)
+              "dense": bool(dense), "lab_ids": lab_ids, "cand_ids": cand_ids, "probe": probe}
+    features = is_feature_kernel(kernel_fn) and probe is not None and lab_ids is not None and cand_ids is not None
+    shared["b_sym"] = bool(features and dense and c == m and np.array_equal(np.sort(u_ids), np.sort(cand_ids)))
+    got = executor.map("la_setup_features" if features else "la_setup",
+                       {t: (u_ids[p], p, col_of[p]) for t, p in groups.items()}, shared)
     tiles = sorted(groups)
+    if shared["b_sym"]:
+        _complete_symmetric_b(executor, got, groups, u_ids, np.asarray(cand_ids, dtype=np.int64))
     bad = np.zeros(m, dtype=bool)
     bad_b = None
     for t in tiles:

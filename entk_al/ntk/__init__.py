@@ -13,9 +13,14 @@ import torch
 from torch import nn
 
 from . import common, jacobian
+from .features import FeatureKernel
 from .tiling import tiled_kernel
 
-__all__ = ["pntk", "entk", "kernel"]
+__all__ = ["pntk", "entk", "kernel", "FeatureKernel", "PNTK"]
+
+#: The sum-of-logits pNTK as a :class:`FeatureKernel`: ``PNTK(model, x1, x2)`` is
+#: :func:`pntk`; callers that reuse features use :meth:`FeatureKernel.prepare`.
+PNTK = FeatureKernel("pntk")
 
 
 def kernel(

@@ -252,11 +252,30 @@ class GramFeatures:
     def __init__(self, mat, exacts):
         self.mat, self.exacts = mat, exacts
 
+    def __len__(self) -> int:
+        return self.mat.shape[1] if self.mat is not None else self.exacts[0].G.shape[1]
+
     def tensors(self):
         ts = [self.mat] if self.mat is not None else []
         for e in self.exacts:
             ts += e.tensors()
         return ts
+
+    def rows(self, index) -> "GramFeatures":
+        """The features of samples ``index`` (a slice: views; an int64 index tensor: copies)."""
+        if isinstance(index, slice) and index == slice(None):
+            return self
+        return GramFeatures(None if self.mat is None else self.mat[:, index], [e.rows(index) for e in self.exacts])
+
+    def detach(self) -> "GramFeatures":
+        """The same features without autograd history."""
+        return GramFeatures(None if self.mat is None else self.mat.detach(), [e.detach() for e in self.exacts])
+
+    @staticmethod
+    def cat(fs: list["GramFeatures"]) -> "GramFeatures":
+        """The samples of ``fs`` one after another (features of one plan)."""
+        mat = None if fs[0].mat is None else torch.cat([f.mat for f in fs], dim=1)
+        return GramFeatures(mat, [L.Exact.cat(list(es)) for es in zip(*(f.exacts for f in fs))])
 
 
 def tile_features(plan: Plan, model, x, V, chunk_size) -> GramFeatures:

@@ -56,12 +56,24 @@ class Exact:
     def tensors(self):
         return [t for t in (self.G, self.A, self.ids) if t is not None]
 
-    def rows(self, r: slice) -> Exact:
-        """The same features for the samples ``r`` (views)."""
-        if r == slice(None):
+    def rows(self, r) -> Exact:
+        """The same features for the samples ``r`` (a slice: views; an int64 index tensor: copies)."""
+        if isinstance(r, slice) and r == slice(None):
             return self
         return Exact(G=self.G[:, r], A=None if self.A is None else self.A[r],
                      ids=None if self.ids is None else self.ids[r])
+
+    def detach(self) -> Exact:
+        """The same features without autograd history."""
+        return Exact(G=self.G.detach(), A=None if self.A is None else self.A.detach(),
+                     ids=None if self.ids is None else self.ids.detach())
+
+    @staticmethod
+    def cat(es: list[Exact]) -> Exact:
+        """The samples of ``es`` one after another."""
+        return Exact(G=torch.cat([e.G for e in es], dim=1),
+                     A=None if es[0].A is None else torch.cat([e.A for e in es]),
+                     ids=None if es[0].ids is None else torch.cat([e.ids for e in es]))
 
     def wide_t1(self, min_dim: int) -> bool:
         """Dense, one position, input width (times groups) at least ``min_dim``."""
