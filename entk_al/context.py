@@ -21,6 +21,8 @@ from .errors import StrategyError
 from .executor import LocalExecutor
 from .executor.kernel_rows import kernel_rows
 from .executor.scan import predict
+from .executor.sharded_posterior import fit_on_shards
+from .lookahead import cholesky_with_jitter, relative_ridge
 from .ntk import PNTK
 from .progress import NullProgress
 
@@ -205,6 +207,62 @@ class RoundContext:
             self._note_nonfinite_kernel(k, ids1, ids1 if ids2 is None else ids2)
             self._cache[key] = k
         return self._cache[key]
+
+    def posterior(self, u_ids: np.ndarray, cand_ids: np.ndarray, *, ridge_rel: float = 1e-3, dense_max: int = 8000,
+                  reference: str = "network") -> tuple[Any, np.ndarray, np.ndarray]:
+        """The linearized network's posterior on an evaluation set U, its kernel rows on the shards.
+
+        Source: Mohamadi, Bae & Sutherland, NeurIPS 2022 (arXiv 2206.12569), Eq. 11–12, with
+        the pNTK ⊗ I_O kernel: K = k(L, L), A = k(U, L), B = k(U, U), base = f(U) + A(K+λI)⁻¹R,
+        M = B − A(K+λI)⁻¹Aᵀ. ``base`` and M are the mean and (per-class) covariance of the
+        linearized network's Gaussian-process posterior. The driver factors K + λI once (float64
+        Cholesky, jitter added if needed); A and B stay on the executor's shards
+        (:func:`entk_al.executor.sharded_posterior.fit_on_shards`). Ids of U or the candidates
+        with non-finite kernel values are left out (see :meth:`finite_ids`) and the system refit.
+        ``info`` gets ``ridge`` (absolute λ) and ``jitter``.
+
+        Args:
+            u_ids: (m,) int64 global ids of U (the candidates must be among them).
+            cand_ids: (C,) int64 global ids of the candidates (the posterior's kernel columns).
+            ridge_rel: λ relative to the kernel scale: λ = ridge_rel · trace(K)/n.
+            dense_max: above this |U| + n, B's column blocks are recomputed per use instead of kept.
+            reference: ``network`` (changes measured from f(U)) | ``base``.
+
+        Returns:
+            (posterior, u_ids, cand_ids): a :class:`~entk_al.executor.sharded_posterior.ShardedPosterior`
+            (positions index the returned ``u_ids``), and the ids actually used (non-finite ones removed).
+
+        Raises:
+            StrategyError: the labeled set's kernel is not finite.
+        """
+        lab = self.labeled_ids
+        k_ll = self.kernel(lab)
+        if not self.keep_mask(lab).all() or not bool(torch.isfinite(k_ll).all()):
+            raise StrategyError("the kernel of the labeled set has non-finite entries (float32 overflow?); "
+                                "check the inputs for huge values")
+        ridge = relative_ridge(k_ll, ridge_rel)
+        chol, jitter = cholesky_with_jitter(k_ll, ridge)
+        resid = (self.labeled_onehot().double() - self.logits(lab).double()).to(chol.device)
+        alpha = torch.cholesky_solve(resid, chol) if len(lab) else resid
+        x_lab = self.x_pool[torch.from_numpy(lab)]
+        u, cand = np.asarray(u_ids, dtype=np.int64), np.asarray(cand_ids, dtype=np.int64)
+        while True:
+            u, cand = u[self.keep_mask(u)], cand[self.keep_mask(cand)]
+            pos_of = {int(i): p for p, i in enumerate(u.tolist())}
+            cand_pos = np.fromiter((pos_of[int(i)] for i in cand), dtype=np.int64, count=len(cand))
+            with self.progress.task(f"posterior setup, |U| = {len(u)}", total=1) as advance:
+                t0 = time.perf_counter()
+                post, bad = fit_on_shards(self.executor, self._raw_kernel_fn, u_ids=u, cand_pos=cand_pos,
+                                          x_lab=x_lab, x_cand=self.x_pool[torch.from_numpy(cand)], chol=chol,
+                                          alpha=alpha, ridge=ridge + jitter, jitter=jitter,
+                                          dense=len(u) + len(lab) <= dense_max, reference=reference,
+                                          lab_ids=lab, cand_ids=cand, probe=self.kernel_probe())
+                self.kernel_seconds += time.perf_counter() - t0
+                advance(1)
+            if post is not None:
+                self.info.update(ridge=ridge, jitter=jitter)
+                return post, u, cand
+            self.exclude(bad, "kernel")
 
     def kernel_probe(self) -> torch.Tensor:
         """(≤4, *input_shape) CPU inputs (the pool's first ids) every shard traces the kernel's

@@ -17,11 +17,9 @@ evaluation set U, as in the paper; ``prefilter=knn`` shortlists a large pool wit
 from __future__ import annotations
 
 import math
-import time
 import warnings
 
 import numpy as np
-import torch
 
 from entk_al.acquisition import ACQUISITIONS
 from entk_al.batch_diversity import SELECTIONS
@@ -29,8 +27,6 @@ from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
 from entk_al.executor.knn_tiles import embeddings, knn_on_shards, train_quantizer
 from entk_al.executor.scan import top_scores
-from entk_al.executor.sharded_posterior import fit_on_shards
-from entk_al.lookahead import cholesky_with_jitter, relative_ridge
 from entk_al.prefilter import EXACT_MAX, diverse_subset, eval_set
 from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, select_lookahead
 
@@ -175,38 +171,14 @@ class LookaheadSampling:
     # -- one round -------------------------------------------------------------------
     def select(self, ctx: RoundContext, k: int) -> np.ndarray:
         cand_ids, u = self.candidates(ctx)
-        lab = ctx.labeled_ids
-        # K = k(L, L) by row tiles on the shards; the driver factors K + λI once.
-        k_ll = ctx.kernel(lab)
-        if not ctx.keep_mask(lab).all() or not bool(torch.isfinite(k_ll).all()):
-            raise StrategyError("the kernel of the labeled set has non-finite entries (float32 overflow?); "
-                                "check the inputs for huge values")
-        ridge = relative_ridge(k_ll, self.ridge_rel)
-        chol, jitter = cholesky_with_jitter(k_ll, ridge)
-        resid = (ctx.labeled_onehot().double() - ctx.logits(lab).double()).to(chol.device)
-        alpha = torch.cholesky_solve(resid, chol) if len(lab) else resid
-        x_lab = ctx.x_pool[torch.from_numpy(lab)]
-        while True:
-            # A, B and the score sums stay on the shards, by row tile of U (entk_al.executor.sharded_posterior).
-            u, cand_ids = u[ctx.keep_mask(u)], cand_ids[ctx.keep_mask(cand_ids)]
-            if len(cand_ids) < k:
-                raise StrategyError(f"only {len(cand_ids)} candidates have a finite kernel, "
-                                    f"fewer than the {k} to query")
-            m = len(u)
-            pos_of = {int(i): p for p, i in enumerate(u.tolist())}
-            cand_pos = np.fromiter((pos_of[int(i)] for i in cand_ids), dtype=np.int64, count=len(cand_ids))
-            with ctx.progress.task(f"look-ahead setup, |U| = {m}", total=1) as advance:
-                t0 = time.perf_counter()
-                post, bad = fit_on_shards(ctx.executor, ctx._raw_kernel_fn, u_ids=u, cand_pos=cand_pos, x_lab=x_lab,
-                                          x_cand=ctx.x_pool[torch.from_numpy(cand_ids)], chol=chol, alpha=alpha,
-                                          ridge=ridge + jitter, jitter=jitter, dense=m + len(lab) <= self.dense_max,
-                                          reference=self.reference, lab_ids=lab, cand_ids=cand_ids,
-                                          probe=ctx.kernel_probe())
-                ctx.kernel_seconds += time.perf_counter() - t0
-                advance(1)
-            if post is not None:
-                break
-            ctx.exclude(bad, "kernel")
+        # K + λI factored on the driver; A, B and the score sums stay on the shards by row tile of U.
+        post, u, cand_ids = ctx.posterior(u, cand_ids, ridge_rel=self.ridge_rel, dense_max=self.dense_max,
+                                          reference=self.reference)
+        if len(cand_ids) < k:
+            raise StrategyError(f"only {len(cand_ids)} candidates have a finite kernel, fewer than the {k} to query")
+        m = len(u)
+        pos_of = {int(i): p for p, i in enumerate(u.tolist())}
+        cand_pos = np.fromiter((pos_of[int(i)] for i in cand_ids), dtype=np.int64, count=len(cand_ids))
         # Folding modes score the remaining candidates once per fold: no known total there.
         total = len(cand_pos) if self.mode == "batch" else None
         with ctx.progress.task(f"look-ahead scoring, |U| = {m}", total=total) as advance:
@@ -226,7 +198,7 @@ class LookaheadSampling:
                 diversity_pool=self.diversity_pool, gumbel_temperature=self.gumbel_temperature,
                 score_progress=on_block)
         scores = info["pick_scores"]
-        ctx.info.update(ridge=ridge, jitter=jitter, acquisition=self.acquisition, mode=self.mode,
+        ctx.info.update(acquisition=self.acquisition, mode=self.mode,
                         selection=self.selection, reference=self.reference, eval_weight=self.eval_weight,
                         variance_power=self.variance_power,
                         num_candidates=int(len(cand_ids)), num_eval=int(m), folded=len(post.folded),
