@@ -9,7 +9,7 @@ plugin) asks first.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+import warnings
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.pool import Pool, as_pool
 from .errors import StrategyError
 from .executor import LocalExecutor
 from .executor.kernel_rows import kernel_rows
@@ -25,6 +26,16 @@ from .executor.sharded_posterior import fit_on_shards
 from .lookahead import cholesky_with_jitter, relative_ridge
 from .ntk import PNTK
 from .progress import NullProgress
+from .seeding import numpy_rng
+from .seeding import torch_generator as make_torch_generator
+
+#: The (seed, round, component) stream of a strategy's own randomness.
+STRATEGY_STREAM = "strategy"
+
+
+def _no_oracle(ids: np.ndarray) -> np.ndarray:
+    raise StrategyError("this strategy asks for labels during selection (e.g. the look-ahead's sequential mode); "
+                        "pass an oracle")
 
 
 @runtime_checkable
@@ -40,83 +51,135 @@ class QueryStrategy(Protocol):
     def select(self, ctx: "RoundContext", k: int) -> np.ndarray: ...
 
 
-@dataclass
 class RoundContext:
     """Everything a strategy may use in one round.
 
-    Attributes:
+    Built by the loop (:func:`entk_al.selection.select_queries`) and by :func:`entk_al.query`;
+    every argument is keyword-only, and only the model, the pool, the labeled set and the
+    number of classes are required.
+
+    Args:
+        model: the network trained this round (used in eval mode; do not train it in place).
+        pool: the pool (:class:`~entk_al.data.pool.Pool`, or an (N, *input_shape) tensor or array).
+        labeled_ids: (n,) int64 global ids labeled so far.
+        labeled_targets: (n,) int64 their labels in [0, num_classes).
+        num_classes: O, the number of classes (outputs of the model).
         round: round index (0-based).
         seed: run seed.
-        model: the network trained this round (eval mode; do not train it in place).
-        device: the model's device.
-        x_pool: (N, *input_shape) float32 tensor of all pool inputs (CPU); index with ids.
-        num_classes: O.
-        labeled_ids: (n,) int64 global ids labeled so far (increasing).
-        labeled_targets: (n,) int64 their labels.
-        unlabeled_ids: (N - n,) int64 global ids not yet labeled (increasing).
-        candidate_ids: (S,) int64 this round's random candidate subset of ``unlabeled_ids``
-            (the paper's per-round subset; the whole pool when it is smaller). Strategies
-            should select from it.
-        rng: NumPy generator for this (seed, round, "strategy") stream.
-        torch_generator: CPU torch generator for the same stream.
-        oracle: ``oracle(ids) -> labels``: ask for true labels mid-selection (sequential
-            look-ahead). Ids asked must be among those the strategy then returns.
+        device: where the model runs (default: the model's device).
+        unlabeled_ids: (N − n,) int64 ids not yet labeled (default: all others, increasing).
+        candidate_ids: (S,) int64 this round's candidates among the unlabeled ids (default: all).
+        rng: NumPy generator (default: the (seed, round, "strategy") stream).
+        torch_generator: CPU torch generator (default: the same stream).
+        oracle: ``oracle(ids) -> labels`` for labels mid-selection (sequential look-ahead);
+            default: none (asking raises :class:`~entk_al.errors.StrategyError`).
+        kernel_fn: ``kernel_fn(model, x1, x2=None) -> (N1, N2)``; default
+            :data:`entk_al.ntk.PNTK`, a feature kernel, with which :meth:`kernel` and
+            :meth:`posterior` compute each input's features once per round and shard.
+        progress: the run's progress reporter (default: none).
+        executor: where pool scans run (:mod:`entk_al.executor`), its round begun with
+            ``model``; default: a :class:`~entk_al.executor.LocalExecutor` over ``pool``.
+        x_pool: deprecated name of ``pool`` (a tensor); removed in 0.3.
+
+    Attributes:
+        round, seed, model, device, pool, num_classes, labeled_ids, labeled_targets,
+            unlabeled_ids, candidate_ids, rng, torch_generator, oracle, progress, executor:
+            as given (or their defaults). Strategies should select from ``candidate_ids``.
+        kernel_fn: the kernel function, wrapped so that its time counts in ``kernel_seconds``.
         info: dict a strategy may fill; it is written to the round's log as ``strategy_info``.
-        kernel_fn: ``kernel_fn(model, x1, x2) -> (N1, N2)`` the pNTK implementation used
-            (wrapped so that its time counts in :attr:`kernel_seconds`); default
-            :data:`entk_al.ntk.PNTK`, a feature kernel, with which :meth:`kernel` and the
-            look-ahead compute each input's features once per round and shard.
-        progress: the run's progress reporter; ``with ctx.progress.task(name, total) as advance``.
-        excluded: ids left out this round for non-finite values (see :meth:`finite_ids`).
-        eval_batch_size: kept for compatibility; forward passes now run per tile of the
-            executor's plan (:data:`entk_al.executor.TILE_SIZE` ids).
-        executor: where pool scans run (:mod:`entk_al.executor`); default: a
-            :class:`~entk_al.executor.LocalExecutor` over ``x_pool`` on ``device``, its round
-            begun with ``model``. Strategies hand it to the scan functions of that package.
+        kernel_seconds: seconds spent in kernels this round (every call through the context).
+        excluded: pool id -> why it was left out this round ("outputs", "embeddings", "kernel",
+            "score"; see :meth:`finite_ids`).
+        scores: (candidate ids, scores) a strategy reported with :meth:`record_scores`, or None.
+
+    Raises:
+        StrategyError: a labeled id out of range, or labels and ids of different lengths.
     """
 
-    round: int
-    seed: int
-    model: nn.Module
-    device: torch.device
-    x_pool: torch.Tensor
-    num_classes: int
-    labeled_ids: np.ndarray
-    labeled_targets: np.ndarray
-    unlabeled_ids: np.ndarray
-    candidate_ids: np.ndarray
-    rng: np.random.Generator
-    torch_generator: torch.Generator
-    oracle: Callable[[np.ndarray], np.ndarray]
-    kernel_fn: Callable[..., torch.Tensor] = PNTK
-    info: dict[str, Any] = field(default_factory=dict)
-    eval_batch_size: int = 1024
-    #: progress reporter (:mod:`entk_al.progress`); kernels and strategies open tasks on it.
-    progress: NullProgress = field(default_factory=NullProgress)
-    #: seconds spent in ``kernel_fn`` this round (every call through the context counts).
-    kernel_seconds: float = 0.0
-    #: pool id -> why it was left out this round ("outputs", "embeddings", "kernel", "score").
-    excluded: dict[int, str] = field(default_factory=dict)
-    executor: Any = None
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        raw = self.kernel_fn
+    def __init__(self, *, model: nn.Module, pool: Any = None, labeled_ids: Any, labeled_targets: Any,
+                 num_classes: int, round: int = 0, seed: int = 0, device: torch.device | str | None = None,
+                 unlabeled_ids: Any = None, candidate_ids: Any = None, rng: np.random.Generator | None = None,
+                 torch_generator: torch.Generator | None = None,
+                 oracle: Callable[[np.ndarray], np.ndarray] | None = None,
+                 kernel_fn: Callable[..., torch.Tensor] = PNTK, progress: NullProgress | None = None,
+                 executor: Any = None, x_pool: torch.Tensor | None = None, info: dict | None = None):
+        if x_pool is not None:
+            warnings.warn("RoundContext(x_pool=...) is deprecated and will be removed in 0.3; pass pool=",
+                          FutureWarning, stacklevel=2)
+            pool = x_pool if pool is None else pool
+        if pool is None:
+            raise TypeError("RoundContext() needs pool=")
+        self.pool: Pool = as_pool(pool)
+        self.model, self.num_classes = model, int(num_classes)
+        self.round, self.seed = int(round), int(seed)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.labeled_ids = np.asarray(labeled_ids, dtype=np.int64)
+        self.labeled_targets = np.asarray(labeled_targets, dtype=np.int64)
+        if self.labeled_ids.shape != self.labeled_targets.shape:
+            raise StrategyError(f"{len(self.labeled_ids)} labeled ids but {len(self.labeled_targets)} labels")
+        if unlabeled_ids is None:
+            mask = np.ones(len(self.pool), dtype=bool)
+            mask[self.labeled_ids] = False
+            unlabeled_ids = np.flatnonzero(mask)
+        self.unlabeled_ids = np.asarray(unlabeled_ids, dtype=np.int64)
+        self.candidate_ids = self.unlabeled_ids if candidate_ids is None else np.asarray(candidate_ids, dtype=np.int64)
+        self.rng = rng if rng is not None else numpy_rng(self.seed, self.round, STRATEGY_STREAM)
+        self.torch_generator = (torch_generator if torch_generator is not None
+                                else make_torch_generator(self.seed, self.round, STRATEGY_STREAM))
+        self.oracle = oracle if oracle is not None else _no_oracle
+        self.info: dict[str, Any] = {} if info is None else info
+        self.progress = progress or NullProgress()
+        self.kernel_seconds = 0.0
+        self.excluded: dict[int, str] = {}
+        self.scores: tuple[np.ndarray, np.ndarray] | None = None
+        self._cache: dict[Any, Any] = {}
+        raw = kernel_fn
 
         def timed_kernel(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
             n2 = len(x1) if x2 is None else len(x2)
             t0 = time.perf_counter()
-            with self.progress.task(f"kernel {len(x1)}x{n2}", total=1) as advance:
-                out = raw(model, x1, x2, **kw)
+            with self.progress.task(f"kernel {len(x1)}x{n2}", total=1) as advance, torch.enable_grad():
+                out = raw(model, x1, x2, **kw).detach()
                 advance(1)
             self.kernel_seconds += time.perf_counter() - t0
             return out
 
         self.kernel_fn = timed_kernel
         self._raw_kernel_fn = raw
-        if self.executor is None:
-            self.executor = LocalExecutor(self.x_pool, self.device)
-            self.executor.begin_round(self.round, self.seed, self.model)
+        if executor is None:
+            executor = LocalExecutor(self.pool, self.device)
+            executor.begin_round(self.round, self.seed, self.model)
+        self.executor = executor
+
+    @property
+    def x_pool(self) -> torch.Tensor:
+        """Deprecated (removed in 0.3): the pool as one tensor when it is in memory; use :meth:`inputs`.
+
+        Raises:
+            StrategyError: the pool is not an in-memory tensor.
+        """
+        warnings.warn("RoundContext.x_pool is deprecated and will be removed in 0.3; use ctx.inputs(ids)",
+                      FutureWarning, stacklevel=2)
+        x = self.pool.tensor()
+        if x is None:
+            raise StrategyError("the pool is not held in memory; read inputs with ctx.inputs(ids)")
+        return x
+
+    def record_scores(self, ids: np.ndarray, scores: Any) -> None:
+        """Report the acquisition scores of candidates ``ids`` (higher = queried first); they come
+        back as :attr:`entk_al.Query.scores` from :func:`entk_al.query`.
+
+        Args:
+            ids: (S,) int64 global ids.
+            scores: (S,) scores (tensor or array), converted to float64.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        if isinstance(scores, torch.Tensor):
+            scores = scores.detach().cpu().double().numpy()
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if scores.shape != ids.shape:
+            raise ValueError(f"{len(scores)} scores for {len(ids)} ids")
+        self.scores = (ids, scores)
 
     # -- cached per-round quantities ------------------------------------------------
     def _ensure_predictions(self, ids: np.ndarray) -> np.ndarray:
@@ -126,7 +189,7 @@ class RoundContext:
         executor's shards (:func:`entk_al.executor.scan.predict`).
         """
         if "row_of" not in self._cache:
-            self._cache["row_of"] = np.full(len(self.x_pool), -1, dtype=np.int64)
+            self._cache["row_of"] = np.full(len(self.pool), -1, dtype=np.int64)
         row_of = self._cache["row_of"]
         new = ids[row_of[ids] < 0]
         if new.size:
@@ -180,7 +243,8 @@ class RoundContext:
 
     def inputs(self, ids: np.ndarray) -> torch.Tensor:
         """Pool inputs at ``ids`` on ``device``: (len(ids), *input_shape) float32."""
-        return self.x_pool[torch.from_numpy(np.asarray(ids, dtype=np.int64))].to(self.device)
+        x = self.pool.get(np.asarray(ids, dtype=np.int64))
+        return x.to(self.device)
 
     def kernel(self, ids1: np.ndarray, ids2: np.ndarray | None = None) -> torch.Tensor:
         """pNTK between pool ids (cached for the round): (len(ids1), len(ids2)) on ``device``.
@@ -200,7 +264,7 @@ class RoundContext:
             cols = ids1 if ids2 is None else ids2
             t0 = time.perf_counter()
             with self.progress.task(f"kernel {len(ids1)}x{len(cols)}", total=1) as advance:
-                k = kernel_rows(self.executor, self._raw_kernel_fn, ids1, self.x_pool[torch.from_numpy(cols)],
+                k = kernel_rows(self.executor, self._raw_kernel_fn, ids1, self.pool.get(cols),
                                 col_ids=ids2, probe=self.kernel_probe()).to(self.device)
                 advance(1)
             self.kernel_seconds += time.perf_counter() - t0
@@ -244,7 +308,7 @@ class RoundContext:
         chol, jitter = cholesky_with_jitter(k_ll, ridge)
         resid = (self.labeled_onehot().double() - self.logits(lab).double()).to(chol.device)
         alpha = torch.cholesky_solve(resid, chol) if len(lab) else resid
-        x_lab = self.x_pool[torch.from_numpy(lab)]
+        x_lab = self.pool.get(lab)
         u, cand = np.asarray(u_ids, dtype=np.int64), np.asarray(cand_ids, dtype=np.int64)
         while True:
             u, cand = u[self.keep_mask(u)], cand[self.keep_mask(cand)]
@@ -253,7 +317,7 @@ class RoundContext:
             with self.progress.task(f"posterior setup, |U| = {len(u)}", total=1) as advance:
                 t0 = time.perf_counter()
                 post, bad = fit_on_shards(self.executor, self._raw_kernel_fn, u_ids=u, cand_pos=cand_pos,
-                                          x_lab=x_lab, x_cand=self.x_pool[torch.from_numpy(cand)], chol=chol,
+                                          x_lab=x_lab, x_cand=self.pool.get(cand), chol=chol,
                                           alpha=alpha, ridge=ridge + jitter, jitter=jitter,
                                           dense=len(u) + len(lab) <= dense_max, reference=reference,
                                           lab_ids=lab, cand_ids=cand, probe=self.kernel_probe())
@@ -267,7 +331,7 @@ class RoundContext:
     def kernel_probe(self) -> torch.Tensor:
         """(≤4, *input_shape) CPU inputs (the pool's first ids) every shard traces the kernel's
         layer plan on, so that all kernel blocks of a run are computed alike."""
-        return self.x_pool[:4]
+        return self.pool.get(np.arange(min(4, len(self.pool))))
 
     def _note_nonfinite_kernel(self, k: torch.Tensor, ids1: np.ndarray, ids2: np.ndarray) -> None:
         bad = ~torch.isfinite(k)

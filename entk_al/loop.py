@@ -160,7 +160,7 @@ class ActiveLearningLoop:
         devices = [self.device] if self.device.type == "cuda" else []
         cfg = self.cfg
         # Started before anything is written: a missing Ray or cluster fails as a one-line error.
-        self.executor = make_executor(cfg.executor, self.data.x_train, self.device, address=cfg.address,
+        self.executor = make_executor(cfg.executor, self.setup.pool, self.device, address=cfg.address,
                                       workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker,
                                       cpus_per_worker=cfg.cpus_per_worker)
         try:

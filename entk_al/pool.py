@@ -69,14 +69,14 @@ class PoolState:
         return pool
 
 
-def validate_selection(strategy_name: str, ids, k: int, pool: PoolState) -> np.ndarray:
+def validate_selection(strategy_name: str, ids, k: int, pool: PoolState | np.ndarray) -> np.ndarray:
     """Check a strategy's answer ``ids``: exactly ``k`` distinct, unlabeled, in-range integer ids.
 
     Args:
         strategy_name: named in the error message.
         ids: what the strategy's ``select`` returned.
         k: the number of ids asked for.
-        pool: the pool state the ids must be unlabeled in.
+        pool: the pool state the ids must be unlabeled in, or its (N,) bool labeled mask.
 
     Returns:
         The ids as a (k,) int64 array, in the strategy's order.
@@ -92,13 +92,15 @@ def validate_selection(strategy_name: str, ids, k: int, pool: PoolState) -> np.n
         raise StrategyError(f"strategy {strategy_name!r} must return a 1-D integer array of pool ids, "
                             f"got dtype {arr.dtype} shape {arr.shape}")
     arr = arr.astype(np.int64)
+    labeled = pool.labeled_mask if isinstance(pool, PoolState) else np.asarray(pool, dtype=bool)
+    size = len(labeled)
     if len(arr) != k:
         raise StrategyError(f"strategy {strategy_name!r} returned {len(arr)} ids, expected {k}")
-    if arr.size and (arr.min() < 0 or arr.max() >= pool.size):
-        raise StrategyError(f"strategy {strategy_name!r} returned ids outside the pool [0, {pool.size})")
+    if arr.size and (arr.min() < 0 or arr.max() >= size):
+        raise StrategyError(f"strategy {strategy_name!r} returned ids outside the pool [0, {size})")
     if len(np.unique(arr)) != len(arr):
         raise StrategyError(f"strategy {strategy_name!r} returned duplicate ids")
-    if pool.labeled_mask[arr].any():
-        bad = arr[pool.labeled_mask[arr]][:5].tolist()
+    if labeled[arr].any():
+        bad = arr[labeled[arr]][:5].tolist()
         raise StrategyError(f"strategy {strategy_name!r} returned already-labeled ids, e.g. {bad}")
     return arr

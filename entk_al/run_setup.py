@@ -14,6 +14,7 @@ import torch
 
 from .config import RunConfig
 from .data import ALDataset, load_dataset
+from .data.pool import Pool, TensorPool
 from .errors import ConfigError
 from .models import build_model
 from .ntk import PNTK
@@ -80,6 +81,13 @@ class RunSetup:
         train_cfg = TrainConfig(loss=cfg.loss, epochs=cfg.epochs, min_steps=cfg.min_steps, batch_size=cfg.batch_size,
                                 lr=cfg.lr, weight_decay=cfg.weight_decay, threads=cfg.threads)
         return cls(cfg, device, data, strategy, train_cfg, kernel_fn or _default_kernel)
+
+    @property
+    def pool(self) -> Pool:
+        """The dataset's train split as a pool (:class:`~entk_al.data.pool.TensorPool`, with its labels)."""
+        if getattr(self, "_pool", None) is None:
+            self._pool = TensorPool(self.data.x_train, self.data.y_train.numpy())
+        return self._pool
 
     def initial_ids(self) -> np.ndarray:
         """The seeded random initial labeled set: (cfg.initial,) int64 sorted global pool ids,

@@ -212,7 +212,9 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
             scoring pass, after each block (a new pass starts after each fold).
 
     Returns:
-        (positions (k,) int64 in pick order, info dict with per-pick scores).
+        (positions (k,) int64 in pick order, info dict: ``pick_scores`` (the score of each pick
+        when it was picked), ``first_scores`` ((C,) candidate positions, (C,) float64 scores of
+        the first scoring pass, before any fold)).
 
     Raises:
         ValueError: unknown mode/selection/eval_weight, k > C, hybrid_size < 1, no oracle for a
@@ -252,6 +254,8 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
         scores = post.scores(pos, acquisition=acquisition, exclude_self=exclude_self,
                              memory_budget_bytes=memory_budget_bytes, variance_power=variance_power,
                              progress=score_progress, **kw)
+        if not picked:
+            first = (remaining.copy(), scores.detach().cpu().double().numpy())
         take = _choose(post, pos, scores, y_pos, min(step, k - len(picked)), selection, rng, diversity_pool,
                        gumbel_temperature)
         chosen = remaining[take]
@@ -265,4 +269,4 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
                 post.fold(j, y)
         if progress is not None:
             progress(len(picked))
-    return np.asarray(picked, dtype=np.int64), {"pick_scores": pick_scores}
+    return np.asarray(picked, dtype=np.int64), {"pick_scores": pick_scores, "first_scores": first}

@@ -47,7 +47,7 @@ def _round_cache_peak(pool: int, dim: int, hidden: int, former: bool) -> dict:
         emb = feats[torch.from_numpy(ids)]
         probs = torch.softmax(logits[torch.from_numpy(ids)], dim=1)
     else:
-        ctx = RoundContext(round=0, seed=0, model=model, device=torch.device("cpu"), x_pool=x, num_classes=10,
+        ctx = RoundContext(round=0, seed=0, model=model, device=torch.device("cpu"), pool=x, num_classes=10,
                            labeled_ids=np.empty(0, dtype=np.int64), labeled_targets=np.empty(0, dtype=np.int64),
                            unlabeled_ids=ids, candidate_ids=ids, rng=np.random.default_rng(0),
                            torch_generator=torch.Generator(), oracle=lambda i: i, kernel_fn=lambda *a: None)

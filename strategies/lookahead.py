@@ -197,6 +197,8 @@ class LookaheadSampling:
                 eval_weight=self.eval_weight, selection=self.selection, rng=ctx.rng,
                 diversity_pool=self.diversity_pool, gumbel_temperature=self.gumbel_temperature,
                 score_progress=on_block)
+        first_pos, first_scores = info["first_scores"]
+        ctx.record_scores(u[first_pos], first_scores)
         scores = info["pick_scores"]
         ctx.info.update(acquisition=self.acquisition, mode=self.mode,
                         selection=self.selection, reference=self.reference, eval_weight=self.eval_weight,

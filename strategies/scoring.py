@@ -69,6 +69,7 @@ def executor_top_k(ctx: RoundContext, kind: str, k: int, **options) -> tuple[np.
     if got["count"] < k:
         raise StrategyError(f"only {got['count']} of {len(ids)} candidates have a finite score, "
                             f"fewer than the {k} to query")
+    ctx.record_scores(got["all_ids"], got["all_scores"])
     return got["ids"], got
 
 
@@ -99,7 +100,9 @@ class ScoreStrategy:
         if self._uses_tile_score():
             return executor_top_k(ctx, self.tile_score, k)[0]
         ids = ctx.candidate_ids
-        return top_k(ids, self.score(ctx, ids), k, ctx)
+        scores = self.score(ctx, ids)
+        ctx.record_scores(ids, scores)
+        return top_k(ids, scores, k, ctx)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -56,7 +56,7 @@ class DigitsRound:
             return y[np.asarray(ids, dtype=np.int64)]
 
         ctx = RoundContext(round=round_idx, seed=self.seed, model=model, device=torch.device("cpu"),
-                           x_pool=self.x_pool, num_classes=self.num_classes, labeled_ids=self.labeled_ids,
+                           pool=self.x_pool, num_classes=self.num_classes, labeled_ids=self.labeled_ids,
                            labeled_targets=y[self.labeled_ids], unlabeled_ids=unl,
                            candidate_ids=self.candidate_ids, rng=numpy_rng(self.seed, round_idx, "strategy"),
                            torch_generator=torch_generator(self.seed, round_idx, "strategy"), oracle=oracle,

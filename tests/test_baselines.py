@@ -51,7 +51,7 @@ def fake_ctx(ids, *, probs=None, feats=None, labeled_ids=(), model=None, inputs=
     lab = np.asarray(labeled_ids, dtype=np.int64)
     ex = LocalExecutor(x, tile_size=tile_size)
     ex.begin_round(0, seed, model)
-    return RoundContext(round=0, seed=seed, model=model, device=torch.device("cpu"), x_pool=x, num_classes=o,
+    return RoundContext(round=0, seed=seed, model=model, device=torch.device("cpu"), pool=x, num_classes=o,
                         labeled_ids=lab, labeled_targets=np.zeros(len(lab), dtype=np.int64), unlabeled_ids=ids,
                         candidate_ids=ids, rng=np.random.default_rng(seed),
                         torch_generator=torch.Generator().manual_seed(seed), oracle=lambda i: None,

@@ -63,7 +63,7 @@ class Counter:
 def _ctx(model, x, executor, labeled, cand) -> RoundContext:
     unl = np.setdiff1d(np.arange(len(x)), labeled)
     y = np.arange(len(x)) % 5
-    return RoundContext(round=1, seed=3, model=model, device=torch.device("cpu"), x_pool=x, num_classes=5,
+    return RoundContext(round=1, seed=3, model=model, device=torch.device("cpu"), pool=x, num_classes=5,
                         labeled_ids=labeled, labeled_targets=y[labeled], unlabeled_ids=unl, candidate_ids=cand,
                         rng=numpy_rng(3, 1, "strategy"), torch_generator=torch_generator(3, 1, "strategy"),
                         oracle=lambda ids: y[ids], executor=executor)

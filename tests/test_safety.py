@@ -146,7 +146,7 @@ def test_nonfinite_pool_items_are_left_out_and_logged(overflow_pool, tmp_path, s
 def _ctx(model, x, labeled, kernel_fn=None, k_seed=0):
     n = len(x)
     unl = np.setdiff1d(np.arange(n), labeled)
-    return RoundContext(round=0, seed=k_seed, model=model, device=torch.device("cpu"), x_pool=x, num_classes=3,
+    return RoundContext(round=0, seed=k_seed, model=model, device=torch.device("cpu"), pool=x, num_classes=3,
                         labeled_ids=labeled, labeled_targets=np.arange(len(labeled)) % 3, unlabeled_ids=unl,
                         candidate_ids=unl, rng=np.random.default_rng(0), torch_generator=torch.Generator(),
                         oracle=lambda ids: np.zeros(len(ids), dtype=np.int64),

@@ -12,7 +12,7 @@ from strategies import REGISTRY, top_k
 
 def make_ctx(model, x_pool, labeled, labels, candidates, num_classes, seed=0):
     unl = np.setdiff1d(np.arange(len(x_pool)), labeled)
-    return RoundContext(round=0, seed=seed, model=model, device=torch.device("cpu"), x_pool=x_pool,
+    return RoundContext(round=0, seed=seed, model=model, device=torch.device("cpu"), pool=x_pool,
                         num_classes=num_classes, labeled_ids=np.asarray(labeled), labeled_targets=np.asarray(labels),
                         unlabeled_ids=unl, candidate_ids=np.asarray(candidates),
                         rng=np.random.default_rng(seed), torch_generator=torch.Generator().manual_seed(seed),

@@ -6,6 +6,7 @@ import importlib.util
 
 import torch
 
+from ..data.pool import Pool
 from ..errors import ConfigError
 from .base import Executor
 from .local import LocalExecutor
@@ -15,13 +16,13 @@ EXECUTORS = ("local", "ray")
 RAY_MISSING = "--executor ray needs Ray, which is not installed: pip install entk-al[ray]"
 
 
-def make_executor(name: str, x_pool: torch.Tensor, device: torch.device, *, address: str | None = None,
+def make_executor(name: str, pool: Pool | torch.Tensor, device: torch.device, *, address: str | None = None,
                   workers: int = 2, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0) -> Executor:
-    """The executor for ``--executor name`` over the pool inputs ``x_pool``.
+    """The executor for ``--executor name`` over ``pool``.
 
     Args:
         name: ``local`` (in process, on ``device``) or ``ray`` (shard actors).
-        x_pool: (N, *input_shape) CPU pool inputs.
+        pool: the pool (:class:`~entk_al.data.pool.Pool`, or an (N, *input_shape) CPU tensor).
         device: the driver's device (the local executor's).
         address: Ray cluster (``auto`` or ``HOST:PORT``); None starts a private local cluster
             that :meth:`Executor.close` shuts down.
@@ -33,12 +34,12 @@ def make_executor(name: str, x_pool: torch.Tensor, device: torch.device, *, addr
         ConfigError: unknown name, or ``ray`` without Ray installed or its cluster unreachable.
     """
     if name == "local":
-        return LocalExecutor(x_pool, device)
+        return LocalExecutor(pool, device)
     if name == "ray":
         if importlib.util.find_spec("ray") is None:
             raise ConfigError(RAY_MISSING)
         from .ray_executor import RayExecutor
 
-        return RayExecutor(x_pool, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+        return RayExecutor(pool, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
                            cpus_per_worker=cpus_per_worker)
     raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {name!r}")

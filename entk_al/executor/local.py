@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.pool import Pool, as_pool
 from .base import Executor
 from .plan import TILE_SIZE, TilePlan
 from .shard import Shard
@@ -23,7 +24,7 @@ class LocalExecutor(Executor):
     ``OMP_NUM_THREADS``) makes them equal by construction.
 
     Args:
-        x_pool: (N, *input_shape) pool inputs (CPU tensor; not copied).
+        pool: the pool (:class:`~entk_al.data.pool.Pool`, or an (N, *input_shape) CPU tensor; not copied).
         device: where the model and tile work run.
         tile_size: ids per tile (the default is every executor's; tests pass small ones).
         threads: torch intra-op threads during tile tasks (>= 1), or None.
@@ -34,12 +35,13 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def __init__(self, x_pool: torch.Tensor, device: str | torch.device = "cpu", tile_size: int = TILE_SIZE,
+    def __init__(self, pool: Pool | torch.Tensor, device: str | torch.device = "cpu", tile_size: int = TILE_SIZE,
                  threads: int | None = None):
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        self.plan = TilePlan(len(x_pool), 1, tile_size)
-        self.shard = Shard(x_pool, 0, tile_size, device, threads=threads)
+        pool = as_pool(pool)
+        self.plan = TilePlan(len(pool), 1, tile_size)
+        self.shard = Shard(pool, 0, tile_size, device, threads=threads)
 
     def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
         self.shard.begin_round(round_idx, seed, model)

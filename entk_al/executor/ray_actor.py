@@ -12,27 +12,26 @@ from .shard import Shard
 
 
 class ShardHost:
-    """Holds the :class:`~entk_al.executor.shard.Shard` of ids [id_start, id_start + len(x)).
+    """Holds the :class:`~entk_al.executor.shard.Shard` of one contiguous id range.
 
     Numerics are pinned here, once per worker: ``threads`` torch intra-op threads,
     deterministic cuDNN without autotuning, and no TF32.
 
     Args:
-        x: (n, *input_shape) CPU inputs of the owned ids.
-        id_start: global id of ``x[0]``.
+        pool: what the shard reads its ids from (:meth:`entk_al.data.pool.Pool.shard`).
         tile_size: the plan's tile size.
         threads: torch intra-op threads (>= 1).
         use_gpu: run the shard on this actor's GPU.
     """
 
-    def __init__(self, x: torch.Tensor, id_start: int, tile_size: int, threads: int, use_gpu: bool):
+    def __init__(self, pool: Any, tile_size: int, threads: int, use_gpu: bool):
         torch.set_num_threads(max(1, int(threads)))
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.shard = Shard(x, id_start, tile_size, device)
+        self.shard = Shard(pool, 0, tile_size, device)
 
     def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
         self.shard.begin_round(round_idx, seed, model)
@@ -41,4 +40,4 @@ class ShardHost:
         return self.shard.run(task, jobs, shared)
 
     def ping(self) -> int:
-        return len(self.shard.x)
+        return len(self.shard.pool)

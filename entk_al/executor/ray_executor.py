@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..data.pool import Pool, as_pool
 from ..errors import ConfigError
 from .base import Executor
 from .plan import TILE_SIZE, TilePlan
@@ -57,7 +58,9 @@ class RayExecutor(Executor):
     """Shard actors on a Ray cluster.
 
     Args:
-        x_pool: (N, *input_shape) CPU pool inputs; each actor gets its id range's rows once.
+        pool: the pool (:class:`~entk_al.data.pool.Pool` or an (N, *input_shape) CPU tensor); each
+            actor gets what it needs to read its id range once (:meth:`Pool.shard`: an in-memory
+            pool's rows, or the source itself — a file path, a dataset — which the actor opens).
         address: ``auto``, ``HOST:PORT`` (an existing cluster), or None: start a private local
             cluster (``num_cpus`` = workers × cpus_per_worker) that :meth:`close` shuts down.
             When Ray is already initialized in this process, that cluster is used and left up.
@@ -75,7 +78,7 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, x_pool: torch.Tensor, *, address: str | None = None, workers: int = 2,
+    def __init__(self, pool: Pool | torch.Tensor, *, address: str | None = None, workers: int = 2,
                  gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, tile_size: int = TILE_SIZE):
         import ray
 
@@ -105,7 +108,8 @@ class RayExecutor(Executor):
             if self._own_cluster:
                 ray.shutdown()
             raise
-        self.plan = TilePlan(len(x_pool), workers, tile_size)
+        pool = as_pool(pool)
+        self.plan = TilePlan(len(pool), workers, tile_size)
         self._remote = ray.remote(ShardHost).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                       max_restarts=0)
         self._threads = max(1, int(cpus_per_worker))
@@ -115,7 +119,7 @@ class RayExecutor(Executor):
         for s in range(workers):
             start, stop = self.plan.shard_ids(s)
             if stop > start:
-                self._inputs[s] = ray.put(x_pool[start:stop].contiguous())
+                self._inputs[s] = ray.put(pool.shard(start, stop))
                 self.actors[s] = self._spawn(s)
         try:
             ray.get([a.ping.remote() for a in self.actors.values()], timeout=ACTOR_START_S)
@@ -131,8 +135,7 @@ class RayExecutor(Executor):
         self.restarts = 0
 
     def _spawn(self, s: int) -> Any:
-        return self._remote.remote(self._inputs[s], self.plan.shard_ids(s)[0], self.plan.tile_size, self._threads,
-                                   self._use_gpu)
+        return self._remote.remote(self._inputs[s], self.plan.tile_size, self._threads, self._use_gpu)
 
     def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
         if any(p.device.type != "cpu" for p in model.parameters()):

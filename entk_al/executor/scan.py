@@ -75,7 +75,7 @@ def _score(shard: Shard, tile: int, ids: np.ndarray, shared: dict) -> dict:
     fin = np.isfinite(s)
     order = np.lexsort((ids[fin], -s[fin]))[:shared["k"]]
     return {"ids": ids[fin][order], "scores": s[fin][order], "nonfinite": ids[~fin],
-            "sum": float(s[fin].sum()), "count": int(fin.sum())}
+            "sum": float(s[fin].sum()), "count": int(fin.sum()), "all": (ids[fin], s[fin])}
 
 
 def predict(executor: Any, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +116,8 @@ def top_scores(executor: Any, kind: str, ids: np.ndarray, k: int, **options: Any
     Returns:
         dict: ``ids`` (≤ k,) int64 by decreasing score, ties to the lower id; ``scores``
         (float64) aligned; ``nonfinite`` ids whose score was NaN/±inf; ``mean`` of the finite
-        scores; ``count`` of finite scores.
+        scores; ``count`` of finite scores; ``all_ids`` and ``all_scores``: every finite score
+        (in tile order).
 
     Raises:
         ValueError: unknown ``kind``.
@@ -136,5 +137,7 @@ def top_scores(executor: Any, kind: str, ids: np.ndarray, k: int, **options: Any
         total += got[t]["sum"]
     count = sum(got[t]["count"] for t in tiles)
     nonfinite = np.concatenate([got[t]["nonfinite"] for t in tiles]) if tiles else np.zeros(0, np.int64)
+    all_ids = np.concatenate([got[t]["all"][0] for t in tiles]) if tiles else np.zeros(0, np.int64)
+    all_s = np.concatenate([got[t]["all"][1] for t in tiles]) if tiles else np.zeros(0)
     return {"ids": top_ids[order], "scores": top_s[order], "nonfinite": nonfinite,
-            "mean": total / count if count else float("nan"), "count": count}
+            "mean": total / count if count else float("nan"), "count": count, "all_ids": all_ids, "all_scores": all_s}

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.pool import Pool, TensorPool
 from ..models import eval_mode, last_linear
 
 #: task name -> fn(shard, tile, payload, shared) -> result; filled by the task modules.
@@ -38,19 +39,21 @@ def task(name: str, *, per_shard: bool = False) -> Callable:
 
 
 class Shard:
-    """Pool inputs of ids [id_start, id_start + len(x)) and the per-tile state of one round.
+    """The pool a worker reads its ids from, and the per-tile state of one round.
 
     Args:
-        x: (n, *input_shape) inputs of the owned ids, in id order (CPU tensor).
-        id_start: global id of ``x[0]``.
+        pool: the pool (:class:`~entk_al.data.pool.Pool`, read by global id), or a CPU tensor of
+            the owned ids' inputs (n, *input_shape) in id order, the first being ``id_start``.
+        id_start: global id of a tensor ``pool``'s first row (ignored for a Pool).
         tile_size: ids per tile of the run's :class:`~entk_al.executor.plan.TilePlan`.
         device: where the model runs on this shard.
         threads: torch intra-op threads while a task runs (None: leave the process's setting).
     """
 
-    def __init__(self, x: torch.Tensor, id_start: int, tile_size: int, device: str | torch.device = "cpu",
+    def __init__(self, pool: Pool | torch.Tensor, id_start: int, tile_size: int, device: str | torch.device = "cpu",
                  threads: int | None = None):
-        self.x, self.id_start, self.tile_size = x, int(id_start), int(tile_size)
+        self.pool = pool if isinstance(pool, Pool) else TensorPool(pool, offset=id_start)
+        self.tile_size = int(tile_size)
         self.device = torch.device(device)
         self.threads = threads
         self.model: nn.Module | None = None
@@ -72,9 +75,9 @@ class Shard:
 
     def inputs(self, ids: np.ndarray) -> torch.Tensor:
         """Inputs at global ``ids`` (owned by this shard), on the shard's device in the model dtype."""
-        rows = torch.from_numpy(np.asarray(ids, dtype=np.int64) - self.id_start)
+        x = self.pool.get(np.asarray(ids, dtype=np.int64))
         dtype = next(self.model.parameters()).dtype
-        return self.x[rows].to(device=self.device, dtype=dtype)
+        return x.to(device=self.device, dtype=dtype if x.is_floating_point() else x.dtype)
 
     @torch.no_grad()
     def outputs(self, tile: int, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

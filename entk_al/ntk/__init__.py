@@ -72,7 +72,14 @@ def kernel(
     """
     common.check_kind_method(kind, method)
     common.check_sizes(batch_size, tile_size)
-    x1, x2 = common.prepare_inputs(model, x1, x2)
+    # The kernel differentiates the model: it enables what it needs inside no_grad() and
+    # inference_mode() (selection code is often wrapped in them) and returns a detached result.
+    with torch.inference_mode(False), torch.enable_grad():
+        x1, x2 = common.prepare_inputs(model, x1, x2)
+        return _kernel(model, x1, x2, kind, method, batch_size, tile_size).detach()
+
+
+def _kernel(model, x1, x2, kind, method, batch_size, tile_size) -> torch.Tensor:
     device, dtype = common.model_device_dtype(model)
     params = common.trainable(model)
     with common.eval_mode(model):

@@ -61,7 +61,8 @@ def prepare_inputs(model: nn.Module, x1, x2) -> tuple[torch.Tensor, torch.Tensor
             raise ValueError(f"{name} must have a leading sample dimension, got a 0-d tensor")
         if x.shape[0] == 0:
             raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); need at least one sample")
-        return x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+        x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+        return x.clone() if x.is_inference() else x  # inference tensors cannot enter autograd
 
     x1 = conv(x1, "x1")
     if x2 is None:

@@ -106,10 +106,11 @@ class PreparedKernel:
 
     def __init__(self, model: nn.Module, x_probe: torch.Tensor, kind: str, method: str, tile: int):
         self.model, self.kind = model, kind
-        x_probe, _ = common.prepare_inputs(model, x_probe[:gram.PROBE_SAMPLES], None)
+        with torch.inference_mode(False):
+            x_probe, _ = common.prepare_inputs(model, x_probe[:gram.PROBE_SAMPLES], None)
         self.device, self.dtype = common.model_device_dtype(model)
         self._params = common.trainable(model)
-        with common.eval_mode(model), torch.enable_grad():
+        with torch.inference_mode(False), common.eval_mode(model), torch.enable_grad():
             from . import _n_outputs
 
             n_out = _n_outputs(model, x_probe)
@@ -132,8 +133,9 @@ class PreparedKernel:
         Returns:
             opaque features of n samples on :attr:`device` (see :meth:`rows`, :meth:`cat`).
         """
-        x, _ = common.prepare_inputs(self.model, x, None)
-        with common.eval_mode(self.model), torch.enable_grad():
+        with torch.inference_mode(False):
+            x, _ = common.prepare_inputs(self.model, x, None)
+        with torch.inference_mode(False), common.eval_mode(self.model), torch.enable_grad():
             if self._jacobian:
                 g = jacobian.per_sample_grads(self.model, self._params, x, self._V, None)
                 return gram.GramFeatures(g.detach(), [])
@@ -141,7 +143,7 @@ class PreparedKernel:
 
     def block(self, fa: "gram.GramFeatures", fb: "gram.GramFeatures") -> torch.Tensor:
         """Kernel block between two feature sets: (len(fa), len(fb)) in the model dtype, detached."""
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
             return common.finish(gram.pair(fa, fb, self._full), self.kind)
 
     @staticmethod

@@ -200,6 +200,10 @@ def build_plan(model: nn.Module, params: dict, x: torch.Tensor, V: torch.Tensor,
         if kind is None or not direct or any(len(owners[id(p)]) != 1 for _, p in direct):
             continue
         cands.append(LayerPlan(mod, kind, [pn for pn, _ in direct]))
+    if not cands:  # nothing the engine handles (e.g. bare nn.Parameters used in forward)
+        plan = Plan()
+        plan.fallback = dict(params)
+        return plan
     # probe: call counts (weight sharing) and gradient reconstruction check
     probe = x[:PROBE_SAMPLES]
     cparams = [getattr(lp.mod, n) for lp in cands for n in lp.names]
