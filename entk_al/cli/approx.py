@@ -97,8 +97,13 @@ def approx(
     quiet: Quiet = False,
 ) -> None:
     """How close is pNTK ⊗ I to the eNTK? Kernel distance, spectrum, kernel regression, cost."""
+    args = dict(locals())
     try:
-        _approx(**locals())
+        check_out_dir(out)
+        from ..runlock import run_folder_lock
+
+        with run_folder_lock(out):  # two studies writing one folder would replace each other's files
+            _approx(**args)
     except EntkAlError as exc:  # one line and exit 2, also when the hub runs standalone
         echo_error(exc)
         raise typer.Exit(2) from None

@@ -40,6 +40,15 @@ def fidelity(
 ) -> None:
     """Compare look-ahead predictions with real warm-started retraining on L ∪ {(x, ŷ)}."""
     check_out_dir(out)
+    from ..runlock import run_folder_lock
+
+    with run_folder_lock(out):  # two measurements writing one folder would replace each other's files
+        _fidelity(dataset, model, width, initial, candidates, eval_size, seed, ridge_rel, top_k, epochs, min_steps,
+                  batch_size, lr, loss, device, data_dir, out, quiet)
+
+
+def _fidelity(dataset, model, width, initial, candidates, eval_size, seed, ridge_rel, top_k, epochs, min_steps,
+              batch_size, lr, loss, device, data_dir, out, quiet) -> None:
     import torch
 
     from ..config import RunConfig
