@@ -144,8 +144,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    data = text.encode("utf-8")
+    """Write ``text`` to ``path`` atomically, as UTF-8.
+
+    A path or class name the file system handed over with bytes it could not decode (lone
+    surrogates, PEP 383) is written as those original bytes, so the file names the real file.
+    """
+    data = text.encode("utf-8", "surrogateescape")
     atomic_write(path, lambda fh: fh.write(data))
 
 

@@ -32,6 +32,7 @@ from entk_al.executor.scan import top_scores
 from entk_al.executor.sharded_posterior import fit_on_shards
 from entk_al.lookahead import cholesky_with_jitter, relative_ridge
 from entk_al.prefilter import EXACT_MAX, diverse_subset, eval_set
+from entk_al.seeding import tie_keys
 from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, select_lookahead
 
 
@@ -150,7 +151,7 @@ class LookaheadSampling:
         if self.embedding == "pntk":
             spec = {"kind": "pntk", "dim": self.embedding_dim, "seed": int(ctx.rng.integers(2**31))}
         seed = int(ctx.rng.integers(2**31))
-        # margin score −(p_(1) − p_(2)): the highest are the least certain (ties to the lower id).
+        # margin score −(p_(1) − p_(2)): the highest are the least certain (ties in the round's seeded order).
         top = top_scores(ex, "margin", unl, min(len(unl), self.shortlist or 4 * self.num_candidates))
         ctx.exclude(top["nonfinite"], "outputs")
         short, short_emb = top["ids"], embeddings(ex, top["ids"], spec).numpy()
@@ -223,7 +224,7 @@ class LookaheadSampling:
                 memory_budget_bytes=self.memory_budget_bytes, variance_power=self.variance_power,
                 eval_weight=self.eval_weight, selection=self.selection, rng=ctx.rng,
                 diversity_pool=self.diversity_pool, gumbel_temperature=self.gumbel_temperature,
-                score_progress=on_block)
+                tie_keys=tie_keys(ctx.seed, ctx.round, u), score_progress=on_block)
         scores = info["pick_scores"]
         ctx.info.update(ridge=ridge, jitter=jitter, acquisition=self.acquisition, mode=self.mode,
                         selection=self.selection, reference=self.reference, eval_weight=self.eval_weight,

@@ -14,6 +14,7 @@ import typer
 from ..config import RunConfig, check_finite, check_seed
 from ..errors import ConfigError, EntkAlError
 from ..progress import rich_bar
+from ..text import printable
 from .options import PlainDataDir, PlainDevice, Quiet, check_out_dir
 from .output import echo_error
 
@@ -166,7 +167,7 @@ def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, e
     for table in tables(result):
         console.print(table)
     console.print(slope_line(result))
-    console.print(f"wrote {out / 'approx.json'} and {', '.join(p.name for p in figs)}")
+    console.print(printable(f"wrote {out / 'approx.json'} and {', '.join(p.name for p in figs)}"), markup=False)
 
 
 def _measure(factory, data, settings, train_cfg, kwargs, model, dataset, total, quiet, out):

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..errors import CheckpointError, LabelError
+from .output import echo
 
 
 def pending_queries(run_dir: Path) -> tuple[int, list[int], list[str]]:
@@ -53,5 +54,5 @@ def label(
         labels = record_labels(run_dir, rnd, ids, classes, answers)
     counts = {classes[c]: int((labels == c).sum()) for c in sorted(set(labels.tolist()))}
     summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
-    typer.echo(f"recorded {len(ids)} labels ({summary}) in {label_path(run_dir, rnd)}"
+    echo(f"recorded {len(ids)} labels ({summary}) in {label_path(run_dir, rnd)}"
                f"{' (replacing earlier ones)' if replaced else ''}; continue with: entk-al run --resume {run_dir}")

@@ -13,6 +13,7 @@ import typer
 from ..config import RunConfig, default
 from ..errors import ConfigError
 from .options import DataDir, Device, Download, Quiet, check_out_dir
+from .output import echo
 
 RUN_FILES = ("config.json", "rounds.jsonl", "curve.png", "checkpoint.pt", "summary.json")
 #: Options that say where and how fast a run computes, not what it computes: left out of the
@@ -171,10 +172,10 @@ def _run_locked(cfg, out_dir: Path, resume: bool, overwrite: bool, quiet: bool) 
     finally:
         progress.close()
     if loop.waiting_for is not None:
-        typer.echo(f"waiting for labels: fill in the 'label' column of {loop.waiting_for} (class name or "
+        echo(f"waiting for labels: fill in the 'label' column of {loop.waiting_for} (class name or "
                    f"index), then run: entk-al label {out_dir} --from {loop.waiting_for} && "
                    f"entk-al run --resume {out_dir}")
         return
     last = records[-1]
-    typer.echo(f"done: {last['n_labeled']} labels, test accuracy {100 * last['test_accuracy']:.2f}% "
+    echo(f"done: {last['n_labeled']} labels, test accuracy {100 * last['test_accuracy']:.2f}% "
                f"(round 0: {100 * records[0]['test_accuracy']:.2f}%); results in {out_dir}")
