@@ -31,7 +31,7 @@ from entk_al.executor.knn_tiles import embeddings, knn_on_shards, train_quantize
 from entk_al.executor.scan import top_scores
 from entk_al.executor.sharded_posterior import fit_on_shards
 from entk_al.lookahead import cholesky_with_jitter, relative_ridge
-from entk_al.prefilter import EXACT_MAX, diverse_subset, eval_set
+from entk_al.prefilter import EXACT_MAX, diverse_subset, eval_set, faiss_build
 from entk_al.seeding import tie_keys
 from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, select_lookahead
 
@@ -70,9 +70,9 @@ class LookaheadSampling:
         neighbours: faiss neighbours per candidate added to U.
         embedding: ``penultimate`` | ``pntk`` (random projection of pNTK features).
         embedding_dim: dimension of the ``pntk`` projection.
-        faiss_gpu: accepted for compatibility; the prefilter's searches now run per tile of the
-            executor's plan on the CPU (:mod:`entk_al.executor.knn_tiles`), where an index holds
-            at most 512 vectors.
+        faiss_gpu: accepted for compatibility and ignored: the prefilter's searches run per tile of
+            the executor's plan on the CPU (:mod:`entk_al.executor.knn_tiles`), where an index holds
+            at most 512 vectors; ``strategy_info["faiss"]`` names the faiss build in use.
         dense_max: above this |U| + n, k(U, U) is streamed in column blocks through the
             kernel function instead of being built whole.
     """
@@ -158,6 +158,8 @@ class LookaheadSampling:
         finite = np.isfinite(short_emb).all(1)
         ctx.exclude(short[~finite], "embeddings")
         short, short_emb = short[finite], short_emb[finite]
+        # Which faiss ran (a CPU build, per tile; see `faiss_gpu`), and a warning when two are installed.
+        ctx.info["faiss"] = faiss_build() + "; searches on the CPU, one index per tile"
         keep = short[diverse_subset(short_emb, min(self.num_candidates, len(short)), seed=seed)]
         if self.eval_size <= len(keep) or self.neighbours == 0:
             return keep, keep[:max(self.eval_size, len(keep))]
