@@ -68,7 +68,11 @@ def run_folder_lock(folder: str | Path, *, create: bool = True) -> Iterator[Path
             with _held_guard:
                 _held[key] -= 1
         return
-    fd = _acquire(folder) if fcntl is not None else None
+    try:
+        fd = _acquire(folder) if fcntl is not None else None
+    except BaseException:
+        _remove_if_empty(folder, created)
+        raise
     with _held_guard:
         _held[key] = 1
     try:
@@ -78,11 +82,15 @@ def run_folder_lock(folder: str | Path, *, create: bool = True) -> Iterator[Path
             del _held[key]
         if fd is not None:
             _release(folder, fd)
-        if created:
-            try:
-                folder.rmdir()  # only when empty: nothing was written
-            except OSError:
-                pass
+        _remove_if_empty(folder, created)
+
+
+def _remove_if_empty(folder: Path, created: bool) -> None:
+    if created:
+        try:
+            folder.rmdir()  # only when empty: nothing was written
+        except OSError:
+            pass
 
 
 def _make_folder(folder: Path) -> bool:

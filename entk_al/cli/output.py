@@ -20,5 +20,5 @@ def echo_error(message: object) -> None:
 
 
 def echo(message: object) -> None:
-    """Print a result line on stdout, made printable (it names paths, datasets, class names)."""
+    """Print ``message`` (a result line naming paths, datasets, class names) on stdout, made printable."""
     typer.echo(printable(message))
