@@ -9,6 +9,7 @@ import numpy as np
 
 from .approx import width_label
 from .fileio import atomic_write
+from .text import printable
 
 LABELS = {"error_pntk": "pNTK ⊗ I", "error_first_logit": "first logit ⊗ I", "error_trace": "trace ⊗ I",
           "error_random_logit": "random logit ⊗ I", "offdiag_share": "off-diagonal share"}
@@ -142,6 +143,7 @@ def write_figures(result: dict, out: Path, title: str) -> list[Path]:
         title: title shared by the figures.
     """
     paths = []
+    title = printable(title)  # it names the dataset, which may be a path
     if plot_width(result, out / "approx_width.png", f"{title}: error at init"):
         paths.append(out / "approx_width.png")
     plot_training(result, out / "approx_training.png", f"{title}: error over training")
@@ -156,12 +158,14 @@ def tables(result: dict):
     Args:
         result: the dict returned by :func:`entk_al.approx.run_approx`.
     """
+    from rich.markup import escape
     from rich.table import Table
 
     s = result["settings"]
     cp = lambda n: "init" if n == 0 else str(n)  # noqa: E731
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    d_t = Table(title=f"‖k⊗I − eNTK‖_F/‖eNTK‖_F on {s['dataset']} test points (N={s['n_points']}, mean of "
+    dataset = escape(printable(s["dataset"]))  # may be a path; rich reads [brackets] as markup
+    d_t = Table(title=f"‖k⊗I − eNTK‖_F/‖eNTK‖_F on {dataset} test points (N={s['n_points']}, mean of "
                       f"{s['subsets']} subsets)")
     for col in ("width", "trained on", "net acc %", "pNTK", "first logit", "trace", "rand logit", "off-diag"):
         d_t.add_column(col, justify="right")

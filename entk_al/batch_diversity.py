@@ -17,6 +17,10 @@ alternatives, each seeded from the round's strategy RNG:
   each further center is drawn with probability ∝ D(j)², the squared distance to the nearest
   center chosen so far. Candidates whose predicted changes coincide are not queried together.
 
+Equal scores (``flip`` scores are fractions of |U| and tie often) are ordered by the round's
+seeded tie-break keys of the candidates' pool ids (:func:`entk_al.seeding.tie_keys`), not by
+position.
+
 The change vectors are never formed: their Gram matrix is
 ⟨Δ_j, Δ_k⟩ = (Σ_i c_ij c_ik)(δ_j · δ_k), from one (m × P) block of M.
 """
@@ -26,14 +30,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .seeding import rank_descending
+
 #: Batch rules of :func:`entk_al.sequential.select_lookahead`.
 SELECTIONS = ("topk", "gumbel", "kmeanspp")
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest scores (NaN last; ties: the earlier index wins), (k,) int64."""
+def top_k(scores: np.ndarray, k: int, keys: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the k largest scores, (k,) int64; NaN last.
+
+    Args:
+        scores: (C,) scores.
+        k: how many.
+        keys: (C,) uint64 tie-break keys (:func:`entk_al.seeding.tie_keys` of the candidates'
+            pool ids): equal scores in increasing key order. None: the earlier index wins.
+    """
     s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
-    return np.argsort(-s, kind="stable")[:k]
+    if keys is None:
+        return np.argsort(-s, kind="stable")[:k]
+    return rank_descending(s, keys)[:k]
 
 
 def gumbel_top_k(scores: np.ndarray, k: int, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
@@ -83,7 +98,8 @@ def change_gram(post, pos: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (coef.T @ coef) * (delta @ delta.T)
 
 
-def kmeanspp_seeding(gram: np.ndarray, k: int, first: int, rng: np.random.Generator) -> np.ndarray:
+def kmeanspp_seeding(gram: np.ndarray, k: int, first: int, rng: np.random.Generator,
+                     keys: np.ndarray | None = None) -> np.ndarray:
     """k-means++ seeding from a Gram matrix (Arthur & Vassilvitskii 2007; BADGE, Ash et al. 2020).
 
     Args:
@@ -91,10 +107,12 @@ def kmeanspp_seeding(gram: np.ndarray, k: int, first: int, rng: np.random.Genera
         k: number of centers (≤ P).
         first: index of the first center.
         rng: generator; one ``rng.random()`` per center after the first.
+        keys: (P,) uint64 tie-break keys (:func:`entk_al.seeding.tie_keys`), or None.
 
     Returns:
         (k,) int64 distinct indices in pick order. When every remaining point is at distance 0
-        from the centers (duplicates), the lowest remaining index is taken.
+        from the centers (duplicates), the remaining index with the lowest key is taken (the
+        lowest index without keys).
 
     Raises:
         ValueError: k > P or ``first`` out of range.
@@ -119,7 +137,7 @@ def kmeanspp_seeding(gram: np.ndarray, k: int, first: int, rng: np.random.Genera
                 nxt -= 1
         else:
             free = np.setdiff1d(np.arange(p), chosen)
-            nxt = int(free[0])
+            nxt = int(free[0] if keys is None else free[np.lexsort((free, np.asarray(keys)[free]))[0]])
         chosen.append(nxt)
         d2 = np.minimum(d2, np.maximum(sq + sq[nxt] - 2.0 * gram[:, nxt], 0.0))
         d2[chosen] = 0.0

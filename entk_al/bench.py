@@ -46,6 +46,7 @@ from .loop import ActiveLearningLoop
 from .plugins import available_strategies, load_strategy
 from .progress import NullProgress
 from .results import plot_curve
+from .runlock import run_folder_lock
 from .seeding import int_seed
 
 PROTOCOL_KEYS = {"name", "description", "strategies", "seeds", "base_seed", "queries", "run", "strategy_options",
@@ -307,20 +308,21 @@ class BenchRunner:
             run name -> state it had before this call.
         """
         states = self.prepare()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         for spec in self.specs:
-            state = states[spec.name]
-            if on_start:
-                on_start(spec, state)
             run_dir = self.out_dir / spec.name
-            info = {"label": spec.label, "seed_index": spec.seed_index, "protocol": self.protocol.name}
-            if state != "done" or not (run_dir / BENCH_INFO).is_file():
-                run_dir.mkdir(parents=True, exist_ok=True)
-                write_json(run_dir / BENCH_INFO, info)
-            if state == "done":
-                continue
-            loop = ActiveLearningLoop(spec.config, self.out_dir / spec.name, dataset=self.dataset_for(spec.config),
-                                      curve_writer=plot_curve, progress=progress)
-            loop.run(resume=state == "partial",
-                     on_round=(lambda rec, spec=spec: on_round(spec, rec)) if on_round else None)
+            # Each cell is locked while it runs (entk_al.runlock): a second bench on this grid, or
+            # an `entk-al run --resume` of the cell, stops in one line instead of overwriting it.
+            with run_folder_lock(run_dir):
+                state = run_state(run_dir, spec.config)  # again, under the lock
+                if on_start:
+                    on_start(spec, state)
+                info = {"label": spec.label, "seed_index": spec.seed_index, "protocol": self.protocol.name}
+                if state != "done" or not (run_dir / BENCH_INFO).is_file():
+                    write_json(run_dir / BENCH_INFO, info)
+                if state == "done":
+                    continue
+                loop = ActiveLearningLoop(spec.config, run_dir, dataset=self.dataset_for(spec.config),
+                                          curve_writer=plot_curve, progress=progress)
+                loop.run(resume=state == "partial",
+                         on_round=(lambda rec, spec=spec: on_round(spec, rec)) if on_round else None)
         return states

@@ -32,3 +32,16 @@ class LabelError(EntkAlError, ValueError):
 
 class DataFormatError(EntkAlError, ValueError):
     """A dataset file exists but its contents are malformed (bad keys, shapes, labels, images)."""
+
+
+class StorageError(EntkAlError, OSError):
+    """A file could not be written because the disk is full or the folder is read-only.
+
+    Files written before stay intact (every write is atomic, :mod:`entk_al.fileio`);
+    ``errno`` is that of the operating system's error (ENOSPC, EDQUOT, EROFS, EACCES, EPERM).
+    """
+
+
+class RunFolderInUseError(EntkAlError, RuntimeError):
+    """Another process holds the run folder's lock (:mod:`entk_al.runlock`): two commands
+    writing one run folder would overwrite each other's results."""

@@ -156,8 +156,19 @@ def _measure(model, kernel_fn, x_l, y_l, x_u, cand, train_cfg, make_generator, n
     }
 
 
+#: The caption under ``fidelity.png``: what its axes measure.
+FIDELITY_CAPTION = ("One point per candidate x. Real change: Σ_i ‖f'(U_i) − g(U_i)‖₂ over the evaluation set U, f' "
+                    "the network really retrained on L ∪ {(x, ŷ)} (warm start, the loop's recipe).\nLeft: g = f_L, "
+                    "the network trained on the labeled set L that the look-ahead linearizes. Right: g = a control "
+                    "retrained on L alone with the same steps and mini-batch seed,\nwhich removes the drift that "
+                    "further SGD causes with or without x.")
+
+
 def plot_fidelity(result: dict, path, title: str = "") -> None:
-    """Scatter of predicted vs real output change (both panels), written atomically as PNG.
+    """Scatter of predicted vs real output change, written atomically as PNG.
+
+    Left panel: the real change from f_L (the network trained on L); right panel: from a control
+    retrained on L alone with the same steps (:data:`FIDELITY_CAPTION` is printed under them).
 
     Args:
         result: the dict returned by :func:`measure_fidelity`.
@@ -170,18 +181,21 @@ def plot_fidelity(result: dict, path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     from .fileio import atomic_write
+    from .text import printable
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
     p = np.asarray(result["predicted_change"])
-    for ax, key, lab, rho in ((axes[0], "real_change", "real change vs f_L", result["spearman"]),
-                              (axes[1], "real_change_vs_control", "real change vs control retrain",
+    for ax, key, lab, rho in ((axes[0], "real_change", "real change from f_L, the model trained on L",
+                               result["spearman"]),
+                              (axes[1], "real_change_vs_control", "real change from a control retrained on L alone",
                                result["spearman_vs_control"])):
         ax.scatter(p, result[key], s=12, alpha=0.7)
-        ax.set_xlabel("look-ahead predicted change Σ‖Δf‖₂")
-        ax.set_ylabel(lab)
+        ax.set_xlabel("look-ahead predicted change Σ_i ‖f_{L+x}(U_i) − f_L(U_i)‖₂")
+        ax.set_ylabel(lab, fontsize=9)
         ax.set_title(f"Spearman {rho:.3f}")
         ax.grid(alpha=0.3)
-    fig.suptitle(title or "look-ahead fidelity")
-    fig.tight_layout()
+    fig.suptitle(printable(title) or "look-ahead fidelity")
+    fig.text(0.5, 0.01, FIDELITY_CAPTION, ha="center", va="bottom", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)

@@ -36,6 +36,7 @@ from .oracle import FileOracle, SimulatedOracle, query_path, recorded_labels, wr
 from .pool import PoolState
 from .progress import NullProgress
 from .run_setup import RunSetup, resolve_device
+from .runlock import run_folder_lock
 from .seeding import int_seed, torch_generator
 from .selection import select_queries
 from .train import train_model
@@ -155,20 +156,27 @@ class ActiveLearningLoop:
 
         ``on_round(record)`` is called after each round (for progress display). The global
         torch RNG is re-seeded per round inside and restored afterwards, so a program that
-        embeds the loop keeps its own random stream.
+        embeds the loop keeps its own random stream. The run folder is locked meanwhile
+        (:func:`entk_al.runlock.run_folder_lock`).
+
+        Raises:
+            RunFolderInUseError: another process holds the run folder's lock.
+            StorageError: the disk is full or the run folder is read-only.
         """
         devices = [self.device] if self.device.type == "cuda" else []
         cfg = self.cfg
-        # Started before anything is written: a missing Ray or cluster fails as a one-line error.
-        self.executor = make_executor(cfg.executor, self.setup.pool, self.device, address=cfg.address,
-                                      workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker,
-                                      cpus_per_worker=cfg.cpus_per_worker)
-        try:
-            with torch.random.fork_rng(devices=devices):
-                return self._run(resume, on_round)
-        finally:
-            self.executor.close()
-            self.executor = None
+        # One writer per run folder (entk_al.runlock; re-entrant, so the CLI may hold it already).
+        with run_folder_lock(self.out_dir):
+            # Started before anything is written: a missing Ray or cluster fails as a one-line error.
+            self.executor = make_executor(cfg.executor, self.setup.pool, self.device, address=cfg.address,
+                                          workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker,
+                                          cpus_per_worker=cfg.cpus_per_worker)
+            try:
+                with torch.random.fork_rng(devices=devices):
+                    return self._run(resume, on_round)
+            finally:
+                self.executor.close()
+                self.executor = None
 
     def _run(self, resume: bool, on_round: Callable[[dict], None] | None) -> list[dict]:
         model = self.new_model(0)

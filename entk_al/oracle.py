@@ -208,7 +208,10 @@ def record_labels(run_dir: str | Path, round_idx: int, pending_ids: Sequence[int
         LabelError: see :func:`parse_answers`.
     """
     labels = parse_answers(answers, pending_ids, classes, round_idx)
-    rows = [(int(i), "", "", classes[int(c)]) for i, c in zip(pending_ids, labels)]
+    # A class name that is not valid UTF-8 (a folder name the file system could not decode) is
+    # recorded by its index, which reads back the same.
+    rows = [(int(i), "", "", classes[int(c)] if classes[int(c)].isprintable() else int(c))
+            for i, c in zip(pending_ids, labels)]
     write_text_atomic(label_path(run_dir, round_idx), _csv_text(rows))
     return labels
 

@@ -40,6 +40,7 @@ import numpy as np
 from .errors import ConfigError
 from .fileio import atomic_write, read_jsonl, write_text_atomic
 from .metrics import aubc
+from .text import printable
 
 
 @dataclass
@@ -239,8 +240,17 @@ def _pyplot():
     return plt
 
 
+def _curve(group: list[RunResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels (T,), mean accuracy % (T,), 95% half-width (T,), 0 where undefined) over the seeds of ``group``."""
+    length = min(len(r.accuracy) for r in group)
+    acc = np.stack([r.accuracy[:length] for r in group]) * 100
+    stats = [mean_ci(acc[:, t]) for t in range(length)]
+    return (group[0].n_labeled[:length], np.array([m for m, _ in stats]),
+            np.nan_to_num(np.array([h for _, h in stats])))
+
+
 def plot_curves(runs: list[RunResult], path: str | Path, title: str = "") -> None:
-    """Test accuracy (%) against labels: mean ± 95% t-interval over seeds, per strategy.
+    """Test accuracy (%) against labels: mean ± 95% t-interval over seeds, per strategy, in one panel.
 
     Args:
         runs: finished runs of the grid.
@@ -252,14 +262,9 @@ def plot_curves(runs: list[RunResult], path: str | Path, title: str = "") -> Non
     queries = sorted({q for q, _ in groups})
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for (q, strat), group in groups.items():
-        length = min(len(r.accuracy) for r in group)
-        acc = np.stack([r.accuracy[:length] for r in group]) * 100
-        stats = [mean_ci(acc[:, t]) for t in range(length)]
-        mean = np.array([m for m, _ in stats])
-        half = np.nan_to_num(np.array([h for _, h in stats]))
-        x = group[0].n_labeled[:length]
+        x, mean, half = _curve(group)
         label = strat if len(queries) == 1 else f"{strat} (q={q})"
-        line, = ax.plot(x, mean, marker="o", markersize=3, label=f"{label} (n={len(group)})",
+        line, = ax.plot(x, mean, marker="o", markersize=3, label=printable(f"{label} (n={len(group)})"),
                         linestyle="-" if strat == "lookahead" else "--" if strat == "random" else "-",
                         linewidth=2.2 if strat == "lookahead" else 1.3)
         # Accuracy is bounded; a t-interval is not, so clip the band to [0, 100].
@@ -267,9 +272,129 @@ def plot_curves(runs: list[RunResult], path: str | Path, title: str = "") -> Non
                         color=line.get_color())
     ax.set_xlabel("number of labels")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "mean ± 95% CI over seeds", fontsize=10)
+    ax.set_title(printable(title) or "mean ± 95% CI over seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def plot_curve_panels(runs: list[RunResult], path: str | Path, reference: str | None = None,
+                      title: str = "") -> None:
+    """Small multiples: one panel per strategy (and query size) with its mean test accuracy (%)
+    ± 95% t-interval over seeds, the reference's mean drawn in gray in every panel; shared axes.
+
+    Args:
+        runs: finished runs of the grid.
+        path: PNG file to write.
+        reference: strategy drawn in gray for comparison (None: none).
+        title: figure title.
+    """
+    plt = _pyplot()
+    groups = _groups(runs)
+    queries = sorted({q for q, _ in groups})
+    n = len(groups)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.1 * rows + 0.6), dpi=120, sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, ((q, strat), group) in zip(axes.flat, groups.items()):
+        if reference is not None and (q, reference) in groups and strat != reference:
+            rx, rmean, _ = _curve(groups[(q, reference)])
+            ax.plot(rx, rmean, color="gray", linestyle="--", linewidth=1.0, label=printable(reference))
+            ax.legend(fontsize=6, loc="lower right")
+        x, mean, half = _curve(group)
+        ax.plot(x, mean, marker="o", markersize=2, color="tab:blue", linewidth=1.4)
+        ax.fill_between(x, np.clip(mean - half, 0, 100), np.clip(mean + half, 0, 100), alpha=0.25, color="tab:blue")
+        name = strat if len(queries) == 1 else f"{strat} (q={q})"
+        ax.set_title(printable(f"{name} (n={len(group)})"), fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("number of labels", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%)", fontsize=8)
+    fig.suptitle(printable(title) or "mean ± 95% CI over seeds, one panel per strategy", fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def curve_differences(runs: list[RunResult], reference: str) -> dict[tuple[int, str], tuple]:
+    """Per-round paired accuracy differences to ``reference``: for each (query, strategy ≠
+    reference) and round t, d_s(t) = acc(S, s, t) − acc(R, s, t) over the seeds both finished,
+    in percentage points; its mean and 95% Student-t half-width (0 where undefined, n < 2).
+
+    Args:
+        runs: finished runs of the grid.
+        reference: the reference strategy's name.
+
+    Returns:
+        (query, strategy) -> (labels (T,), mean (T,), half-width (T,), number of paired seeds).
+    """
+    table: dict[int, dict[str, dict[int, RunResult]]] = defaultdict(lambda: defaultdict(dict))
+    for r in runs:
+        table[r.query][r.strategy][r.seed] = r
+    out = {}
+    for q in sorted(table):
+        if reference not in table[q]:
+            continue
+        for strat in sorted(table[q]):
+            seeds = sorted(set(table[q][strat]) & set(table[q][reference]))
+            if strat == reference or not seeds:
+                continue
+            length = min(min(len(table[q][s][i].accuracy) for i in seeds) for s in (strat, reference))
+            d = np.stack([table[q][strat][i].accuracy[:length] - table[q][reference][i].accuracy[:length]
+                          for i in seeds]) * 100
+            stats = [mean_ci(d[:, t]) for t in range(length)]
+            out[(q, strat)] = (table[q][strat][seeds[0]].n_labeled[:length], np.array([m for m, _ in stats]),
+                               np.nan_to_num(np.array([h for _, h in stats])), len(seeds))
+    return out
+
+
+def plot_curve_differences(runs: list[RunResult], path: str | Path, reference: str, title: str = "") -> None:
+    """Test accuracy minus the reference's, paired over seeds (:func:`curve_differences`): one
+    panel per strategy (and query size), mean ± 95% CI in percentage points, zero line marked.
+
+    Args:
+        runs: finished runs of the grid.
+        path: PNG file to write.
+        reference: the reference strategy.
+        title: figure title.
+
+    Raises:
+        ConfigError: ``reference`` has no finished run paired with another strategy.
+    """
+    diffs = curve_differences(runs, reference)
+    if not diffs:
+        raise ConfigError(f"the difference view needs finished runs of {reference!r} and of another strategy "
+                          f"on the same seeds; strategies here: {', '.join(sorted({r.strategy for r in runs}))}")
+    plt = _pyplot()
+    queries = sorted({q for q, _ in diffs})
+    n = len(diffs)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.1 * rows + 0.6), dpi=120, sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, ((q, strat), (x, mean, half, n_seeds)) in zip(axes.flat, diffs.items()):
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.plot(x, mean, marker="o", markersize=2, color="tab:blue", linewidth=1.4)
+        ax.fill_between(x, mean - half, mean + half, alpha=0.25, color="tab:blue")
+        name = strat if len(queries) == 1 else f"{strat} (q={q})"
+        ax.set_title(printable(f"{name} (n={n_seeds})"), fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("number of labels", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(printable(f"accuracy − {reference} (points)"), fontsize=8)
+    fig.suptitle(printable(title) or printable(f"test accuracy minus {reference}'s, paired over seeds: "
+                                               f"mean ± 95% CI"), fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
@@ -292,10 +417,11 @@ def plot_penalty(strategies: list[str], pen: np.ndarray, path: str | Path, title
         for j in range(s):
             ax.text(j, i, f"{pen[i, j]:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if pen[i, j] < 0.5 * max(1.0, pen.max()) else "black")
-    ax.set_xticks(range(s), strategies, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(s), strategies, fontsize=8)
+    names = [printable(n) for n in strategies]
+    ax.set_xticks(range(s), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(s), names, fontsize=8)
     ax.set_xlabel("column mean (beaten): " + "  ".join(f"{v:.2f}" for v in pen.mean(axis=0)), fontsize=6)
-    ax.set_title(title or "P[row, col]: fraction of rounds row beats col (paired t, p<0.05)", fontsize=8)
+    ax.set_title(printable(title) or "P[row, col]: fraction of rounds row beats col (paired t, p<0.05)", fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
@@ -303,6 +429,9 @@ def plot_penalty(strategies: list[str], pen: np.ndarray, path: str | Path, title
 
 #: References of paired.csv when none is named: those of these present in the grid.
 DEFAULT_REFERENCES = ("random", "margin")
+
+#: What the numbers beside paired.png's rows mean (its default title).
+PAIRED_CAPTION = "paired over seeds; W/T/L beside each row: seeds on which it won / tied / lost against the reference"
 
 PAIRED_FIELDS = ["strategy", "reference", "query", "n_seeds", "mean_diff", "ci95_low", "ci95_high",
                  "wilcoxon_p", "wins", "ties", "losses"]
@@ -404,45 +533,78 @@ def plot_paired(rows: list[dict], path: str | Path, title: str = "") -> None:
         for yi, r in zip(y, mine):
             ax.annotate(f"{r['wins']}/{r['ties']}/{r['losses']}", (1.0, yi), xycoords=("axes fraction", "data"),
                         xytext=(3, 0), textcoords="offset points", va="center", fontsize=6)
+        # The numbers beside the rows get a column heading: they are seed counts, not a panel.
+        ax.annotate("seeds\nW/T/L", (1.0, 1.0), xycoords="axes fraction", xytext=(3, 2), textcoords="offset points",
+                    va="bottom", ha="left", fontsize=6)
         ax.axvline(0.0, color="black", linewidth=0.8)
-        ax.set_yticks(y, labels, fontsize=7)
-        ax.set_xlabel(f"AUBC − {ref} (points), mean ± 95% CI", fontsize=8)
+        ax.set_yticks(y, [printable(lab) for lab in labels], fontsize=7)
+        ax.set_xlabel(printable(f"AUBC − {ref} (points), mean ± 95% CI"), fontsize=8)
         ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(title or "paired over seeds; right: wins/ties/losses", fontsize=9)
+    fig.suptitle(printable(title) or PAIRED_CAPTION, fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
 
 
+#: Views of the learning curves (``entk-al plot --view``) and the file each writes.
+CURVE_VIEWS = {"overlay": "curves.png", "panels": "curves_panels.png", "difference": "curves_difference.png"}
+
+
 def plot_runs(runs_dir: str | Path, out_dir: str | Path | None = None,
-              references: list[str] | None = None) -> list[Path]:
-    """Write ``curves.png``, ``summary.csv`` and ``penalty.png`` for the finished runs, and
-    ``paired.csv`` / ``paired.png`` when the grid holds a reference strategy.
+              references: list[str] | None = None, views: list[str] | tuple[str, ...] = ("overlay",)) -> list[Path]:
+    """Write the learning curves (``curves.png`` and the other ``views``), ``summary.csv`` and
+    ``penalty.png`` for the finished runs, and ``paired.csv`` / ``paired.png`` when the grid
+    holds a reference strategy.
 
     Args:
         references: references of the paired comparison; default ``random`` and ``margin``
-            where present (no paired files when neither is).
+            where present (no paired files when neither is). The first is also the reference
+            of the ``panels`` and ``difference`` views.
         runs_dir: folder holding one sub-folder per run.
         out_dir: where the files go (default: ``runs_dir``).
+        views: learning-curve figures (:data:`CURVE_VIEWS`): ``overlay`` (every strategy in one
+            panel, ``curves.png``), ``panels`` (small multiples, one panel per strategy with the
+            reference in gray, ``curves_panels.png``), ``difference`` (accuracy minus the
+            reference's, paired over seeds, ``curves_difference.png``).
 
     Raises:
-        ConfigError: no run directory, none finished, or a named reference not in the grid.
+        ConfigError: no run directory, none finished, a named reference not in the grid, an
+            unknown view, or the difference view without a reference.
     """
+    unknown = [v for v in views if v not in CURVE_VIEWS]
+    if unknown:
+        raise ConfigError(f"unknown view {', '.join(unknown)}; choose from {', '.join(CURVE_VIEWS)}")
     runs_dir = Path(runs_dir)
     out_dir = Path(out_dir) if out_dir is not None else runs_dir
     runs, unfinished = load_runs(runs_dir)
     if not runs:
         raise ConfigError(f"{runs_dir}: none of its {unfinished} runs has finished yet; nothing to plot")
     note = f" ({unfinished} unfinished runs left out)" if unfinished else ""
-    paths = [out_dir / "curves.png", out_dir / "summary.csv", out_dir / "penalty.png"]
     strategies, pen = penalty_matrix(runs)  # computed first: a failure writes no file at all
     paired = paired_rows(runs, references)
-    plot_curves(runs, paths[0], title=f"{runs_dir.name}: mean ± 95% CI over seeds{note}")
-    write_summary_csv(runs, paths[1])
-    plot_penalty(strategies, pen, paths[2])
+    names = {r.strategy for r in runs}
+    reference = (references or [r for r in DEFAULT_REFERENCES if r in names] or [None])[0]
+    if "difference" in views and (reference is None or not curve_differences(runs, reference)):
+        raise ConfigError(f"the difference view needs a reference strategy with runs on the same seeds as "
+                          f"another: pass --reference NAME (strategies here: {', '.join(sorted(names))})")
+    paths = []
+    for view in [v for v in CURVE_VIEWS if v in views]:
+        path = out_dir / CURVE_VIEWS[view]
+        if view == "overlay":
+            plot_curves(runs, path, title=f"{runs_dir.name}: mean ± 95% CI over seeds{note}")
+        elif view == "panels":
+            plot_curve_panels(runs, path, reference, title=f"{runs_dir.name}: mean ± 95% CI over seeds{note}"
+                              + (f"; gray: {reference}" if reference else ""))
+        else:
+            plot_curve_differences(runs, path, reference, title=f"{runs_dir.name}: test accuracy minus "
+                                   f"{reference}'s, paired over seeds, mean ± 95% CI{note}")
+        paths.append(path)
+    paths += [out_dir / "summary.csv", out_dir / "penalty.png"]
+    write_summary_csv(runs, paths[-2])
+    plot_penalty(strategies, pen, paths[-1])
     if paired:
         paths += [out_dir / "paired.csv", out_dir / "paired.png"]
-        write_paired_csv(paired, paths[3])
-        plot_paired(paired, paths[4], title=f"{runs_dir.name}: paired AUBC differences over seeds{note}; "
-                                            f"right: wins/ties/losses")
+        write_paired_csv(paired, paths[-2])
+        plot_paired(paired, paths[-1], title=f"{runs_dir.name}: paired AUBC differences over seeds{note}; "
+                                             f"W/T/L beside each row: seeds won / tied / lost against the reference")
     return paths

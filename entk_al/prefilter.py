@@ -30,6 +30,42 @@ from .models import eval_mode
 EXACT_MAX = 100_000
 
 
+#: PyPI distributions that install the ``faiss`` package (they share its folder: install one).
+FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu11", "faiss-gpu-cu12", "faiss-gpu-cu12-cuvs",
+                       "faiss-cuda")
+_warned_conflict = False
+
+
+def faiss_build() -> str:
+    """Which faiss this process imported, for logs: version, CPU or GPU build, and the installed
+    distribution(s) that provide it (e.g. ``"faiss 1.15.1, CPU build (faiss-cpu)"``).
+
+    Warns (once per process) when more than one distribution of :data:`FAISS_DISTRIBUTIONS`
+    is installed: they unpack into the same ``faiss`` folder, so which one imports depends on
+    the install order, and uninstalling either breaks the other.
+    """
+    global _warned_conflict
+    from importlib import metadata
+
+    installed = []
+    for name in FAISS_DISTRIBUTIONS:
+        try:
+            installed.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    if len(installed) > 1 and not _warned_conflict:
+        import warnings
+
+        _warned_conflict = True
+        names = " ".join(i.split()[0] for i in installed)
+        warnings.warn(f"{' and '.join(installed)} are installed; they share the faiss package folder, so which "
+                      f"one imports depends on the install order and uninstalling either breaks the other: keep "
+                      f"one (pip uninstall -y {names} && pip install faiss-cpu, or a GPU build instead of "
+                      f"faiss-cpu)", RuntimeWarning, stacklevel=2)
+    kind = "GPU" if hasattr(faiss, "StandardGpuResources") else "CPU"
+    return f"faiss {getattr(faiss, '__version__', '?')}, {kind} build ({', '.join(installed) or 'not from PyPI'})"
+
+
 def _gpu_ok(use_gpu: bool | str) -> bool:
     if use_gpu == "auto":
         return hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available()

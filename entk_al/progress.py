@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Callable, Iterator, TextIO
 
+from .text import printable
+
 Advance = Callable[..., None]
 
 
@@ -61,7 +63,7 @@ class LineProgress(NullProgress):
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Advance]:
-        entry = [description, 0, total]
+        entry = [printable(description), 0, total]
         with self._lock:
             self._open.append(entry)
             if self._thread is None:
@@ -85,7 +87,7 @@ class LineProgress(NullProgress):
         return f"[{elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}] " + " > ".join(parts)
 
     def note(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        print(printable(text), file=self.stream, flush=True)
 
     def _tick(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -133,7 +135,7 @@ class RichProgress(NullProgress):
         if self._depth == 0:
             self._progress.start()
         self._depth += 1
-        tid = self._progress.add_task(("  " * (self._depth - 1)) + description, total=total)
+        tid = self._progress.add_task(("  " * (self._depth - 1)) + printable(description), total=total)
         try:
             yield lambda n=1: self._progress.advance(tid, n)
         finally:
@@ -144,13 +146,13 @@ class RichProgress(NullProgress):
                 self._progress.stop()
 
     def note(self, text: str) -> None:
-        self._progress.console.print(text, highlight=False, markup=False)
+        self._progress.console.print(printable(text), highlight=False, markup=False)
 
     def describe(self, description: str) -> None:
         """Rename the outermost task (e.g. to show the latest accuracy)."""
         tasks = self._progress.task_ids
         if tasks:
-            self._progress.update(tasks[0], description=description)
+            self._progress.update(tasks[0], description=printable(description))
 
     def close(self) -> None:
         self._progress.stop()

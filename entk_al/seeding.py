@@ -66,3 +66,54 @@ def torch_generator(seed: int, round_idx: int, component: str, device: str | tor
     g = torch.Generator(device=device)
     g.manual_seed(int_seed(seed, round_idx, component))
     return g
+
+
+#: The component of the tie-break keys every top-k of a round shares (:func:`tie_keys`).
+TIE_BREAK = "tie-break"
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def tie_keys(seed: int, round_idx: int, ids: np.ndarray, component: str = TIE_BREAK) -> np.ndarray:
+    """Seeded tie-break keys of global pool ``ids`` for one (seed, round, component) stream.
+
+    Key(id) is SplitMix64 (Steele, Lea & Flood, OOPSLA 2014) of ``int_seed(seed, round,
+    component) + (id + 1) · 0x9E3779B97F4A7C15``: a function of the id alone within a round, so
+    every tile, shard and executor gives an id the same key, and ordering equal scores by key is
+    a seeded random order of the ids that changes from round to round (instead of "lowest id
+    first", which on a class-sorted pool picks one class). Keys of distinct ids collide with
+    probability about n²/2⁶⁵; rankings fall back to the id then.
+
+    Args:
+        seed: run seed.
+        round_idx: round index.
+        ids: (n,) non-negative integer global pool ids.
+        component: stream name (every top-k of a round uses :data:`TIE_BREAK`).
+
+    Returns:
+        (n,) uint64 keys.
+    """
+    x = np.asarray(ids, dtype=np.int64).astype(np.uint64)
+    z = (x + np.uint64(1)) * _GOLDEN + np.uint64(int_seed(seed, round_idx, component))
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def rank_descending(scores: np.ndarray, keys: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    """Positions ordering ``scores`` from highest to lowest; equal scores by increasing tie key
+    (:func:`tie_keys`), then by id.
+
+    Args:
+        scores: (n,) float scores (NaN sorts last).
+        keys: (n,) uint64 tie-break keys.
+        ids: (n,) ids for the (improbable) equal keys; default: the positions.
+
+    Returns:
+        (n,) int64 positions.
+    """
+    s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
+    ids = np.arange(len(s)) if ids is None else np.asarray(ids)
+    return np.lexsort((ids, np.asarray(keys), -s)).astype(np.int64)

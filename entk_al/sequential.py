@@ -148,21 +148,23 @@ def uncertainty_weights(ref: torch.Tensor) -> torch.Tensor:
     return 1.0 - margin
 
 
-def _top(scores: torch.Tensor, k: int) -> np.ndarray:
-    return top_k(scores.detach().cpu().numpy(), k)
+def _top(scores: torch.Tensor, k: int, keys: np.ndarray | None) -> np.ndarray:
+    return top_k(scores.detach().cpu().numpy(), k, keys)
 
 
 def _choose(post: Posterior, pos: torch.Tensor, scores: torch.Tensor, y: torch.Tensor, n: int, selection: str,
-            rng: np.random.Generator | None, diversity_pool: int, temperature: float) -> np.ndarray:
-    """Indices into ``pos`` of the n candidates one batch step queries (see :mod:`entk_al.batch_diversity`)."""
+            rng: np.random.Generator | None, diversity_pool: int, temperature: float,
+            keys: np.ndarray | None) -> np.ndarray:
+    """Indices into ``pos`` of the n candidates one batch step queries (see :mod:`entk_al.batch_diversity`);
+    ``keys`` are their tie-break keys (or None)."""
     if selection == "topk" or n >= pos.numel():
-        return _top(scores, n)
+        return _top(scores, n, keys)
     s = scores.detach().cpu().numpy()
     if selection == "gumbel":
         return gumbel_top_k(s, n, rng, temperature)
-    pool = _top(scores, min(pos.numel(), max(n, diversity_pool)))  # pool[0] is the top score
+    pool = _top(scores, min(pos.numel(), max(n, diversity_pool)), keys)  # pool[0] is the top score
     gram = change_gram(post, pos[torch.from_numpy(pool).to(pos.device)], y[torch.from_numpy(pool).to(y.device)])
-    return pool[kmeanspp_seeding(gram.cpu().numpy(), n, 0, rng)]
+    return pool[kmeanspp_seeding(gram.cpu().numpy(), n, 0, rng, None if keys is None else keys[pool])]
 
 
 def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "batch",
@@ -171,6 +173,7 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
                      memory_budget_bytes: int = 256 * 2**20, variance_power: float = 0.0,
                      eval_weight: str = "none", selection: str = "topk", rng: np.random.Generator | None = None,
                      diversity_pool: int = 100, gumbel_temperature: float = 1.0,
+                     tie_keys: np.ndarray | None = None,
                      progress: Callable[[int], None] | None = None,
                      score_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
     """Pick ``k`` candidates by look-ahead score.
@@ -200,6 +203,9 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
         diversity_pool: ``kmeanspp`` seeds among this many top-scored candidates (at least
             the step's batch size).
         gumbel_temperature: τ of ``gumbel``.
+        tie_keys: (m,) uint64 tie-break keys of U's positions (:func:`entk_al.seeding.tie_keys`
+            of their pool ids): equal scores are taken in increasing key order; None: the
+            earlier position in ``cand`` first.
         mode: ``batch``, ``sequential`` or ``hybrid``.
         hybrid_size: picks per fold in ``hybrid`` mode (>= 1).
         acquisition: score of :func:`entk_al.acquisition.lookahead_scores` (e.g. ``mlmoc``,
@@ -257,7 +263,7 @@ def select_lookahead(post: Posterior, cand: np.ndarray, k: int, *, mode: str = "
         if not picked:
             first = (remaining.copy(), scores.detach().cpu().double().numpy())
         take = _choose(post, pos, scores, y_pos, min(step, k - len(picked)), selection, rng, diversity_pool,
-                       gumbel_temperature)
+                       gumbel_temperature, None if tie_keys is None else np.asarray(tie_keys)[remaining])
         chosen = remaining[take]
         picked.extend(chosen.tolist())
         pick_scores.extend(scores[torch.from_numpy(take).to(dev)].tolist())

@@ -27,7 +27,8 @@ from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
 from entk_al.executor.knn_tiles import embeddings, knn_on_shards, train_quantizer
 from entk_al.executor.scan import top_scores
-from entk_al.prefilter import EXACT_MAX, diverse_subset, eval_set
+from entk_al.prefilter import EXACT_MAX, diverse_subset, eval_set, faiss_build
+from entk_al.seeding import tie_keys
 from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, select_lookahead
 
 
@@ -65,9 +66,9 @@ class LookaheadSampling:
         neighbours: faiss neighbours per candidate added to U.
         embedding: ``penultimate`` | ``pntk`` (random projection of pNTK features).
         embedding_dim: dimension of the ``pntk`` projection.
-        faiss_gpu: accepted for compatibility; the prefilter's searches now run per tile of the
-            executor's plan on the CPU (:mod:`entk_al.executor.knn_tiles`), where an index holds
-            at most 512 vectors.
+        faiss_gpu: accepted for compatibility and ignored: the prefilter's searches run per tile of
+            the executor's plan on the CPU (:mod:`entk_al.executor.knn_tiles`), where an index holds
+            at most 512 vectors; ``strategy_info["faiss"]`` names the faiss build in use.
         dense_max: above this |U| + n, k(U, U) is streamed in column blocks through the
             kernel function instead of being built whole.
     """
@@ -146,13 +147,15 @@ class LookaheadSampling:
         if self.embedding == "pntk":
             spec = {"kind": "pntk", "dim": self.embedding_dim, "seed": int(ctx.rng.integers(2**31))}
         seed = int(ctx.rng.integers(2**31))
-        # margin score −(p_(1) − p_(2)): the highest are the least certain (ties to the lower id).
+        # margin score −(p_(1) − p_(2)): the highest are the least certain (ties in the round's seeded order).
         top = top_scores(ex, "margin", unl, min(len(unl), self.shortlist or 4 * self.num_candidates))
         ctx.exclude(top["nonfinite"], "outputs")
         short, short_emb = top["ids"], embeddings(ex, top["ids"], spec).numpy()
         finite = np.isfinite(short_emb).all(1)
         ctx.exclude(short[~finite], "embeddings")
         short, short_emb = short[finite], short_emb[finite]
+        # Which faiss ran (a CPU build, per tile; see `faiss_gpu`), and a warning when two are installed.
+        ctx.info["faiss"] = faiss_build() + "; searches on the CPU, one index per tile"
         keep = short[diverse_subset(short_emb, min(self.num_candidates, len(short)), seed=seed)]
         if self.eval_size <= len(keep) or self.neighbours == 0:
             return keep, keep[:max(self.eval_size, len(keep))]
@@ -196,7 +199,7 @@ class LookaheadSampling:
                 memory_budget_bytes=self.memory_budget_bytes, variance_power=self.variance_power,
                 eval_weight=self.eval_weight, selection=self.selection, rng=ctx.rng,
                 diversity_pool=self.diversity_pool, gumbel_temperature=self.gumbel_temperature,
-                score_progress=on_block)
+                tie_keys=tie_keys(ctx.seed, ctx.round, u), score_progress=on_block)
         first_pos, first_scores = info["first_scores"]
         ctx.record_scores(u[first_pos], first_scores)
         scores = info["pick_scores"]

@@ -8,19 +8,23 @@ import torch
 from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
 from entk_al.executor.scan import top_scores
+from entk_al.seeding import rank_descending, tie_keys
 
 
 def top_k(ids: np.ndarray, scores: np.ndarray | torch.Tensor, k: int,
           ctx: RoundContext | None = None) -> np.ndarray:
-    """The ``k`` ids with the highest finite scores; ties go to the earlier position (stable).
+    """The ``k`` ids with the highest finite scores.
 
+    Equal scores are ordered by the round's seeded tie-break keys of the ids
+    (:func:`entk_al.seeding.tie_keys` of ``ctx.seed``, ``ctx.round``), so ties do not go to the
+    lowest ids (on a pool sorted by class, one class); without ``ctx``, by position (stable).
     Ids with a non-finite score (NaN, ±inf) are left out, never ranked: with ``ctx`` they are
     recorded in ``ctx.info`` as excluded (:meth:`RoundContext.exclude`).
 
     Args:
         ids: (S,) int64 global ids.
         scores: (S,) scores, higher = more informative.
-        ctx: the round context, to record excluded ids (optional).
+        ctx: the round context, for the tie-break keys and to record excluded ids (optional).
 
     Raises:
         ValueError: ``k`` exceeds the number of ids, or shapes differ.
@@ -41,8 +45,9 @@ def top_k(ids: np.ndarray, scores: np.ndarray | torch.Tensor, k: int,
             raise StrategyError(f"only {int(finite.sum())} of {len(ids)} candidates have a finite score, "
                                 f"fewer than the {k} to query")
         ids, scores = ids[finite], scores[finite]
-    order = np.argsort(-scores, kind="stable")
-    return ids[order[:k]]
+    if ctx is None:
+        return ids[np.argsort(-scores, kind="stable")[:k]]
+    return ids[rank_descending(scores, tie_keys(ctx.seed, ctx.round, ids), ids)[:k]]
 
 
 def executor_top_k(ctx: RoundContext, kind: str, k: int, **options) -> tuple[np.ndarray, dict]:

@@ -117,7 +117,9 @@ def test_usage_errors_are_one_line_too(capsys):
 
 
 def test_every_error_class_is_covered_here_and_documented():
-    covered = {c.split("/")[0] for c in CASES} | {"CheckpointError", "LabelError"}
+    # StorageError: tests/test_storage_errors.py; RunFolderInUseError: tests/test_run_folder_lock.py.
+    covered = {c.split("/")[0] for c in CASES} | {"CheckpointError", "LabelError", "StorageError",
+                                                  "RunFolderInUseError"}
     classes = user_error_classes()
     assert classes - {"EntkAlError"} <= covered, classes - covered
     text = DOCS.read_text()

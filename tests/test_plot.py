@@ -208,3 +208,101 @@ def test_all_zero_differences_give_p_one(tmp_path):
         make_run(tmp_path, "same", seed, [0.5, 0.6])
     rows = list(csv.DictReader((tmp_path / "paired.csv").open())) if plot_runs(tmp_path) else []
     assert rows[0]["wilcoxon_p"] == "1.000000" and rows[0]["ties"] == "3" and float(rows[0]["mean_diff"]) == 0.0
+
+
+class FigureSpy:
+    """matplotlib.pyplot with ``close`` recording the figure, so a test can read what was drawn."""
+
+    def __init__(self):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.plt, self.figures = plt, []
+
+    def __getattr__(self, name):
+        return getattr(self.plt, name)
+
+    def close(self, fig=None):
+        self.figures.append(fig)
+        self.plt.close(fig)
+
+    @staticmethod
+    def texts(fig) -> list[str]:
+        import matplotlib.text
+
+        return [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
+
+
+def test_curve_views_difference_against_hand_computed_pairs(tmp_path, capsys):
+    """Issue 19, item 13: eight overlapping bands are hard to read; `--view panels` draws one
+    panel per strategy, `--view difference` the paired accuracy difference to the reference."""
+    from scipy import stats
+
+    from entk_al.plot import curve_differences
+
+    rng = np.random.default_rng(3)
+    acc = {name: 0.5 + 0.3 * rng.random((4, 3)) for name in ("random", "a", "b")}
+    for name, table in acc.items():
+        for seed in range(4):
+            make_run(tmp_path, name, 10 + seed, table[seed].tolist())
+    make_run(tmp_path, "a", 99, [0.9, 0.9, 0.9])  # no random run on seed 99: not paired
+    diffs = curve_differences(load_runs(tmp_path)[0], "random")
+    assert sorted(diffs) == [(10, "a"), (10, "b")]
+    for name in ("a", "b"):
+        x, mean, half, n = diffs[(10, name)]
+        d = (acc[name] - acc["random"]) * 100
+        assert n == 4 and x.tolist() == [20, 30, 40]
+        np.testing.assert_allclose(mean, d.mean(axis=0), atol=1e-9)
+        np.testing.assert_allclose(half, stats.t.ppf(0.975, 3) * d.std(axis=0, ddof=1) / 2, atol=1e-9)
+    code, err = run_plot([str(tmp_path), "--view", "panels", "--view", "difference"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "curves_panels.png").stat().st_size > 0 and (tmp_path / "curves_difference.png").exists()
+    assert not (tmp_path / "curves.png").exists()  # only the views asked for
+    code, err = run_plot([str(tmp_path), "--view", "spaghetti"], capsys)
+    assert code == 2 and "unknown view spaghetti" in err
+    code, err = run_plot([str(tmp_path), "--view", "difference", "--reference", "nope"], capsys)
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_difference_view_needs_a_reference(tmp_path, capsys):
+    for seed in range(2):
+        make_run(tmp_path, "a", seed, [0.5, 0.6])
+        make_run(tmp_path, "b", seed, [0.5, 0.7])
+    code, err = run_plot([str(tmp_path), "--view", "difference"], capsys)
+    assert code == 2 and "--reference" in err and not list(tmp_path.glob("*.png"))
+    code, err = run_plot([str(tmp_path), "--view", "difference", "--reference", "a"], capsys)
+    assert code == 0, err
+
+
+def test_paired_png_says_what_the_numbers_beside_the_rows_are(tmp_path, monkeypatch):
+    """`right: wins/ties/losses` read as "the right panel"; the counts get a column heading and
+    the caption says they are seeds won / tied / lost against the reference."""
+    import entk_al.plot as plot
+
+    spy = FigureSpy()
+    monkeypatch.setattr(plot, "_pyplot", lambda: spy)
+    paired_grid(tmp_path)
+    plot_runs(tmp_path)
+    texts = FigureSpy.texts(spy.figures[-1])  # paired.png, drawn last
+    assert not any("right:" in t for t in texts), texts
+    assert texts.count("seeds\nW/T/L") == 2  # one heading per reference panel
+    assert any("W/T/L beside each row: seeds won / tied / lost against the reference" in t for t in texts)
+    assert "6/0/0" in texts
+
+
+def test_fidelity_png_explains_f_l_and_the_control(tmp_path, monkeypatch):
+    import matplotlib.pyplot
+
+    from entk_al.fidelity import plot_fidelity
+
+    figures = []
+    monkeypatch.setattr(matplotlib.pyplot, "close", lambda fig=None: figures.append(fig))
+    result = {"predicted_change": [1.0, 2.0, 3.0], "real_change": [1.1, 2.2, 2.9], "real_change_vs_control": [1, 2, 3],
+              "spearman": 1.0, "spearman_vs_control": 1.0}
+    plot_fidelity(result, tmp_path / "fidelity.png")
+    texts = " ".join(FigureSpy.texts(figures[0]))
+    assert "f_L, the model trained on L" in texts and "control retrained on L alone" in texts
+    assert "same steps and mini-batch seed" in texts and "drift" in texts  # the caption
+    assert (tmp_path / "fidelity.png").stat().st_size > 0

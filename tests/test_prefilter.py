@@ -1,6 +1,8 @@
 """faiss prefilter: only unlabeled ids, exact neighbours on small pools, pNTK projections."""
 
+import faiss
 import numpy as np
+import pytest
 import torch
 
 from entk_al.ntk import pntk
@@ -75,3 +77,45 @@ def test_pntk_random_features_are_unbiased():
     rel = (est - k).norm() / k.norm()
     assert rel < 0.1
     torch.testing.assert_close(pntk_random_features(model, x, 8, seed=1), pntk_random_features(model, x, 8, seed=1))
+
+
+def test_faiss_build_names_the_faiss_in_use_and_warns_about_two(monkeypatch):
+    """Issue 19, item 8: faiss-gpu beside faiss-cpu share one faiss/ folder."""
+    import warnings
+    from importlib import metadata
+
+    import entk_al.prefilter as prefilter
+
+    build = prefilter.faiss_build()
+    assert build.startswith(f"faiss {faiss.__version__}, ") and "faiss-cpu" in build
+    assert ("GPU build" in build) == hasattr(faiss, "StandardGpuResources")
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "1.15.1" if name == "faiss-gpu" else real(name))
+    monkeypatch.setattr(prefilter, "_warned_conflict", False)
+    with pytest.warns(RuntimeWarning, match=r"faiss-cpu .* and faiss-gpu 1.15.1 are installed.*pip uninstall -y "
+                                            r"faiss-cpu faiss-gpu"):
+        prefilter.faiss_build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prefilter.faiss_build()  # once per process
+
+
+def test_the_gpu_extra_no_longer_installs_a_second_faiss():
+    from pathlib import Path
+
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("faiss-cpu") for d in project["dependencies"])  # `pip install -e .` gets faiss
+    extras = project["optional-dependencies"]
+    assert not [d for deps in extras.values() for d in deps if d.startswith("faiss")], extras
+
+
+def test_knn_prefilter_reports_its_faiss():
+    from entk_al.plugins import load_strategy
+
+    from fakes import digits_round
+
+    ctx = digits_round().context()
+    load_strategy("lookahead", {"prefilter": "knn", "num_candidates": 20, "eval_size": 60}).select(ctx, 5)
+    assert ctx.info["faiss"].startswith(f"faiss {faiss.__version__}") and "on the CPU" in ctx.info["faiss"]

@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from ..errors import EntkAlError
+from ..fileio import storage_error
 from . import approx, bench, fidelity, label, run, strategies
 from .output import echo_error, one_line
 
@@ -31,8 +32,9 @@ app.command("approx")(approx.approx)
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point; ``argv`` defaults to ``sys.argv[1:]``.
 
-    User errors (:class:`EntkAlError`, click usage errors) print one line on stderr and exit
-    with code 2; anything unexpected prints one line and exits with code 1. Set
+    User errors (:class:`EntkAlError`, click usage errors, and an OSError saying the disk is
+    full or a folder is read-only) print one line on stderr and exit with code 2; anything
+    unexpected prints one line and exits with code 1. Set
     ``ENTK_AL_DEBUG=1`` to get the full traceback instead.
     """
     import os
@@ -59,6 +61,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         usage = _click_usage_message(exc)
         if usage is not None:
             echo_error(usage)
+            sys.exit(2)
+        storage = storage_error(exc)  # a full disk or a read-only folder met outside fileio's writers
+        if storage is not None and not debug:
+            echo_error(storage)
             sys.exit(2)
         if _is_click_abort(exc):
             typer.echo("interrupted", err=True)

@@ -14,6 +14,7 @@ import typer
 from ..config import RunConfig, check_finite, check_seed
 from ..errors import ConfigError, EntkAlError
 from ..progress import rich_bar
+from ..text import printable
 from .options import PlainDataDir, PlainDevice, Quiet, check_out_dir
 from .output import echo_error
 
@@ -97,8 +98,13 @@ def approx(
     quiet: Quiet = False,
 ) -> None:
     """How close is pNTK ⊗ I to the eNTK? Kernel distance, spectrum, kernel regression, cost."""
+    args = dict(locals())
     try:
-        _approx(**locals())
+        check_out_dir(out)
+        from ..runlock import run_folder_lock
+
+        with run_folder_lock(out):  # two studies writing one folder would replace each other's files
+            _approx(**args)
     except EntkAlError as exc:  # one line and exit 2, also when the hub runs standalone
         echo_error(exc)
         raise typer.Exit(2) from None
@@ -161,7 +167,7 @@ def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, e
     for table in tables(result):
         console.print(table)
     console.print(slope_line(result))
-    console.print(f"wrote {out / 'approx.json'} and {', '.join(p.name for p in figs)}")
+    console.print(printable(f"wrote {out / 'approx.json'} and {', '.join(p.name for p in figs)}"), markup=False)
 
 
 def _measure(factory, data, settings, train_cfg, kwargs, model, dataset, total, quiet, out):

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .options import DataDir, Device, Download, Quiet, check_out_dir
+from .output import echo
 
 
 def bench(
@@ -31,14 +32,14 @@ def bench(
     runner = BenchRunner(proto, out_dir, overrides)
     states = runner.prepare()
     n_done = sum(s == "done" for s in states.values())
-    typer.echo(f"{proto.name}: {len(runner.specs)} runs into {out_dir} "
+    echo(f"{proto.name}: {len(runner.specs)} runs into {out_dir} "
                f"({n_done} finished, {sum(s == 'partial' for s in states.values())} to resume)")
     _run_with_progress(runner, quiet)
     if plot:
         from ..plot import plot_runs
 
         written = plot_runs(out_dir)
-        typer.echo("wrote " + ", ".join(str(p) for p in written))
+        echo("wrote " + ", ".join(str(p) for p in written))
 
 
 def _run_with_progress(runner, quiet: bool) -> None:
@@ -79,13 +80,18 @@ def plot(
     runs_dir: Path = typer.Argument(..., help="Grid folder written by `entk-al bench`."),
     out: Optional[Path] = typer.Option(None, help="Where to write the figures and CSV (default: RUNS_DIR)."),
     reference: Optional[list[str]] = typer.Option(
-        None, "--reference", help="Reference strategy of paired.csv/paired.png (repeatable; default: random and "
-                                  "margin where present)."),
+        None, "--reference", help="Reference strategy of paired.csv/paired.png and of the panels and difference "
+                                  "views (repeatable; default: random and margin where present)."),
+    view: list[str] = typer.Option(
+        ["overlay"], "--view", help="Learning curves (repeatable): overlay (curves.png, every strategy in one "
+                                    "panel), panels (curves_panels.png, one panel per strategy, the reference in "
+                                    "gray) or difference (curves_difference.png, accuracy minus the reference's, "
+                                    "paired over seeds)."),
 ) -> None:
-    """Write curves.png (mean ± 95% CI), summary.csv (AUBC), penalty.png (pairwise wins) and
+    """Write learning curves (mean ± 95% CI), summary.csv (AUBC), penalty.png (pairwise wins) and
     paired.csv / paired.png (paired AUBC differences against the references)."""
     from ..plot import plot_runs
 
     check_out_dir(out)
-    written = plot_runs(runs_dir, out, references=reference or None)
-    typer.echo("wrote " + ", ".join(str(p) for p in written))
+    written = plot_runs(runs_dir, out, references=reference or None, views=view)
+    echo("wrote " + ", ".join(str(p) for p in written))

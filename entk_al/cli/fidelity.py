@@ -12,6 +12,7 @@ from ..config import check_finite, default
 from ..errors import ConfigError
 from ..progress import rich_bar
 from .options import PlainDataDir, PlainDevice, Quiet, check_out_dir
+from .output import echo
 
 DEFAULT_DEVICE = default("device")
 
@@ -40,6 +41,15 @@ def fidelity(
 ) -> None:
     """Compare look-ahead predictions with real warm-started retraining on L ∪ {(x, ŷ)}."""
     check_out_dir(out)
+    from ..runlock import run_folder_lock
+
+    with run_folder_lock(out):  # two measurements writing one folder would replace each other's files
+        _fidelity(dataset, model, width, initial, candidates, eval_size, seed, ridge_rel, top_k, epochs, min_steps,
+                  batch_size, lr, loss, device, data_dir, out, quiet)
+
+
+def _fidelity(dataset, model, width, initial, candidates, eval_size, seed, ridge_rel, top_k, epochs, min_steps,
+              batch_size, lr, loss, device, data_dir, out, quiet) -> None:
     import torch
 
     from ..config import RunConfig
@@ -95,7 +105,7 @@ def fidelity(
     write_json(out / "fidelity.json", result)
     plot_fidelity(result, out / "fidelity.png", title=f"look-ahead fidelity: {model} on {dataset}, "
                   f"n={len(lab)}, {candidates} candidates, |U|={eval_size}")
-    typer.echo(f"Spearman {result['spearman']:.3f} (vs control {result['spearman_vs_control']:.3f}), "
+    echo(f"Spearman {result['spearman']:.3f} (vs control {result['spearman_vs_control']:.3f}), "
                f"Pearson {result['pearson']:.3f}, top-{result['top_k']} overlap {result['top_k_overlap']:.2f}, "
                f"mean rel. error {result['mean_relative_error']:.4f} (no-change guess "
                f"{result['mean_relative_error_no_change']:.4f}), retrain/look-ahead time "

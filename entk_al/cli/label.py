@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..errors import CheckpointError, LabelError
+from .output import echo
 
 
 def pending_queries(run_dir: Path) -> tuple[int, list[int], list[str]]:
@@ -42,11 +43,16 @@ def label(
     names or indices); nothing is recorded unless all are valid.
     """
     from ..oracle import label_path, record_labels
+    from ..runlock import run_folder_lock
 
-    rnd, ids, classes = pending_queries(run_dir)
-    replaced = label_path(run_dir, rnd).is_file()
-    labels = record_labels(run_dir, rnd, ids, classes, answers)
+    if not run_dir.is_dir():
+        pending_queries(run_dir)  # says that there is no run there
+    # Held while checking and recording: a run resuming meanwhile would read half the answers.
+    with run_folder_lock(run_dir, create=False):
+        rnd, ids, classes = pending_queries(run_dir)
+        replaced = label_path(run_dir, rnd).is_file()
+        labels = record_labels(run_dir, rnd, ids, classes, answers)
     counts = {classes[c]: int((labels == c).sum()) for c in sorted(set(labels.tolist()))}
     summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
-    typer.echo(f"recorded {len(ids)} labels ({summary}) in {label_path(run_dir, rnd)}"
+    echo(f"recorded {len(ids)} labels ({summary}) in {label_path(run_dir, rnd)}"
                f"{' (replacing earlier ones)' if replaced else ''}; continue with: entk-al run --resume {run_dir}")

@@ -2,17 +2,69 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ..config import default
+from ..config import RunConfig, default
 from ..errors import ConfigError
 from .options import DataDir, Device, Download, Quiet, check_out_dir
+from .output import echo
 
 RUN_FILES = ("config.json", "rounds.jsonl", "curve.png", "checkpoint.pt", "summary.json")
+#: Options that say where and how fast a run computes, not what it computes: left out of the
+#: default folder's name.
+WHERE_OPTIONS = frozenset({"device", "data_dir", "download", "threads", "executor", "address", "workers",
+                           "gpus_per_worker", "cpus_per_worker"})
+
+
+def default_out_dir(cfg: RunConfig) -> Path:
+    """The default run folder: ``runs/STRATEGY-DATASET-seedSEED``, plus ``-HASH`` when any other option
+    differs from its default.
+
+    STRATEGY is the strategy's name (``file-Class`` for ``path/file.py:Class``, ``module-Class`` for
+    ``module:Class``), DATASET the dataset's (``numpy-NAME`` for ``numpy:path/NAME.npz``). HASH is
+    the first 8 hex digits of the SHA-256 of the options that differ from the defaults (strategy
+    options included; the full strategy and dataset specs when they name files or modules), as
+    sorted JSON; options that only say where the run computes (:data:`WHERE_OPTIONS`) are left
+    out. So distinct runs get distinct folders, and the same command finds its own folder again.
+
+    Args:
+        cfg: the resolved run configuration.
+    """
+    defaults = RunConfig().to_dict()
+    identity = {k: v for k, v in cfg.to_dict().items()
+                if k not in WHERE_OPTIONS | {"strategy", "dataset", "seed"} and v != defaults[k]}
+    for key in ("strategy", "dataset"):
+        spec = getattr(cfg, key)
+        if any(c in spec for c in ":/\\"):  # the readable part shortens it
+            identity[key] = spec
+    name = f"{_readable(_strategy_part(cfg.strategy))}-{_readable(_dataset_part(cfg.dataset))}-seed{cfg.seed}"
+    if identity:
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+        name += f"-{digest[:8]}"
+    return Path("runs") / name
+
+
+def _strategy_part(spec: str) -> str:
+    if ":" not in spec:
+        return Path(spec).stem
+    where, _, cls = spec.rpartition(":")
+    return f"{Path(where).stem if where.endswith('.py') else where}-{cls}"
+
+
+def _dataset_part(spec: str) -> str:
+    kind, sep, where = spec.partition(":")
+    return f"{kind}-{Path(where).stem}" if sep else spec
+
+
+def _readable(text: str) -> str:
+    """``text`` with characters other than ASCII letters, digits, ``_``, ``.`` and ``-`` as ``_``."""
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "_.-" else "_" for c in text).strip(".") or "x"
 
 
 def run(
@@ -30,7 +82,9 @@ def run(
     subset: Optional[int] = typer.Option(
         None, help=f"Random candidate subset of the pool per round (default: {default('subset')})."),
     seed: Optional[int] = typer.Option(None, help=f"Run seed (default: {default('seed')})."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/STRATEGY-DATASET-seedSEED)."),
+    out: Optional[Path] = typer.Option(
+        None, help="Run directory (default: runs/STRATEGY-DATASET-seedSEED, plus -HASH of the other options "
+                   "when any differs from its default)."),
     retrain: Optional[str] = typer.Option(
         None, help=f"warm (continue from last round) or scratch (default: {default('retrain')})."),
     loss: Optional[str] = typer.Option(None, help=f"mse (one-hot squared loss) or ce (default: {default('loss')})."),
@@ -66,9 +120,7 @@ def run(
     quiet: Quiet = False,
 ) -> None:
     """Run pool-based active learning; writes config.json, rounds.jsonl, curve.png, checkpoint.pt, summary.json."""
-    from ..checkpoint import CHECKPOINT
     from ..config import parse_options, resolve_config
-    from ..loop import ActiveLearningLoop
 
     flags = dict(strategy=strategy, dataset=dataset, model=model, width=width, initial=initial, query=query,
                  rounds=rounds, subset=subset, seed=seed, retrain=retrain, loss=loss, epochs=epochs,
@@ -87,10 +139,21 @@ def run(
         out = out or (Path(extra["out"]) if extra.get("out") else None)
         quiet = quiet or bool(extra.get("quiet", False))
         overwrite = overwrite or bool(extra.get("overwrite", False))
-    out_dir = resume or out or Path("runs") / (f"{Path(cfg.strategy).stem.replace(':', '-')}-"
-                                               f"{cfg.dataset.replace(':', '-').replace('/', '_')}-seed{cfg.seed}")
+    out_dir = resume or out or default_out_dir(cfg)
     check_out_dir(out_dir, "--resume" if resume is not None else "--out")
-    if resume is None and (out_dir / CHECKPOINT).exists():
+    from ..runlock import run_folder_lock
+
+    # Held from before the check of what the folder holds until the run stops: a second run
+    # on this folder stops in one line instead of overwriting this one's results.
+    with run_folder_lock(out_dir, create=resume is None):
+        _run_locked(cfg, out_dir, resume is not None, overwrite, quiet)
+
+
+def _run_locked(cfg, out_dir: Path, resume: bool, overwrite: bool, quiet: bool) -> None:
+    from ..checkpoint import CHECKPOINT
+    from ..loop import ActiveLearningLoop
+
+    if not resume and (out_dir / CHECKPOINT).exists():
         if not overwrite:
             raise ConfigError(f"{out_dir} already holds a run; pass --resume {out_dir} to continue it or "
                               f"--overwrite to start over")
@@ -104,16 +167,15 @@ def run(
     progress = make_progress(quiet)  # rich bars on a terminal, a line every 30 s otherwise, nothing with -q
     loop = ActiveLearningLoop(cfg, out_dir, curve_writer=plot_curve, progress=progress)
     try:
-        records = loop.run(resume=resume is not None, on_round=lambda rec: progress.note(
+        records = loop.run(resume=resume, on_round=lambda rec: progress.note(
             f"round {rec['round']}: {rec['n_labeled']} labels, test accuracy {100 * rec['test_accuracy']:.1f}%"))
     finally:
         progress.close()
     if loop.waiting_for is not None:
-        typer.echo(f"waiting for labels: fill in the 'label' column of {loop.waiting_for} (class name or "
+        echo(f"waiting for labels: fill in the 'label' column of {loop.waiting_for} (class name or "
                    f"index), then run: entk-al label {out_dir} --from {loop.waiting_for} && "
                    f"entk-al run --resume {out_dir}")
         return
     last = records[-1]
-    typer.echo(f"done: {last['n_labeled']} labels, test accuracy {100 * last['test_accuracy']:.2f}% "
+    echo(f"done: {last['n_labeled']} labels, test accuracy {100 * last['test_accuracy']:.2f}% "
                f"(round 0: {100 * records[0]['test_accuracy']:.2f}%); results in {out_dir}")
-

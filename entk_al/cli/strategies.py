@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from .output import echo
+
 
 def strategies(
     name: Optional[str] = typer.Argument(
@@ -20,7 +22,7 @@ def strategies(
     items = available_strategies()
     width = max(len(n) for n in items)
     for key, (origin, desc) in sorted(items.items()):
-        typer.echo(f"{key:<{width}}  {desc}" + ("" if origin == "built-in" else f"  [{origin}]"))
+        echo(f"{key:<{width}}  {desc}" + ("" if origin == "built-in" else f"  [{origin}]"))
 
 
 def _show(spec: str) -> None:
@@ -28,13 +30,13 @@ def _show(spec: str) -> None:
 
     cls = resolve_strategy_class(spec)
     desc = _describe(cls)
-    typer.echo(f"{spec}: {desc}" if desc else spec)
+    echo(f"{spec}: {desc}" if desc else spec)
     options = describe_options(cls)
     if not options:
-        typer.echo("no options")
+        echo("no options")
         return
-    typer.echo("options (-o name=value):")
+    echo("options (-o name=value):")
     rows = [("name", "type", "default", "meaning"), *options]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
-        typer.echo("  " + "  ".join(f"{cell:<{w}}" for cell, w in zip(row[:3], widths)) + f"  {row[3]}".rstrip())
+        echo("  " + "  ".join(f"{cell:<{w}}" for cell, w in zip(row[:3], widths)) + f"  {row[3]}".rstrip())

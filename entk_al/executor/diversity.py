@@ -2,9 +2,10 @@
 
 Shards keep each tile's embeddings and running minimum distances for the round; per step the
 driver broadcasts the new center's vectors, every tile updates its minima and returns one
-number or one (value, id) pair, and the driver takes the global argmax (ties to the lower
-global id) or the D²-weighted draw over the per-tile sums, in tile order. Only the chosen
-centers' vectors travel.
+number or one (value, key, id) triple, and the driver takes the global argmax or the
+D²-weighted draw over the per-tile sums, in tile order. Equal values go to the lowest seeded
+tie-break key of the global id (:func:`entk_al.seeding.tie_keys`, the same on every shard),
+not to the lowest id. Only the chosen centers' vectors travel.
 
 Sources: Ash et al., ICLR 2020, Sec. 3 (BADGE: k-means++ seeding, Arthur & Vassilvitskii 2007,
 on g = (p − e_ŷ) ⊗ h with ‖g‖² = ‖a‖²‖h‖², ⟨g_i, g_j⟩ = ⟨a_i, a_j⟩⟨h_i, h_j⟩); Sener & Savarese,
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..seeding import tie_keys
 from .shard import Shard, task
 
 
@@ -30,6 +32,18 @@ def _split_for_k(executor, ids, k: int):
     return ids, executor.plan.split(ids)
 
 
+def _best(values: torch.Tensor, keys: np.ndarray, ids: np.ndarray) -> int:
+    """Position of the largest value; equal values by the lowest tie-break key, then the lowest id."""
+    v = values.detach().cpu().numpy().astype(np.float64)
+    top = np.flatnonzero(v == v.max())
+    return int(top[np.lexsort((ids[top], keys[top]))[0]])
+
+
+def _better(a: tuple, b: tuple | None) -> bool:
+    """Whether candidate ``a`` = (value, key, id, ...) beats ``b``: larger value, then lower key, then lower id."""
+    return b is None or a[0] > b[0] or (a[0] == b[0] and (a[1], a[2]) < (b[1], b[2]))
+
+
 def sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances (len(x), len(y)), clamped at 0, in x's dtype."""
     d = (x * x).sum(1, keepdim=True) + (y * y).sum(1) - 2.0 * (x @ y.T)
@@ -39,17 +53,18 @@ def sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # -- BADGE ------------------------------------------------------------------------------
 @task("badge_init")
 @torch.no_grad()
-def _badge_init(shard: Shard, tile: int, ids: np.ndarray, shared: Any) -> tuple[float, int]:
+def _badge_init(shard: Shard, tile: int, ids: np.ndarray, shared: Any) -> tuple[float, int, int]:
     logits, feats = shard.outputs(tile, ids)
     p = F.softmax(logits, dim=1).double()
     a = p - F.one_hot(p.argmax(dim=1), p.shape[1]).double()
     h = feats.double()
     sq = (a * a).sum(1) * (h * h).sum(1)
-    shard.state(tile)["badge"] = {"ids": ids, "a": a, "h": h, "sq": sq, "w": None,
+    keys = tie_keys(shard.seed, shard.round, ids)
+    shard.state(tile)["badge"] = {"ids": ids, "keys": keys, "a": a, "h": h, "sq": sq, "w": None,
                                   "d2": torch.full_like(sq, float("inf")),
                                   "taken": torch.zeros(len(ids), dtype=torch.bool, device=sq.device)}
-    j = int(torch.argmax(sq))
-    return float(sq[j]), int(ids[j])
+    j = _best(sq, keys, ids)
+    return float(sq[j]), int(keys[j]), int(ids[j])
 
 
 def _badge_vector(st: dict, pos: int) -> dict:
@@ -64,7 +79,7 @@ def _badge_vector_task(shard: Shard, tile: int, gid: int, shared: Any) -> dict:
 
 @task("badge_update")
 @torch.no_grad()
-def _badge_update(shard: Shard, tile: int, payload: Any, c: dict) -> tuple[float, int]:
+def _badge_update(shard: Shard, tile: int, payload: Any, c: dict) -> tuple[float, tuple[int, int] | None]:
     st = shard.state(tile)["badge"]
     own = np.flatnonzero(st["ids"] == c["id"])
     if own.size:
@@ -77,7 +92,10 @@ def _badge_update(shard: Shard, tile: int, payload: Any, c: dict) -> tuple[float
     free = np.flatnonzero(~st["taken"].cpu().numpy())
     # The running sum, not a pairwise sum: the driver's draw walks the same partial sums.
     total = float(np.cumsum(w)[-1]) if len(w) else 0.0
-    return total, int(st["ids"][free[0]]) if free.size else -1
+    if not free.size:
+        return total, None
+    first = free[np.lexsort((st["ids"][free], st["keys"][free]))[0]]  # for when every D² is 0
+    return total, (int(st["keys"][first]), int(st["ids"][first]))
 
 
 @task("badge_pick")
@@ -93,10 +111,10 @@ def _badge_pick(shard: Shard, tile: int, residual: float, shared: Any) -> dict:
 def badge_kmeanspp(executor: Any, ids: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """BADGE's k-means++ seeding of the candidates ``ids`` on the shards.
 
-    The first center is the largest ‖g‖ (ties: lower id); each next one is drawn with
-    probability ∝ D² (one ``rng.random()`` per center): the driver finds the tile whose running
-    sum passes u·total, that tile the id. When every remaining D² is 0 the lowest unchosen id
-    is taken.
+    The first center is the largest ‖g‖ (equal norms: the lowest seeded tie-break key,
+    :func:`entk_al.seeding.tie_keys`); each next one is drawn with probability ∝ D² (one
+    ``rng.random()`` per center): the driver finds the tile whose running sum passes u·total,
+    that tile the id. When every remaining D² is 0 the unchosen id with the lowest key is taken.
 
     Args:
         executor: the run's executor (round begun).
@@ -114,9 +132,9 @@ def badge_kmeanspp(executor: Any, ids: np.ndarray, k: int, rng: np.random.Genera
     init = executor.map("badge_init", {t: ids[pos] for t, pos in groups.items()})
     best = None
     for t in sorted(init):
-        if best is None or init[t][0] > init[best][0]:
+        if _better(init[t], None if best is None else init[best]):
             best = t
-    center = executor.map("badge_vector", {best: init[best][1]})[best]
+    center = executor.map("badge_vector", {best: init[best][2]})[best]
     chosen = [center["id"]]
     jobs = {t: None for t in groups}
     while len(chosen) < k:
@@ -127,8 +145,8 @@ def badge_kmeanspp(executor: Any, ids: np.ndarray, k: int, rng: np.random.Genera
             total += res[t][0]
         u = rng.random()
         if not np.isfinite(total) or total <= 0.0:
-            t = next(t for t in tiles if res[t][1] >= 0)
-            center = executor.map("badge_vector", {t: res[t][1]})[t]
+            t = min((t for t in tiles if res[t][1] is not None), key=lambda t: res[t][1])
+            center = executor.map("badge_vector", {t: res[t][1][1]})[t]
         else:
             target, before, tile = u * total, 0.0, None
             for t in tiles:
@@ -143,9 +161,9 @@ def badge_kmeanspp(executor: Any, ids: np.ndarray, k: int, rng: np.random.Genera
 
 
 # -- Core-Set -------------------------------------------------------------------------------
-def _argmax_entry(st: dict) -> tuple[float, int, torch.Tensor]:
-    j = int(torch.argmax(st["mind"]))  # first maximal position on ties
-    return float(st["mind"][j]), int(st["ids"][j]), st["x"][j].cpu()
+def _argmax_entry(st: dict) -> tuple[float, int, int, torch.Tensor]:
+    j = _best(st["mind"], st["keys"], st["ids"])  # equal distances: the lowest tie-break key
+    return float(st["mind"][j]), int(st["keys"][j]), int(st["ids"][j]), st["x"][j].cpu()
 
 
 @task("kcenter_sum")
@@ -156,21 +174,21 @@ def _kcenter_sum(shard: Shard, tile: int, ids: np.ndarray, shared: Any) -> torch
 
 @task("kcenter_init")
 @torch.no_grad()
-def _kcenter_init(shard: Shard, tile: int, ids: np.ndarray, centers: dict) -> tuple[float, int, torch.Tensor]:
+def _kcenter_init(shard: Shard, tile: int, ids: np.ndarray, centers: dict) -> tuple[float, int, int, torch.Tensor]:
     x = shard.outputs(tile, ids)[1].double()
     cen = centers["x"].to(x)
     chunk = centers["chunk"]
     mind = torch.full((len(x),), float("inf"), dtype=torch.float64, device=x.device)
     for j in range(0, cen.shape[0], chunk):
         mind = torch.minimum(mind, sq_dists(x, cen[j:j + chunk]).min(dim=1).values)
-    st = {"ids": ids, "x": x, "mind": mind}
+    st = {"ids": ids, "keys": tie_keys(shard.seed, shard.round, ids), "x": x, "mind": mind}
     shard.state(tile)["kcenter"] = st
     return _argmax_entry(st)
 
 
 @task("kcenter_step")
 @torch.no_grad()
-def _kcenter_step(shard: Shard, tile: int, payload: Any, c: dict) -> tuple[float, int, torch.Tensor]:
+def _kcenter_step(shard: Shard, tile: int, payload: Any, c: dict) -> tuple[float, int, int, torch.Tensor]:
     st = shard.state(tile)["kcenter"]
     st["mind"] = torch.minimum(st["mind"], sq_dists(st["x"], c["x"].to(st["x"]).unsqueeze(0)).squeeze(1))
     own = np.flatnonzero(st["ids"] == c["id"])
@@ -192,7 +210,8 @@ def k_center(executor: Any, ids: np.ndarray, centers: torch.Tensor, k: int, chun
         chunk_size: centers per distance tile (memory, not results).
 
     Returns:
-        (k,) int64 global ids in selection order; ties go to the lower id.
+        (k,) int64 global ids in selection order; equal distances go to the lowest seeded
+        tie-break key (:func:`entk_al.seeding.tie_keys`).
 
     Raises:
         ValueError: k out of range.
@@ -212,9 +231,9 @@ def k_center(executor: Any, ids: np.ndarray, centers: torch.Tensor, k: int, chun
     while True:
         best = None
         for t in sorted(res):
-            if best is None or res[t][0] > res[best][0]:
+            if _better(res[t], None if best is None else res[best]):
                 best = t
-        _, cid, cx = res[best]
+        _, _, cid, cx = res[best]
         chosen.append(cid)
         if len(chosen) == k:
             return np.asarray(chosen, dtype=np.int64)

@@ -2,9 +2,11 @@
 
 Per tile (on its shard): the model's outputs and penultimate features, or a score per id
 (:data:`entk_al.uncertainty.CHEAP_SCORES`, BALD). Back to the driver come outputs for the
-ids asked, or only each tile's top k and a few sums; the driver merges tiles in tile order
-and breaks ties on (score, global id), which is the order of a stable sort of the increasing
-candidate ids (what :func:`strategies.scoring.top_k` does in one process).
+ids asked, or only each tile's top k and a few sums; the driver merges tiles in tile order.
+Equal scores are ordered by the round's seeded tie-break key of the global id
+(:func:`entk_al.seeding.tie_keys`), then by id: a key depends on the id alone, so the merge
+gives what one sort of all candidates gives (:func:`strategies.scoring.top_k` in one
+process), whichever shard scored a tile.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import last_linear
-from ..seeding import int_seed, torch_generator
+from ..seeding import int_seed, rank_descending, tie_keys, torch_generator
 from ..uncertainty import CHEAP_SCORES, bald_from_samples, cheap_score
 from .shard import Shard, task
 
@@ -73,8 +75,9 @@ def _score(shard: Shard, tile: int, ids: np.ndarray, shared: dict) -> dict:
         s = cheap_score(kind, F.softmax(shard.outputs(tile, ids)[0], dim=1))
     s = s.cpu().numpy().astype(np.float64)
     fin = np.isfinite(s)
-    order = np.lexsort((ids[fin], -s[fin]))[:shared["k"]]
-    return {"ids": ids[fin][order], "scores": s[fin][order], "nonfinite": ids[~fin],
+    keys = tie_keys(shard.seed, shard.round, ids[fin])
+    order = rank_descending(s[fin], keys, ids[fin])[:shared["k"]]
+    return {"ids": ids[fin][order], "scores": s[fin][order], "keys": keys[order], "nonfinite": ids[~fin],
             "sum": float(s[fin].sum()), "count": int(fin.sum()), "all": (ids[fin], s[fin])}
 
 
@@ -114,7 +117,8 @@ def top_scores(executor: Any, kind: str, ids: np.ndarray, k: int, **options: Any
         k: how many to return.
 
     Returns:
-        dict: ``ids`` (≤ k,) int64 by decreasing score, ties to the lower id; ``scores``
+        dict: ``ids`` (≤ k,) int64 by decreasing score, equal scores in the round's seeded
+        tie-break order (:func:`entk_al.seeding.tie_keys` of (seed, round) as begun); ``scores``
         (float64) aligned; ``nonfinite`` ids whose score was NaN/±inf; ``mean`` of the finite
         scores; ``count`` of finite scores; ``all_ids`` and ``all_scores``: every finite score
         (in tile order).
@@ -131,7 +135,8 @@ def top_scores(executor: Any, kind: str, ids: np.ndarray, k: int, **options: Any
     tiles = sorted(got)
     top_ids = np.concatenate([got[t]["ids"] for t in tiles]) if tiles else np.zeros(0, np.int64)
     top_s = np.concatenate([got[t]["scores"] for t in tiles]) if tiles else np.zeros(0)
-    order = np.lexsort((top_ids, -top_s))[:k]
+    top_keys = np.concatenate([got[t]["keys"] for t in tiles]) if tiles else np.zeros(0, np.uint64)
+    order = rank_descending(top_s, top_keys, top_ids)[:k]
     total = 0.0
     for t in tiles:  # float64, in tile order
         total += got[t]["sum"]
