@@ -32,3 +32,8 @@ class LabelError(EntkAlError, ValueError):
 
 class DataFormatError(EntkAlError, ValueError):
     """A dataset file exists but its contents are malformed (bad keys, shapes, labels, images)."""
+
+
+class TrainingDivergedError(EntkAlError, ArithmeticError):
+    """Training diverged: a non-finite (NaN or infinite) loss or weights. No result is written
+    from the diverged model; the run's checkpoint stays at the last good round."""
