@@ -336,7 +336,7 @@ class ActiveLearningLoop:
                       f"{'; rescale them, e.g. to [0, 1], or drop those rows' if big_inputs else ''})")
         suspects = [input_part, lr_part] if big_inputs else [lr_part, input_part]
         kept = f"{CHECKPOINT} keeps round {r - 1}" if r > 0 else "no round was completed"
-        return (f"{self.out_dir}: round {r} of model {cfg.model!r} diverged: {what}; suspects: "
+        return (f"{self.out_dir}: round {r} of model {cfg.model!r}: {what}; suspects: "
                 f"{' and '.join(suspects)}. Nothing from round {r} was written ({kept})")
 
     def evaluate(self, model: torch.nn.Module) -> float | None:

@@ -131,7 +131,7 @@ DIVERGENCE_CHECK_STEPS = 25
 
 
 def _diverged(step: int, steps: int, what: str) -> TrainingDivergedError:
-    exc = TrainingDivergedError(f"{what} at step {step + 1} of {steps}")
+    exc = TrainingDivergedError(f"training diverged: {what} at step {step + 1} of {steps}")
     exc.step, exc.steps = step, steps
     return exc
 

@@ -14,7 +14,6 @@ from PIL import Image
 
 from entk_al.config import RunConfig
 from entk_al.data import load_dataset
-from entk_al.data.folder import _split
 from entk_al.errors import DataFormatError
 from entk_al.loop import ActiveLearningLoop
 
@@ -125,7 +124,8 @@ def test_every_mode_is_read_into_0_1_before_standardization(tmp_path, mode, suff
     else:
         im = base.convert(mode)
     path = _save(tmp_path / "train" / "a" / f"0.{suffix}", im)
-    _save(tmp_path / "train" / "b" / "0.png", base)
+    for split, cls in (("train", "b"), ("test", "a"), ("test", "b")):
+        _save(tmp_path / split / cls / "0.png", base)
     with Image.open(path) as again:
         if mode in ("I;16", "I;16B"):
             gray = np.asarray(again).astype(np.float64) / 65535
@@ -141,13 +141,17 @@ def test_every_mode_is_read_into_0_1_before_standardization(tmp_path, mode, suff
     np.testing.assert_allclose(data.x_train.numpy(), expected, atol=1e-4)
 
 
-def test_single_band_folders_stay_one_channel(tmp_path):
-    _save(tmp_path / "a" / "0.png", Image.fromarray(np.full((2, 2), 40000, np.uint16)))
-    _save(tmp_path / "a" / "1.png", Image.fromarray(np.full((2, 2), 7, np.uint8)))
-    _save(tmp_path / "b" / "0.tif", Image.fromarray(np.full((2, 2), 0.25, np.float32)))
-    _save(tmp_path / "b" / "1.png", Image.fromarray(np.full((2, 2), 255, np.uint8)).convert("1"))
+def test_single_band_folders_stay_one_channel_at_full_precision(tmp_path):
+    _save(tmp_path / "train" / "a" / "0.png", Image.fromarray(np.full((2, 2), 40000, np.uint16)))
+    _save(tmp_path / "train" / "b" / "0.tif", Image.fromarray(np.full((2, 2), 0.25, np.float32)))
+    _save(tmp_path / "test" / "a" / "0.png", Image.fromarray(np.full((2, 2), 7, np.uint8)))
+    _save(tmp_path / "test" / "b" / "0.png", Image.fromarray(np.full((2, 2), 255, np.uint8)).convert("1"))
     data = load_dataset(f"folder:{tmp_path}")
-    assert data.x_train.shape[1] == 1 and data.pool_size + len(data.x_test) == 4
+    assert data.x_train.shape == (2, 1, 2, 2) and data.x_test.shape == (2, 1, 2, 2)
+    raw_train, raw_test = np.array([40000 / 65535, 0.25]), np.array([7 / 255, 1.0])
+    mean, std = raw_train.mean(), raw_train.std()
+    np.testing.assert_allclose(data.x_train.numpy()[:, 0, 0, 0], (raw_train - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(data.x_test.numpy()[:, 0, 0, 0], (raw_test - mean) / std, atol=1e-5)
 
 
 @pytest.mark.parametrize("make,needle", [
@@ -163,7 +167,8 @@ def test_single_band_folders_stay_one_channel(tmp_path):
 ])
 def test_modes_that_cannot_be_read_at_their_precision_are_refused_in_one_line(tmp_path, make, needle):
     bad = make(tmp_path / "train" / "a")
-    _save(tmp_path / "train" / "b" / "0.png", Image.fromarray(np.zeros((2, 2), np.uint8)))
+    for split, cls in (("train", "b"), ("test", "a"), ("test", "b")):
+        _save(tmp_path / split / cls / "0.png", Image.fromarray(np.zeros((2, 2), np.uint8)))
     with pytest.raises(DataFormatError) as err:
         load_dataset(f"folder:{tmp_path}")
     assert needle in str(err.value) and str(bad) in str(err.value) and "\n" not in str(err.value)
@@ -201,6 +206,8 @@ def test_only_singleton_classes_give_a_pool_without_test_split(tmp_path):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 9), min_size=2, max_size=12))
 def test_split_works_for_any_class_sizes(sizes):
+    from entk_al.data.folder import _split
+
     items = [(Path(f"c{k}/{i}.png"), f"c{k}") for k, n in enumerate(sizes) for i in range(n)]
     train, test = _split(items)
     assert sorted(train + test) == list(range(len(items)))  # every image in exactly one split

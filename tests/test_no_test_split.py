@@ -98,6 +98,12 @@ def test_plot_and_bench_say_no_test_split_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "bench").exists()  # refused before any run
 
 
+def test_approx_refuses_a_dataset_without_test_split_in_one_line(tmp_path, capsys):
+    path, _ = _npz(tmp_path, np.zeros((0, 1, 8, 8), np.float32), np.zeros(0, np.int64))
+    code, out, err = cli(capsys, "approx", "--dataset", f"numpy:{path}", "--out", tmp_path / "a", "-q")
+    assert code == 2 and err.count("\n") == 1 and "has none (0 test points)" in err, err
+
+
 def test_aubc_of_a_run_without_test_split_is_none():
     assert aubc([None, None]) is None
     assert aubc([0.5, 1.0]) == 0.75
