@@ -24,8 +24,10 @@ RAY_DEFAULTS: dict[str, Any] = {"workers": 2, "gpus_per_worker": 0.0, "cpus_per_
 #: Learning rate of the models without an entry in :data:`MODEL_DEFAULTS` (mlp, cnn).
 DEFAULT_LR = 0.05
 #: Per-model defaults of options the user did not set. With the MLP's 0.05 and the squared
-#: loss, the BatchNorm ResNets diverge or stall on small labeled sets: resnet18 on digits
-#: (20 labels) reaches a NaN loss, and 15% test accuracy at 100 labels; at 0.01 it trains.
+#: loss, the BatchNorm ResNets diverge or stall on small labeled sets; at 0.01 they train.
+#: Measured on digits (200 steps, seed 0, test accuracy after round-0 training): resnet18 with
+#: 20 labels NaN loss at 0.05, 50% at 0.01; with 100 labels 15% at 0.05, 80% at 0.01;
+#: wide_resnet2 (width 640) with 20 labels 14% at 0.05, 65% at 0.01.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "resnet18": {"lr": 0.01},
     "wide_resnet": {"lr": 0.01},

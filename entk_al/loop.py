@@ -1,9 +1,9 @@
 """The pool-based active-learning loop, in one global id space, checkpointed every round.
 
 Round r = 0..R: (re)train on the labeled set, evaluate on the held-out test split (never the
-pool; no model selection on test; a dataset without a test split records ``test_accuracy``
-None, e.g. a human-labeled pool nobody has made a test set for yet), draw this round's random candidate subset, let the
-strategy select ``query`` ids, label them with the oracle, checkpoint. Every random choice
+pool; no model selection on test; without a test split, e.g. a pool people label before
+anyone made a test set, ``test_accuracy`` is None), draw this round's random candidate
+subset, let the strategy select ``query`` ids, label them with the oracle, checkpoint. Every random choice
 derives from (seed, round, component) (:mod:`entk_al.seeding`), so a resumed run ends with
 the same results as an uninterrupted one on the CPU.
 """

@@ -31,18 +31,19 @@ def _largest_inputs_strategy(tmp_path):
 
 
 def test_huge_pool_rows_stop_the_run_at_the_diverged_round(tmp_path, capsys):
-    """Rows at 1e25 (finite float32, finite outputs) are queried in round 0; round 1's loss is
-    infinite. The run stops in one line, exit 2; round 0 stays checkpointed and logged."""
+    """Rows at 1e25 (finite float32, finite outputs) are queried in round 0; the last round's
+    loss is infinite. Before, the run reported the NaN model's accuracy and exited 0; now it
+    stops in one line, exit 2, and round 0 stays checkpointed and logged."""
     digits = load_dataset("digits")
     x, y = digits.x_train[:200].numpy().copy(), digits.y_train[:200].numpy()
-    cfg = RunConfig(initial=10, query=5, rounds=2)
+    cfg = RunConfig(initial=10, query=5, rounds=1)
     first = set(RunSetup.from_config(cfg, with_strategy=False, dataset=digits).initial_ids().tolist())
     huge = [i for i in range(150, 200) if i not in first][:5]
     x[huge] = 1e25
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=digits.x_test.numpy(), y_test=digits.y_test.numpy())
     run_dir = tmp_path / "run"
     code, out, err = cli(capsys, "run", "--dataset", f"numpy:{tmp_path / 'd.npz'}", "--strategy",
-                         _largest_inputs_strategy(tmp_path), "--initial", "10", "--query", "5", "--rounds", "2",
+                         _largest_inputs_strategy(tmp_path), "--initial", "10", "--query", "5", "--rounds", "1",
                          "--min-steps", "20", "--subset", "150", "--out", run_dir, "-q")
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     for needle in ("round 1", "diverged", "--lr 0.05", "|x| = 1e+25", "rescale", "checkpoint.pt keeps round 0"):

@@ -101,7 +101,10 @@ def test_pgm_with_maxval_above_255_is_read_at_full_precision(tmp_path):
         for i in range(4):
             path = tmp_path / cls / f"{i}.pgm"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"P5 3 1 1023\n" + np.array(values, ">u2").tobytes())
+            if i % 2:  # binary and plain (ASCII) PGM
+                path.write_bytes(b"P5 3 1 1023\n" + np.array(values, ">u2").tobytes())
+            else:
+                path.write_text("P2 3 1 1023\n" + " ".join(map(str, values)) + "\n")
     data = load_dataset(f"folder:{tmp_path}")
     x = np.concatenate([data.x_train.numpy(), data.x_test.numpy()])
     assert len(np.unique(x.round(4))) == 6  # clipped at 255, 511, 600, 1000 and 1023 were one value
@@ -160,6 +163,8 @@ def test_single_band_folders_stay_one_channel_at_full_precision(tmp_path):
     (lambda p: _png16(p / "la32.png", RNG.integers(0, 65536, (2, 2, 2))), "more than 8 bits per channel"),
     (lambda p: _tiff_rgb16(p / "rgb48.tif", RNG.integers(0, 65536, (2, 2, 3))), "more than 8 bits per channel"),
     (lambda p: (p.mkdir(parents=True), (p / "c.ppm").write_bytes(b"P6 1 1 1023\n" + bytes(6)))[-1] and p / "c.ppm",
+     "more than 8 bits per channel"),
+    (lambda p: (p.mkdir(parents=True), (p / "c.ppm").write_text("P3 1 1 1023\n0 511 1023\n"))[-1] and p / "c.ppm",
      "more than 8 bits per channel"),
     (lambda p: _save(p / "i32.tif", Image.fromarray(np.full((2, 2), 70000, np.int32))), "no fixed range"),
     (lambda p: _save(p / "f.tif", Image.fromarray(np.full((2, 2), 3.5, np.float32))), "values in [3.5, 3.5]"),

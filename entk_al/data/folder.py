@@ -108,7 +108,7 @@ def _gray(im, path: Path) -> np.ndarray:
     if mode == "I":
         codec, rawmode, _ = _source(im)
         # Pillow rescales PGM files with maxval > 255 to 0..65535 in mode I.
-        scale = 65535.0 if codec == "ppm" else _INT_RANGES.get(rawmode)
+        scale = 65535.0 if codec.startswith("ppm") else _INT_RANGES.get(rawmode)
         if scale is None:
             raise DataFormatError(f"{path}: {rawmode or 'integer'} image (mode I: 32-bit or signed integers) has no "
                                   f"fixed range to scale by; {_REWRITE}")
@@ -132,7 +132,8 @@ def _rgb(im, path: Path) -> np.ndarray:
     if _is_gray(im):
         return np.repeat(_gray(im, path)[:, :, None], 3, axis=2)
     codec, rawmode, args = _source(im)
-    if _WIDE_RAWMODE.search(rawmode) or (codec == "ppm" and args and isinstance(args[0], int) and args[0] > 255):
+    ppm_maxval = args[0] if codec.startswith("ppm") and args and isinstance(args[0], int) else 0
+    if _WIDE_RAWMODE.search(rawmode) or ppm_maxval > 255:
         raise DataFormatError(f"{path}: {rawmode or im.mode} image with more than 8 bits per channel, which Pillow "
                               f"reads only as 8 bits (mode {im.mode}); {_REWRITE}")
     try:
