@@ -323,9 +323,12 @@ def check_settings(s: ApproxSettings, pool_size: int, test_size: int, num_output
         itemsize: bytes per element of the model dtype.
 
     Raises:
-        ConfigError: sizes < 1, more points than the splits hold, or an eNTK (with its float64
-            working copies) larger than the memory budget; the message says how large.
+        ConfigError: no test split, sizes < 1, more points than the splits hold, or an eNTK
+            (with its float64 working copies) larger than the memory budget; the message says how large.
     """
+    if test_size == 0:
+        raise ConfigError("approx measures kernels and kernel regression on the test split, and this dataset "
+                          "has none (0 test points); use a dataset with a test split")
     for name, v in (("--n-points", s.n_points), ("--subsets", s.subsets), ("--kr-labels", s.kr_labels),
                     ("--eval-size", s.eval_size)):
         if v < 1:

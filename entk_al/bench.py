@@ -283,10 +283,18 @@ class BenchRunner:
 
         Returns:
             run name -> state (``"done"``, ``"partial"``, ``"new"``).
+
+        Raises:
+            ConfigError: also for a dataset without a test split (a grid compares strategies
+                by test accuracy).
         """
         for spec in self.specs:
             load_strategy(spec.config.strategy, spec.config.strategy_options)
-            self.dataset_for(spec.config)
+            data = self.dataset_for(spec.config)
+            if not data.has_test_split:
+                raise ConfigError(f"protocol {self.protocol.name}: dataset {spec.config.dataset} has no test split, "
+                                  f"and a grid compares strategies by test accuracy; add a test split, or run "
+                                  f"single runs with entk-al run")
         return {s.name: run_state(self.out_dir / s.name, s.config) for s in self.specs}
 
     def dataset_for(self, cfg: RunConfig) -> ALDataset:

@@ -45,3 +45,8 @@ class StorageError(EntkAlError, OSError):
 class RunFolderInUseError(EntkAlError, RuntimeError):
     """Another process holds the run folder's lock (:mod:`entk_al.runlock`): two commands
     writing one run folder would overwrite each other's results."""
+
+
+class TrainingDivergedError(EntkAlError, ArithmeticError):
+    """Training diverged: a non-finite (NaN or infinite) loss or weights. No result is written
+    from the diverged model; the run's checkpoint stays at the last good round."""

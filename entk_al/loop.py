@@ -1,8 +1,9 @@
 """The pool-based active-learning loop, in one global id space, checkpointed every round.
 
 Round r = 0..R: (re)train on the labeled set, evaluate on the held-out test split (never the
-pool; no model selection on test), draw this round's random candidate subset, let the
-strategy select ``query`` ids, label them with the oracle, checkpoint. Every random choice
+pool; no model selection on test; without a test split, e.g. a pool people label before
+anyone made a test set, ``test_accuracy`` is None), draw this round's random candidate
+subset, let the strategy select ``query`` ids, label them with the oracle, checkpoint. Every random choice
 derives from (seed, round, component) (:mod:`entk_al.seeding`), so a resumed run ends with
 the same results as an uninterrupted one on the CPU.
 """
@@ -25,9 +26,9 @@ from .checkpoint import (
     state_from_checkpoint,
     write_checkpoint,
 )
-from .config import RunConfig
+from .config import RunConfig, model_default
 from .data import ALDataset
-from .errors import CheckpointError, ConfigError, LabelError
+from .errors import CheckpointError, ConfigError, LabelError, TrainingDivergedError
 from .executor import Executor, make_executor
 from .fileio import write_json, write_jsonl
 from .metrics import aubc
@@ -40,6 +41,9 @@ from .runlock import run_folder_lock
 from .seeding import int_seed, torch_generator
 from .selection import select_queries
 from .train import train_model
+
+#: Labeled inputs above this magnitude are named as the first suspect of a diverged round.
+HUGE_INPUT = 1e4
 
 __all__ = ["ActiveLearningLoop", "run_experiment", "LoopState", "CHECKPOINT", "CHECKPOINT_VERSION",
            "RESUMABLE_CHANGES", "read_checkpoint", "resolve_device"]
@@ -70,6 +74,8 @@ class ActiveLearningLoop:
         DataNotFoundError: the dataset's files are missing.
         CheckpointError: (run, resume) the checkpoint is corrupted or was made with other options.
         LabelError: (run, resume) the labels for pending human queries are missing or invalid.
+        TrainingDivergedError: (run, resume) a round's training diverged (NaN or infinite loss);
+            nothing from that round is written, the checkpoint keeps the round before.
     """
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, *, strategy: Any = None,
@@ -229,7 +235,12 @@ class ActiveLearningLoop:
     def train_and_evaluate(self, r: int, model: torch.nn.Module, pool: PoolState) -> dict:
         """Train ``model`` in place on the labeled set and evaluate it on the test split.
 
-        Returns the round's record (``queried`` empty, ``select_seconds`` 0 until the query).
+        Returns the round's record (``queried`` empty, ``select_seconds`` 0 until the query;
+        ``test_accuracy`` None without a test split).
+
+        Raises:
+            TrainingDivergedError: the training loss or weights became NaN or infinite; the
+                message names the round and the suspects (``--lr``, the inputs' magnitude).
         """
         cfg = self.cfg
         # Global torch RNG (dropout, user code) is re-seeded per round for resumability.
@@ -237,9 +248,13 @@ class ActiveLearningLoop:
         lab = pool.labeled_ids()
         t0 = time.perf_counter()
         steps = self.train_cfg.steps_for(len(lab))
-        with self.progress.task(f"round {r}: training", total=steps) as advance:
-            stats = train_model(model, self.data.x_train[lab], self.data.y_train.new_tensor(pool.labels[lab]),
-                                self.train_cfg, torch_generator(cfg.seed, r, "train"), on_step=advance)
+        x_lab = self.data.x_train[lab]
+        try:
+            with self.progress.task(f"round {r}: training", total=steps) as advance:
+                stats = train_model(model, x_lab, self.data.y_train.new_tensor(pool.labels[lab]),
+                                    self.train_cfg, torch_generator(cfg.seed, r, "train"), on_step=advance)
+        except TrainingDivergedError as exc:
+            raise TrainingDivergedError(self.divergence_message(r, str(exc), x_lab)) from None
         train_s = time.perf_counter() - t0
         acc = self.evaluate(model)
         record: dict[str, Any] = {"round": r, "n_labeled": int(len(lab)), "test_accuracy": acc,
@@ -314,8 +329,29 @@ class ActiveLearningLoop:
         return select_queries(self.setup, r, model, pool, self.oracle, progress=self.progress,
                               executor=self.executor)
 
-    def evaluate(self, model: torch.nn.Module) -> float:
-        """Accuracy (fraction in [0, 1]) on the held-out test split."""
+    def divergence_message(self, r: int, what: str, x_labeled: torch.Tensor) -> str:
+        """One line for a diverged round ``r``: what happened, the suspects (the learning rate,
+        the labeled inputs' magnitude; the likelier one first) and what was kept."""
+        cfg = self.cfg
+        x_max = float(x_labeled.abs().max()) if x_labeled.numel() else 0.0
+        big_inputs = not x_max <= HUGE_INPUT  # also NaN
+        model_lr = model_default("lr", cfg.model)
+        if cfg.lr > model_lr:  # set above the model's default: suggest that
+            lr_part = f"the learning rate (--lr {cfg.lr:g}; try {cfg.model}'s default, --lr {model_lr:g})"
+        else:
+            lr_part = f"the learning rate (--lr {cfg.lr:g}; try --lr {cfg.lr / 10:.2g})"
+        input_part = (f"the inputs (the labeled points reach |x| = {x_max:.3g}"
+                      f"{'; rescale them, e.g. to [0, 1], or drop those rows' if big_inputs else ''})")
+        suspects = [input_part, lr_part] if big_inputs else [lr_part, input_part]
+        kept = f"{CHECKPOINT} keeps round {r - 1}" if r > 0 else "no round was completed"
+        return (f"{self.out_dir}: round {r} of model {cfg.model!r}: {what}; suspects: "
+                f"{' and '.join(suspects)}. Nothing from round {r} was written ({kept})")
+
+    def evaluate(self, model: torch.nn.Module) -> float | None:
+        """Accuracy (fraction in [0, 1]) on the held-out test split; None when the dataset
+        has no test split."""
+        if not self.data.has_test_split:
+            return None
         logits = predict(model, self.data.x_test, device=self.device)
         return float((logits.argmax(dim=1).cpu() == self.data.y_test).double().mean())
 
@@ -327,10 +363,14 @@ class ActiveLearningLoop:
                               f"{self.cfg.strategy} on {self.cfg.dataset} (seed {self.cfg.seed})")
 
     def summary(self, records: list[dict]) -> dict:
+        """summary.json: ``rounds`` the query rounds done (``--rounds`` once finished),
+        ``evaluations`` the trained-and-evaluated rounds (round 0 and one per query round);
+        ``test_size`` the test split's size; accuracies and ``aubc`` are None without a test split."""
         return {"strategy": self.cfg.strategy, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
-                "rounds": len(records), "final_n_labeled": records[-1]["n_labeled"] if records else 0,
-                "final_test_accuracy": records[-1]["test_accuracy"] if records else float("nan"),
-                "first_test_accuracy": records[0]["test_accuracy"] if records else float("nan"),
+                "rounds": max(len(records) - 1, 0), "evaluations": len(records),
+                "test_size": len(self.data.x_test), "final_n_labeled": records[-1]["n_labeled"] if records else 0,
+                "final_test_accuracy": records[-1]["test_accuracy"] if records else None,
+                "first_test_accuracy": records[0]["test_accuracy"] if records else None,
                 "aubc": aubc(r["test_accuracy"] for r in records),
                 "train_seconds": sum(r["train_seconds"] for r in records),
                 "select_seconds": sum(r["select_seconds"] for r in records)}

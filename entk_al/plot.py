@@ -88,7 +88,8 @@ def load_runs(runs_dir: str | Path) -> tuple[list[RunResult], int]:
     """Finished runs under ``runs_dir`` (searched recursively) and the count of unfinished ones.
 
     Raises:
-        ConfigError: ``runs_dir`` does not exist or holds no run directory.
+        ConfigError: ``runs_dir`` does not exist or holds no run directory, or a finished run
+            has no test split (``test_accuracy`` null: no learning curve to compare).
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -107,6 +108,9 @@ def load_runs(runs_dir: str | Path) -> tuple[list[RunResult], int]:
         setting = tuple((k, json.dumps(cfg.get(k), sort_keys=True)) for k in SETTING_KEYS)
         settings.setdefault(setting, d)
         recs = read_jsonl(d / "rounds.jsonl")
+        if any(r.get("test_accuracy") is None for r in recs):
+            raise ConfigError(f"{d}: no test split (test_accuracy is null), so no learning curve to compare; "
+                              f"plot runs on a dataset with a test split")
         label, seed_index = _bench_info(d, cfg)
         runs.append(RunResult(strategy=label, query=int(cfg["query"]), seed=int(cfg["seed"]),
                               n_labeled=np.array([r["n_labeled"] for r in recs]),

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import TrainingDivergedError
+
 
 @dataclass
 class TrainConfig:
@@ -104,6 +106,12 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
 
     Returns:
         ``{"steps": int, "final_loss": float}`` (loss averaged over the last 10% of steps).
+
+    Raises:
+        TrainingDivergedError: the loss became NaN or infinite (checked every
+            :data:`DIVERGENCE_CHECK_STEPS` steps and at the end, so training stops soon after),
+            or a weight or buffer (BatchNorm statistics) is not finite after training. The
+            model is then unusable; its ``step`` and ``steps`` attributes say when it happened.
     """
     on_cpu = next(model.parameters()).device.type == "cpu"
     threads = cfg.threads or (auto_threads(model, cfg.batch_size) if on_cpu else 0)
@@ -115,6 +123,17 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
+
+
+#: How often (in optimizer steps) training checks for a non-finite loss. Checking reads the
+#: loss back from the device, so it is not done every step (a GPU would wait each time).
+DIVERGENCE_CHECK_STEPS = 25
+
+
+def _diverged(step: int, steps: int, what: str) -> TrainingDivergedError:
+    exc = TrainingDivergedError(f"training diverged: {what} at step {step + 1} of {steps}")
+    exc.step, exc.steps = step, steps
+    return exc
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
@@ -129,6 +148,8 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
     bs = min(cfg.batch_size, n)
     tail, tail_n = 0.0, 0
     perm, pos = torch.randperm(n, generator=generator), 0
+    # First step with a non-finite loss (-1: none yet), kept on the device between checks.
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
     for step in range(steps):
         if pos + bs > n:
             perm, pos = torch.randperm(n, generator=generator), 0
@@ -137,6 +158,12 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         xb = x[idx].to(device=device, dtype=dtype)
         yb = y[idx].to(device)
         loss = loss_fn(model(xb), yb, cfg.loss)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+        if (step + 1) % DIVERGENCE_CHECK_STEPS == 0 or step == steps - 1:
+            bad = int(first_bad)
+            if bad >= 0:
+                model.eval()
+                raise _diverged(bad, steps, "the training loss became NaN or infinite")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -147,4 +174,7 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         if on_step is not None:
             on_step(1)
     model.eval()
+    state = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if not all(bool(torch.isfinite(t).all()) for t in state):
+        raise _diverged(steps - 1, steps, "weights or BatchNorm statistics became NaN or infinite")
     return {"steps": steps, "final_loss": tail / max(tail_n, 1)}

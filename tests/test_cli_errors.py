@@ -68,6 +68,7 @@ CASES = {
     "DataFormatError": lambda t: (["run", "--dataset", _npz_without_test(t)], "lacks array"),
     "StrategyError/load": lambda t: (["run", "--strategy", "no_such_strategy"], "unknown strategy"),
     "StrategyError/select": lambda t: (["run", "--strategy", _bad_strategy(t)], "'twice' returned duplicate"),
+    "TrainingDivergedError": lambda t: (["run", "--lr", "1e30"], "round 0 of model 'mlp': training diverged"),
 }
 
 

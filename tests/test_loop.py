@@ -40,7 +40,13 @@ def test_invariants_and_outputs(tmp_path):
     assert (ckpt_pool.labels[lab] == loop.data.y_train.numpy()[lab]).all()
     for name in ("config.json", "rounds.jsonl", "curve.png", "summary.json", "checkpoint.pt"):
         assert (tmp_path / name).is_file()
-    assert json.loads((tmp_path / "config.json").read_text())["strategy"] == "entropy"
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["strategy"] == "entropy"
+    # the local executor runs no Ray workers, so none are recorded
+    assert config["executor"] == "local" and config["workers"] is None and config["cpus_per_worker"] is None
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["evaluations"] == 4  # --rounds 3: round 0 + 3 query rounds
+    assert summary["aubc"] == pytest.approx(np.mean([r["test_accuracy"] for r in records]))
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
 
 

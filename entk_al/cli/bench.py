@@ -46,6 +46,7 @@ def _run_with_progress(runner, quiet: bool) -> None:
     """Run the grid with one outer task over all rounds; rich bars on a terminal, a status line
     every 30 s otherwise, nothing with ``quiet``."""
     from ..progress import make_progress
+    from ..results import accuracy_text
 
     progress = make_progress(quiet)
     rounds_total = sum(s.config.rounds + 1 for s in runner.specs)
@@ -62,7 +63,7 @@ def _run_with_progress(runner, quiet: bool) -> None:
             def on_round(spec, rec) -> None:
                 advance(1)
                 progress.note(f"{spec.name} round {rec['round']}: {rec['n_labeled']} labels, "
-                              f"test accuracy {100 * rec['test_accuracy']:.1f}%")
+                              f"{accuracy_text(rec['test_accuracy'])}")
 
             runner.run(on_start=on_start, on_round=on_round, progress=progress)
     finally:

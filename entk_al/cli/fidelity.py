@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from ..config import check_finite, default
+from ..config import check_finite, default, lr_default_text
 from ..errors import ConfigError
 from ..progress import rich_bar
 from .options import PlainDataDir, PlainDevice, Quiet, check_out_dir
@@ -32,7 +32,7 @@ def fidelity(
     min_steps: int = typer.Option(default("min_steps"),
                                   help="Minimum optimizer steps per (re)training (the run's default)."),
     batch_size: int = typer.Option(default("batch_size"), help="Batch size."),
-    lr: float = typer.Option(default("lr"), help="OneCycle max learning rate."),
+    lr: Optional[float] = typer.Option(None, help=f"OneCycle max learning rate (default: {lr_default_text()})."),
     loss: str = typer.Option(default("loss"), help="mse or ce."),
     device: PlainDevice = DEFAULT_DEVICE,
     data_dir: PlainDataDir = None,

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ..config import RunConfig, default
+from ..config import RAY_DEFAULTS, RunConfig, default, lr_default_text
 from ..errors import ConfigError
 from .options import DataDir, Device, Download, Quiet, check_out_dir
 from .output import echo
@@ -93,7 +93,9 @@ def run(
     min_steps: Optional[int] = typer.Option(
         None, help=f"Minimum optimizer steps per round (default: {default('min_steps')})."),
     batch_size: Optional[int] = typer.Option(None, help=f"Training batch size (default: {default('batch_size')})."),
-    lr: Optional[float] = typer.Option(None, help=f"OneCycle max learning rate (default: {default('lr')})."),
+    lr: Optional[float] = typer.Option(
+        None, help=f"OneCycle max learning rate (default: {lr_default_text()}; a round whose training diverges "
+                   f"stops the run and names the suspects)."),
     device: Device = None,
     threads: Optional[int] = typer.Option(
         None, help=f"CPU threads for training; 0 = 1 thread for small models, else all "
@@ -108,11 +110,11 @@ def run(
                    f"(default: {default('executor')})."),
     address: Optional[str] = typer.Option(
         None, help="Ray cluster: auto or HOST:PORT (default: start a private local cluster)."),
-    workers: Optional[int] = typer.Option(None, help=f"Ray shard actors (default: {default('workers')})."),
+    workers: Optional[int] = typer.Option(None, help=f"Ray shard actors (default: {RAY_DEFAULTS['workers']:g})."),
     gpus_per_worker: Optional[float] = typer.Option(
-        None, help=f"GPUs per Ray actor (default: {default('gpus_per_worker')})."),
+        None, help=f"GPUs per Ray actor (default: {RAY_DEFAULTS['gpus_per_worker']:g})."),
     cpus_per_worker: Optional[float] = typer.Option(
-        None, help=f"CPUs per Ray actor (default: {default('cpus_per_worker')})."),
+        None, help=f"CPUs per Ray actor (default: {RAY_DEFAULTS['cpus_per_worker']:g})."),
     option: list[str] = typer.Option([], "--option", "-o", help="Strategy option key=value (repeatable)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these options."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
@@ -162,13 +164,13 @@ def _run_locked(cfg, out_dir: Path, resume: bool, overwrite: bool, quiet: bool) 
         for sub in ("queries", "labels"):  # human-in-the-loop files of the old run
             shutil.rmtree(out_dir / sub, ignore_errors=True)
     from ..progress import make_progress
-    from ..results import plot_curve
+    from ..results import accuracy_text, plot_curve
 
     progress = make_progress(quiet)  # rich bars on a terminal, a line every 30 s otherwise, nothing with -q
     loop = ActiveLearningLoop(cfg, out_dir, curve_writer=plot_curve, progress=progress)
     try:
         records = loop.run(resume=resume, on_round=lambda rec: progress.note(
-            f"round {rec['round']}: {rec['n_labeled']} labels, test accuracy {100 * rec['test_accuracy']:.1f}%"))
+            f"round {rec['round']}: {rec['n_labeled']} labels, {accuracy_text(rec['test_accuracy'])}"))
     finally:
         progress.close()
     if loop.waiting_for is not None:
@@ -177,5 +179,9 @@ def _run_locked(cfg, out_dir: Path, resume: bool, overwrite: bool, quiet: bool) 
                    f"entk-al run --resume {out_dir}")
         return
     last = records[-1]
+    if last["test_accuracy"] is None:
+        echo(f"done: {last['n_labeled']} labels ({accuracy_text(None)}: test accuracy not measured); "
+                   f"results in {out_dir}")
+        return
     echo(f"done: {last['n_labeled']} labels, test accuracy {100 * last['test_accuracy']:.2f}% "
                f"(round 0: {100 * records[0]['test_accuracy']:.2f}%); results in {out_dir}")

@@ -17,7 +17,8 @@ class ALDataset:
         name: dataset name as given on the command line.
         x_train: float32 tensor (N, C, H, W) or (N, D), already normalized.
         y_train: int64 tensor (N,), class indices in [0, num_classes).
-        x_test: float32 tensor (N_test, ...), same feature shape as ``x_train``.
+        x_test: float32 tensor (N_test, ...), same feature shape as ``x_train``; N_test = 0
+            means no test split (runs record ``test_accuracy`` None).
         y_test: int64 tensor (N_test,).
         num_classes: number of classes O.
         classes: class names, length ``num_classes``.
@@ -46,6 +47,11 @@ class ALDataset:
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input, without the batch dimension."""
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def has_test_split(self) -> bool:
+        """Whether there is a test split to evaluate on (N_test > 0)."""
+        return len(self.x_test) > 0
 
     @property
     def pool_size(self) -> int:

@@ -20,7 +20,9 @@ def load_numpy_dataset(path: str | Path) -> ALDataset:
 
     Required arrays: ``x_train`` (N, ...) and ``x_test`` (N_test, ...) numeric inputs with the
     same per-item shape; ``y_train`` (N,) and ``y_test`` (N_test,) integer labels >= 0; ``y_train`` may hold -1 for
-    items nobody has labeled yet (usable only with ``--oracle files``).
+    items nobody has labeled yet (usable only with ``--oracle files``). ``x_test`` and ``y_test``
+    with 0 rows (any shape, e.g. ``np.zeros(0)``) mean no test split: runs record
+    ``test_accuracy`` None.
     Optional: ``classes`` (O,) class names; ``sources`` (N,) strings shown to annotators.
 
     Inputs are used as given (cast to float32), except that uint8 arrays are scaled to
@@ -52,10 +54,15 @@ def load_numpy_dataset(path: str | Path) -> ALDataset:
         raise DataFormatError(f"{path} is not a readable .npz archive ({exc})") from None
     missing = [k for k in REQUIRED if k not in arrays]
     if missing:
+        no_test = {"x_test", "y_test"} & set(missing)
+        hint = "; without a test split, save x_test and y_test with 0 rows" if no_test else ""
         raise DataFormatError(f"{path} lacks array(s) {', '.join(missing)} "
-                              f"(needs {', '.join(REQUIRED)}; has {', '.join(sorted(arrays)) or 'none'})")
+                              f"(needs {', '.join(REQUIRED)}; has {', '.join(sorted(arrays)) or 'none'}{hint})")
     x_train = to_float(arrays["x_train"], f"{path} x_train")
     x_test = to_float(arrays["x_test"], f"{path} x_test")
+    if x_test.size == 0 and x_train.ndim >= 2:
+        # No test split (np.zeros(0) or a 0-row array): the run records test_accuracy None.
+        x_test = np.zeros((0, *x_train.shape[1:]), np.float32)
     if x_train.ndim < 2 or x_train.shape[1:] != x_test.shape[1:]:
         raise DataFormatError(f"{path}: x_train {x_train.shape} and x_test {x_test.shape} must be (N, ...) "
                               f"with the same per-item shape")
