@@ -32,3 +32,8 @@ class LabelError(EntkAlError, ValueError):
 
 class DataFormatError(EntkAlError, ValueError):
     """A dataset file exists but its contents are malformed (bad keys, shapes, labels, images)."""
+
+
+class LabelStudioError(EntkAlError, RuntimeError):
+    """A Label Studio server cannot be reached, refuses the access token, or its project does
+    not fit the run (label config, missing project)."""
