@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .config import check_url
-from .errors import ConfigError, LabelStudioError
+from .errors import ConfigError, EntkAlError, LabelStudioError
 from .fileio import write_json
 from .labelstudio_tasks import LabelSetup, label_config, read_label_config, resolve_task, task_payload
 from .oracle import check_answers
@@ -452,6 +452,11 @@ class LabelStudioOracle:
                 if code < 500 and code != 429:
                     raise LabelStudioError(f"{self.where} refused {what} (HTTP {code}: {_detail(exc)})") from None
                 reason = f"HTTP {code}"
+            except ValueError as exc:  # JSON or schema errors: some other web server answered
+                if isinstance(exc, EntkAlError):
+                    raise
+                raise LabelStudioError(f"{self.url} does not answer like a Label Studio server ({what}: "
+                                       f"{type(exc).__name__}); check --ls-url") from None
             if attempt < len(BACKOFF_S):
                 time.sleep(BACKOFF_S[attempt])
         raise LabelStudioError(f"cannot reach Label Studio at {self.url} while {what} ({reason}, "

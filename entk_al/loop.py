@@ -324,7 +324,8 @@ class ActiveLearningLoop:
         order, with the model's probabilities and the strategy's scores; returns its answer."""
         ids = [int(i) for i in state.pending["ids"]]
         scores = state.pending.get("scores") or [None] * len(ids)
-        keep = [p for p, i in enumerate(ids) if only is None or i in set(only)]
+        wanted = set(ids if only is None else only)
+        keep = [p for p, i in enumerate(ids) if i in wanted]
         sel = np.asarray([ids[p] for p in keep], dtype=np.int64)
         return oracle.push(sel, round=state.pending["round"], inputs=self.data.x_train[torch.from_numpy(sel)],
                            probs=None if probs is None else probs[keep], scores=[scores[p] for p in keep],

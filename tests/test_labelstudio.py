@@ -195,10 +195,13 @@ def _incompatible_project(admin, tmp_path):
 
 @pytest.mark.parametrize("case,needle", [
     ("wrong_url", "cannot reach Label Studio"),
+    ("not_label_studio", "does not answer like a Label Studio server"),
     ("bad_token", "refused the access token"),
     ("no_such_project", "has no project 987654"),
     ("incompatible_config", "does not fit this run: choices not among the classes ['cat', 'dog']"),
     ("unknown_class", "unknown class 'giraffe'"),
+    ("duplicate_task", "is labeled twice (first on task"),
+    ("stray_task", "was not queried in the initial set; delete that task"),
 ])
 def test_bad_input_is_one_line_and_leaves_the_run_intact(server, admin, token_env, files_run, tmp_path, capsys,
                                                          monkeypatch, case, needle):
@@ -207,21 +210,50 @@ def test_bad_input_is_one_line_and_leaves_the_run_intact(server, admin, token_en
     url, project, command = server.url, f"bad {case} {tmp_path.name}", "push"
     if case == "wrong_url":
         url = f"http://127.0.0.1:{lss.free_port()}"
+    elif case == "not_label_studio":
+        url = f"{server.url}/no/such/place"
     elif case == "bad_token":
         monkeypatch.setenv("ENTK_AL_LS_TOKEN", "not-a-token-" + "x" * 20)
     elif case == "no_such_project":
         project = "987654"
     elif case == "incompatible_config":
         project = _incompatible_project(admin, tmp_path)
-    elif case == "unknown_class":
+    else:  # bad annotations, found by pull
         assert cli(capsys, "label-studio", "push", run_dir, "--ls-url", url, "--ls-project", project)[0] == 0
-        annotate(admin, run_tasks(admin, run_dir, -2)[1], "giraffe")
+        tasks = run_tasks(admin, run_dir, -2)
+        if case == "unknown_class":
+            annotate(admin, tasks[1], "giraffe")
+        else:  # a copy of a task (imported twice), or a task of this run for an id it did not query
+            data = dict(tasks[1].data, entk_al_id=tasks[1].data["entk_al_id"] if case == "duplicate_task" else 1346)
+            admin.projects.import_tasks(id=tasks[1].project, request=[{"data": data}])
+            for t in (tasks[1], run_tasks(admin, run_dir, -2)[-1]):
+                annotate(admin, t, "3")
         command = "pull"
     before = snapshot(run_dir)
     code, out, err = cli(capsys, "label-studio", command, run_dir, "--ls-url", url, "--ls-project", project)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert needle in err and "Traceback" not in err and server.token not in err, err
     assert snapshot(run_dir) == before
+
+
+def test_a_push_that_fails_is_redone_on_resume(server, admin, token_env, tmp_path, capsys, monkeypatch):
+    """The server goes away between the selection and the push: the queries and checkpoint are
+    on disk, the command stops with one line, and --resume pushes them."""
+    def gone(*args, **kwargs):
+        raise httpx.ConnectError("the server went away")
+
+    monkeypatch.setattr(ls, "BACKOFF_S", (0.0,))
+    monkeypatch.setattr(ls.LabelStudioOracle, "_import_missing", gone)
+    run_dir = tmp_path / "run"
+    args = ["--ls-url", server.url, "--ls-project", f"push fails {tmp_path.name}"]
+    code, out, err = cli(capsys, "run", "--oracle", "label-studio", *args, "--out", run_dir, *FAST_ARGS)
+    assert code == 2 and "cannot reach Label Studio" in err and "creating 10 tasks" in err, err
+    assert (run_dir / "queries" / "initial.csv").is_file() and len(pending(run_dir)["ids"]) == 10
+    monkeypatch.undo()
+    monkeypatch.setenv("ENTK_AL_LS_TOKEN", server.token)
+    code, out, err = cli(capsys, "run", "--resume", run_dir, "-q")
+    assert code == 0 and "0 of 10 labeled; 10 not annotated yet" in out, (out, err)
+    assert [t.data["entk_al_id"] for t in run_tasks(admin, run_dir, -2)] == pending(run_dir)["ids"]
 
 
 def test_run_with_an_incompatible_project_fails_before_writing(server, admin, token_env, tmp_path, capsys):
