@@ -220,3 +220,27 @@ def test_pending_queries_keep_the_strategys_scores_in_its_order(tmp_path):
     top2 = probs.topk(2, dim=1).values
     np.testing.assert_allclose(pending["scores"], (-(top2[:, 0] - top2[:, 1])).numpy(), rtol=1e-5, atol=1e-7)
     assert pending["scores"] == sorted(pending["scores"], reverse=True)  # best first
+
+
+def test_lookahead_queries_carry_its_pick_scores(tmp_path):
+    """The look-ahead's acquisition scores reach the pending queries, best first, and agree
+    with the round's strategy_info (score_max, score_mean)."""
+    import torch
+
+    from entk_al.data import load_dataset
+    from entk_al.loop import ActiveLearningLoop
+
+    cfg = RunConfig(initial=10, query=4, rounds=1, epochs=1, min_steps=5, subset=100, strategy="lookahead",
+                    oracle="files")
+    data = load_dataset("digits")
+    ActiveLearningLoop(cfg, tmp_path / "r", dataset=data).run()
+    ids = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["pending"]["ids"]
+    from entk_al.oracle import record_labels
+
+    (tmp_path / "a.csv").write_text("id,label\n" + "".join(f"{i},{int(data.y_train[i])}\n" for i in ids))
+    record_labels(tmp_path / "r", -2, ids, data.classes, tmp_path / "a.csv")
+    ActiveLearningLoop(cfg, tmp_path / "r", dataset=data).run(resume=True)
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    scores, info = ck["pending"]["scores"], ck["records"][-1]["strategy_info"]
+    assert len(scores) == 4 and None not in scores and scores == sorted(scores, reverse=True)
+    assert scores[0] == pytest.approx(info["score_max"]) and np.mean(scores) == pytest.approx(info["score_mean"])
