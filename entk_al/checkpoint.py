@@ -29,7 +29,7 @@ CHECKPOINT_VERSION = 2
 #: Options that may differ between a checkpoint and a resumed run.
 #: Where scans run does not change what is selected (entk_al.executor), so those may change too.
 RESUMABLE_CHANGES = {"rounds", "device", "data_dir", "download", "executor", "address", "workers",
-                     "gpus_per_worker", "cpus_per_worker"}
+                     "gpus_per_worker", "cpus_per_worker", "ls_url"}
 
 
 @dataclass

@@ -92,7 +92,14 @@ class RunConfig:
         weight_decay: SGD weight decay.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         threads: CPU threads for training; 0 = automatic.
-        oracle: ``simulated`` (ground truth) or ``files`` (a person labels CSV files).
+        oracle: ``simulated`` (ground truth), ``files`` (a person labels CSV files) or
+            ``label-studio`` (annotators label tasks in a Label Studio project; the
+            ``labelstudio`` extra). See :data:`ORACLES`.
+        ls_url: the Label Studio server, ``http[s]://HOST[:PORT]`` (``--oracle label-studio``).
+            The access token is never part of the configuration: it is read from the
+            environment (:func:`entk_al.labelstudio.token_from_env`).
+        ls_project: the Label Studio project, its numeric ID or its title (a title not found
+            creates the project).
         executor: where pool scans run: ``local`` (this process) or ``ray`` (shard actors;
             ``pip install entk-al[ray]``). Both select the same ids (:mod:`entk_al.executor`).
         address: Ray cluster, ``auto`` or ``HOST:PORT``; None starts a private local cluster.
@@ -127,6 +134,8 @@ class RunConfig:
     device: str = "auto"
     threads: int = 0
     oracle: str = "simulated"
+    ls_url: str | None = None
+    ls_project: str | None = None
     executor: str = "local"
     address: str | None = None
     workers: int | None = None
@@ -175,14 +184,29 @@ class RunConfig:
             raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.width is not None and self.width < 1:
             raise ConfigError(f"--width must be >= 1, got {self.width}")
-        if self.oracle not in ("simulated", "files"):
-            raise ConfigError(f"--oracle must be 'simulated' or 'files', got {self.oracle!r}")
+        self._validate_oracle()
         check_seed(self.seed, "--seed")
         self._validate_executor()
         if self.subset < self.query:
             raise ConfigError(f"--subset ({self.subset}) must be >= --query ({self.query}): the strategy "
                               f"selects the queries from the candidate subset")
         return self
+
+    def _validate_oracle(self) -> None:
+        if self.oracle not in ORACLES:
+            raise ConfigError(f"--oracle must be one of {', '.join(ORACLES)}, got {self.oracle!r}")
+        if self.oracle != "label-studio":
+            if self.ls_url is not None or self.ls_project is not None:
+                raise ConfigError(f"--ls-url and --ls-project are for --oracle label-studio, not --oracle "
+                                  f"{self.oracle}; to send a files run's queries to Label Studio use "
+                                  f"'entk-al label-studio push RUN --ls-url URL --ls-project ID'")
+            return
+        if not self.ls_url or not self.ls_project:
+            raise ConfigError("--oracle label-studio needs --ls-url URL (e.g. http://localhost:8080) and "
+                              "--ls-project ID (or a project title)")
+        check_url(self.ls_url, "--ls-url")
+        if not str(self.ls_project).strip():
+            raise ConfigError("--ls-project must be a project ID or title, got an empty string")
 
     def _validate_executor(self) -> None:
         if self.executor not in ("local", "ray"):
@@ -217,6 +241,8 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
         """Build from a mapping; unknown keys raise ConfigError naming the source."""
+        if isinstance(data.get("ls_project"), int) and not isinstance(data["ls_project"], bool):
+            data = {**data, "ls_project": str(data["ls_project"])}  # `ls-project = 3` in TOML
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -242,6 +268,32 @@ def _check_type(name: str, value: Any, annotation: str, source: str) -> Any:
     if allowed is None or (isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)):
         return float(value) if base == "float" else value
     raise ConfigError(f"{source}: option {name!r} must be {base}, got {type(value).__name__} {value!r}")
+
+
+#: the oracles ``--oracle`` accepts: who answers the queries (:mod:`entk_al.oracle`).
+ORACLES = ("simulated", "files", "label-studio")
+
+
+def check_url(url: str, name: str = "--ls-url") -> str:
+    """``url`` if it looks like ``http[s]://HOST[:PORT][/PATH]``.
+
+    Args:
+        url: the URL to check.
+        name: how the option is called in the error message.
+
+    Raises:
+        ConfigError: another scheme, no host, or a port that is not a number in [1, 65535].
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, -1
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or port == 0 or port == -1:
+        raise ConfigError(f"{name} must look like http://HOST:PORT (e.g. http://localhost:8080), got {url!r}")
+    return url
 
 
 def check_seed(seed: int, name: str = "--seed") -> int:

@@ -50,3 +50,8 @@ class RunFolderInUseError(EntkAlError, RuntimeError):
 class TrainingDivergedError(EntkAlError, ArithmeticError):
     """Training diverged: a non-finite (NaN or infinite) loss or weights. No result is written
     from the diverged model; the run's checkpoint stays at the last good round."""
+
+
+class LabelStudioError(EntkAlError, RuntimeError):
+    """A Label Studio server cannot be reached, refuses the access token, or its project does
+    not fit the run (label config, missing project)."""

@@ -33,7 +33,7 @@ from .executor import Executor, make_executor
 from .fileio import write_json, write_jsonl
 from .metrics import aubc
 from .models import predict
-from .oracle import FileOracle, SimulatedOracle, query_path, recorded_labels, write_queries
+from .oracle import FileOracle, RemoteOracle, SimulatedOracle, query_path, recorded_labels, write_labels, write_queries
 from .pool import PoolState
 from .progress import NullProgress
 from .run_setup import RunSetup, resolve_device
@@ -58,10 +58,13 @@ class ActiveLearningLoop:
             checkpoint.pt and, once finished, summary.json.
         strategy: a strategy object; default: ``load_strategy(cfg.strategy, cfg.strategy_options)``.
         dataset: a loaded dataset; default: ``load_dataset(cfg.dataset, ...)``.
-        oracle: ``oracle(ids) -> labels``; default: :class:`~entk_al.oracle.SimulatedOracle`, or
-            :class:`~entk_al.oracle.FileOracle` for ``cfg.oracle == "files"``. A ``deferred``
-            oracle makes :meth:`run` stop after writing ``queries/round_XXX.csv`` (see
-            :attr:`waiting_for`) and resume once ``entk-al label`` recorded the answers.
+        oracle: ``oracle(ids) -> labels``; default: :class:`~entk_al.oracle.SimulatedOracle`,
+            :class:`~entk_al.oracle.FileOracle` for ``cfg.oracle == "files"``, or
+            :class:`~entk_al.labelstudio.LabelStudioOracle` for ``"label-studio"`` (token from
+            the environment). A ``deferred`` oracle makes :meth:`run` stop after writing
+            ``queries/round_XXX.csv`` (see :attr:`waiting_for`) and resume once ``entk-al label``
+            recorded the answers; a :class:`~entk_al.oracle.RemoteOracle` also gets the queries
+            pushed, and its finished labels are pulled when resuming.
         kernel_fn: pNTK implementation handed to strategies; default :func:`entk_al.ntk.pntk`.
         curve_writer: ``curve_writer(records, path, title)`` that draws ``curve.png`` after each
             round, e.g. :func:`entk_al.results.plot_curve` (the CLI and ``bench`` pass it).
@@ -76,6 +79,8 @@ class ActiveLearningLoop:
         LabelError: (run, resume) the labels for pending human queries are missing or invalid.
         TrainingDivergedError: (run, resume) a round's training diverged (NaN or infinite loss);
             nothing from that round is written, the checkpoint keeps the round before.
+        LabelStudioError: (run, resume) the Label Studio server cannot be reached, refuses the
+            token, or its project does not fit.
     """
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, *, strategy: Any = None,
@@ -94,16 +99,20 @@ class ActiveLearningLoop:
         if self.cfg.budget > self.data.pool_size:
             raise ConfigError(f"budget initial + query*rounds = {self.cfg.budget} exceeds the pool of "
                               f"{self.data.pool_size} {self.cfg.dataset} training points")
-        if oracle is None:
-            oracle = FileOracle() if self.cfg.oracle == "files" else SimulatedOracle(self.data.y_train)
-        self.oracle = oracle
-        if getattr(oracle, "deferred", False) and getattr(self.strategy, "mode", "batch") in ("sequential", "hybrid"):
+        self.oracle = oracle if oracle is not None else self.default_oracle()
+        if getattr(self.oracle, "deferred", False) and getattr(self.strategy, "mode", "batch") in ("sequential",
+                                                                                                   "hybrid"):
             # Fail before training rather than mid-selection (FileOracle also refuses at call time).
             raise ConfigError(f"strategy {self.strategy.name!r} in {self.strategy.mode} mode needs labels during "
-                              f"selection, which --oracle files cannot give; use mode=batch or --oracle simulated")
+                              f"selection, which --oracle {getattr(self.oracle, 'name', self.cfg.oracle)} cannot "
+                              f"give; use mode=batch or --oracle simulated")
         self.setup.check_sizes()
         #: set when the run stopped to wait for human labels: the queries CSV to fill in.
         self.waiting_for: Path | None = None
+        #: set when the run stopped to wait for labels in an annotation tool: where, how many.
+        self.waiting_note: str | None = None
+        #: pool id -> acquisition score of the last selection's queries (RoundContext.record_scores).
+        self.last_query_scores: dict[int, float] = {}
         #: where pool scans run while :meth:`run` runs (:mod:`entk_al.executor`); None otherwise.
         self.executor: Executor | None = None
 
@@ -113,6 +122,16 @@ class ActiveLearningLoop:
     device = property(lambda self: self.setup.device)
     train_cfg = property(lambda self: self.setup.train_cfg)
     kernel_fn = property(lambda self: self.setup.kernel_fn)
+
+    def default_oracle(self) -> Any:
+        """The oracle ``cfg.oracle`` names (see the class docstring)."""
+        if self.cfg.oracle == "files":
+            return FileOracle()
+        if self.cfg.oracle == "label-studio":
+            from .labelstudio import STATE_FILE, LabelStudioOracle
+
+            return LabelStudioOracle(self.cfg.ls_url, self.cfg.ls_project, state_file=self.out_dir / STATE_FILE)
+        return SimulatedOracle(self.data.y_train)
 
     # -- state ---------------------------------------------------------------------
     def fresh_state(self) -> LoopState:
@@ -171,8 +190,13 @@ class ActiveLearningLoop:
         """
         devices = [self.device] if self.device.type == "cuda" else []
         cfg = self.cfg
+        self.waiting_for = self.waiting_note = None
         # One writer per run folder (entk_al.runlock; re-entrant, so the CLI may hold it already).
         with run_folder_lock(self.out_dir):
+            if isinstance(self.oracle, RemoteOracle):  # an unreachable server fails before anything is written
+                from .labelstudio_tasks import data_kind
+
+                self.oracle.connect(self.data.classes, data_kind(self.data.input_shape))
             # Started before anything is written: a missing Ray or cluster fails as a one-line error.
             self.executor = make_executor(cfg.executor, self.setup.pool, self.device, address=cfg.address,
                                           workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker,
@@ -283,7 +307,9 @@ class ActiveLearningLoop:
         if info:
             record["strategy_info"] = info
         if labels is None:
-            state.pending = {"round": r, "ids": queried.tolist()}
+            scores = self.last_query_scores
+            state.pending = {"round": r, "ids": queried.tolist(),
+                             "scores": [scores.get(i) for i in queried.tolist()]}
             self.request_labels(state, model)
             return True
         state.pool.add(queried, labels, r)
@@ -291,17 +317,62 @@ class ActiveLearningLoop:
 
     def request_labels(self, state: LoopState, model: torch.nn.Module | None) -> None:
         """Write the pending queries CSV, then checkpoint (in that order, so a crash in between
-        only repeats the round), and remember which file the person must fill in."""
+        only repeats the round), and remember which file the person must fill in. A remote
+        oracle then gets the queries pushed: a push that fails leaves a run to resume."""
         ids = np.asarray(state.pending["ids"], dtype=np.int64)
-        guesses = None
-        if state.pending["round"] != PoolState.INITIAL and model is not None:
-            pred = predict(model, self.data.x_train[torch.from_numpy(ids)], device=self.device).argmax(dim=1)
-            guesses = [self.data.classes[int(c)] for c in pred.cpu()]
+        probs = self.pending_probs(state, model)
+        guesses = None if probs is None else [self.data.classes[int(c)] for c in probs.argmax(axis=1)]
         self.waiting_for = write_queries(self.out_dir, state.pending["round"], ids,
                                          [self.data.source_of(int(i)) for i in ids], guesses)
         self.save_state(state, model)
         if state.records:
             self.write_results(state.records)
+        if isinstance(self.oracle, RemoteOracle):
+            self.push_queries(self.oracle, state, probs)
+            self.waiting_note = (f"{len(ids)} queries of {_round_name(state.pending['round'])} are tasks in "
+                                 f"{getattr(self.oracle, 'where', 'the annotation tool')}")
+
+    def pending_probs(self, state: LoopState, model: torch.nn.Module | None) -> np.ndarray | None:
+        """(k, O) float64 class probabilities of the pending queries under ``model``; None for
+        the initial set (no model has been trained yet)."""
+        if state.pending["round"] == PoolState.INITIAL or model is None:
+            return None
+        ids = torch.from_numpy(np.asarray(state.pending["ids"], dtype=np.int64))
+        logits = predict(model, self.data.x_train[ids], device=self.device)
+        return torch.softmax(logits.double(), dim=1).cpu().numpy()
+
+    def push_queries(self, oracle: Any, state: LoopState, probs: np.ndarray | None,
+                     only: list[int] | None = None) -> dict:
+        """Push the pending queries (``only`` some of them) to a remote oracle, in the strategy's
+        order, with the model's probabilities and the strategy's scores; returns its answer."""
+        ids = [int(i) for i in state.pending["ids"]]
+        scores = state.pending.get("scores") or [None] * len(ids)
+        wanted = set(ids if only is None else only)
+        keep = [p for p, i in enumerate(ids) if i in wanted]
+        sel = np.asarray([ids[p] for p in keep], dtype=np.int64)
+        return oracle.push(sel, round=state.pending["round"], inputs=self.data.x_train[torch.from_numpy(sel)],
+                           probs=None if probs is None else probs[keep], scores=[scores[p] for p in keep],
+                           sources=[self.data.source_of(int(i)) for i in sel])
+
+    def push_pending(self, oracle: Any) -> dict:
+        """Push the queries the run in ``out_dir`` waits for to ``oracle`` (``entk-al label-studio
+        push``); ``oracle.connect`` is called first. Returns the oracle's answer (pool id -> task id).
+
+        Raises:
+            LabelError: the run is not waiting for labels.
+            CheckpointError: no readable checkpoint.
+        """
+        from .labelstudio_tasks import data_kind
+
+        state = self.load_state()
+        if state.pending is None:
+            raise LabelError(f"{self.out_dir} is not waiting for labels (no pending queries)")
+        model = None
+        if state.model_state is not None:
+            model = self.new_model(0)
+            model.load_state_dict(state.model_state)
+        oracle.connect(self.data.classes, data_kind(self.data.input_shape))
+        return self.push_queries(oracle, state, self.pending_probs(state, model))
 
     def take_pending_labels(self, state: LoopState, model: torch.nn.Module, fresh: bool) -> bool:
         """Add the labels recorded for the pending queries; False if the run must stop to wait.
@@ -311,6 +382,17 @@ class ActiveLearningLoop:
         """
         rnd, ids = state.pending["round"], np.asarray(state.pending["ids"], dtype=np.int64)
         labels = None if fresh else recorded_labels(self.out_dir, rnd, ids.tolist(), self.data.classes)
+        if labels is None and not fresh and isinstance(self.oracle, RemoteOracle):
+            report = self.oracle.pull_report(ids.tolist(), round=rnd)
+            if not report.complete:
+                if report.missing:  # never pushed (a push that failed) or deleted in the tool
+                    self.push_queries(self.oracle, state, self.pending_probs(state, model), only=report.missing)
+                    report = self.oracle.pull_report(ids.tolist(), round=rnd)
+                self.waiting_for = query_path(self.out_dir, rnd)
+                self.waiting_note = f"{getattr(self.oracle, 'where', 'the annotation tool')}: {report.summary()}"
+                return False
+            labels = np.array([report.labels[int(i)] for i in ids], dtype=np.int64)
+            write_labels(self.out_dir, rnd, ids.tolist(), labels, self.data.classes)
         if labels is None:
             if not fresh:
                 raise LabelError(f"{self.out_dir} waits for labels of {len(ids)} queries in "
@@ -326,8 +408,9 @@ class ActiveLearningLoop:
     def select(self, r: int, model: torch.nn.Module, pool: PoolState
                ) -> tuple[np.ndarray, np.ndarray | None, dict, float]:
         """See :func:`entk_al.selection.select_queries`."""
+        self.last_query_scores = {}
         return select_queries(self.setup, r, model, pool, self.oracle, progress=self.progress,
-                              executor=self.executor)
+                              executor=self.executor, scores_out=self.last_query_scores)
 
     def divergence_message(self, r: int, what: str, x_labeled: torch.Tensor) -> str:
         """One line for a diverged round ``r``: what happened, the suspects (the learning rate,
@@ -374,6 +457,10 @@ class ActiveLearningLoop:
                 "aubc": aubc(r["test_accuracy"] for r in records),
                 "train_seconds": sum(r["train_seconds"] for r in records),
                 "select_seconds": sum(r["select_seconds"] for r in records)}
+
+
+def _round_name(round_idx: int) -> str:
+    return "the initial set" if round_idx == PoolState.INITIAL else f"round {round_idx}"
 
 
 def run_experiment(cfg: RunConfig, out_dir: str | Path, **kwargs: Any) -> list[dict]:

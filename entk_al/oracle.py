@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -32,6 +32,30 @@ INITIAL_ROUND = PoolState.INITIAL  # the seeded initial set, queried before roun
 COLUMNS = ("id", "source", "guess", "label")
 
 
+@runtime_checkable
+class RemoteOracle(Protocol):
+    """A deferred oracle backed by an annotation tool the loop talks to itself (Label Studio).
+
+    The loop calls :meth:`connect` before a run starts (fail fast), :meth:`push` after writing
+    a round's queries, and :meth:`pull_report` when resuming; labels it pulls are recorded in
+    ``labels/round_XXX.csv`` as ``entk-al label`` would. A learner in a user's own loop can
+    use the same three calls (:class:`entk_al.labelstudio.LabelStudioOracle`).
+    """
+
+    deferred: bool
+    name: str
+
+    def connect(self, classes: Sequence[str], kind: str | None = None) -> Any:
+        """Reach the tool; create or check the project's label setup for ``classes``."""
+
+    def push(self, ids: Any, *, round: int, inputs: Any, probs: Any = None, scores: Any = None,
+             sources: Any = None) -> Any:
+        """Make tasks of the queried ``ids`` (the strategy's order), with predictions and scores."""
+
+    def pull_report(self, ids: Any = None, *, round: int) -> Any:
+        """The finished labels (``.labels``: id -> class index), and ``.complete``, ``.missing``, ``.summary()``."""
+
+
 class SimulatedOracle:
     """Answers queries with the ground-truth train labels (simulation).
 
@@ -43,6 +67,7 @@ class SimulatedOracle:
     """
 
     deferred = False
+    name = "simulated"
 
     def __init__(self, y_train):
         self._y = np.asarray(y_train.cpu().numpy() if hasattr(y_train, "cpu") else y_train, dtype=np.int64)
@@ -63,6 +88,7 @@ class FileOracle:
     """
 
     deferred = True
+    name = "files"
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         raise ConfigError("this strategy asks for labels during selection (sequential mode), which "
@@ -113,12 +139,98 @@ def write_queries(run_dir: str | Path, round_idx: int, ids: np.ndarray, sources:
     return path
 
 
+def class_index(raw_label: str, classes: Sequence[str]) -> int | None:
+    """The class index ``raw_label`` names (a class name, else an index in [0, O)), or None.
+
+    Args:
+        raw_label: the label as given (stripped).
+        classes: the dataset's class names (index = class id).
+    """
+    if raw_label in classes:
+        return list(classes).index(raw_label)
+    if raw_label.lstrip("-").isdigit() and 0 <= int(raw_label) < len(classes):
+        return int(raw_label)
+    return None
+
+
+def unknown_class(raw_label: str, classes: Sequence[str], indices: bool = True) -> str:
+    """The message for a label that names no class (see :func:`class_index`).
+
+    Args:
+        raw_label: the label as given.
+        classes: the dataset's class names.
+        indices: whether class indices are accepted too (CSV answers) or only names (Label Studio).
+    """
+    shown = ", ".join(list(classes)[:12]) + (", ..." if len(classes) > 12 else "")
+    also = f" or an index in [0, {len(classes)})" if indices else ""
+    return f"unknown class {raw_label!r}; use a class name ({shown}){also}"
+
+
+def check_answers(rows: Iterable[tuple[str, object, str]], pending_ids: Sequence[int], classes: Sequence[str],
+                  round_idx: int, *, origin: str, allow_missing: bool = False,
+                  missing_hint: str = "label every row of the queries file",
+                  stray_hint: str = "label only the ids listed in the queries file") -> np.ndarray:
+    """Check answers to pending queries, wherever they come from, and align them with ``pending_ids``.
+
+    The one set of rules for every way labels come in (a CSV via ``entk-al label``, Label
+    Studio via ``entk-al label-studio pull``): every id must be an integer queried in
+    ``round_idx``, given once, with a non-empty label naming a class (:func:`class_index`);
+    unless ``allow_missing``, every pending id must be answered.
+
+    Args:
+        rows: ``(place, raw_id, raw_label)`` per answer; ``place`` says where it is (``line 3``,
+            ``task 45``) and is named in errors.
+        pending_ids: the ids queried in round ``round_idx`` and still waiting for labels.
+        classes: the dataset's class names (index = class id).
+        round_idx: the round the answers belong to (named in errors).
+        origin: where the rows come from (a file path, a Label Studio project), named in errors.
+        allow_missing: leave unanswered ids at -1 instead of raising.
+        missing_hint: what the error for unanswered ids tells the person to do.
+        stray_hint: what the error for an id not queried in this round tells the person to do.
+
+    Returns:
+        (len(pending_ids),) int64 class indices; -1 for unanswered ids (``allow_missing`` only).
+
+    Raises:
+        LabelError: an id that is not an integer or was not queried in this round, an id given
+            twice, an empty label, an unknown class, or (unless ``allow_missing``) a missing
+            answer; the message names the place.
+    """
+    where = f"round {round_idx}" if round_idx != INITIAL_ROUND else "the initial set"
+    pending = {int(i): pos for pos, i in enumerate(pending_ids)}
+    out = np.full(len(pending_ids), -1, dtype=np.int64)
+    seen: dict[int, str] = {}
+    for place, raw_id, raw_label in rows:
+        try:
+            pid = int(str(raw_id).strip())
+        except ValueError:
+            raise LabelError(f"{origin} {place}: id {raw_id!r} is not an integer") from None
+        if pid not in pending:
+            raise LabelError(f"{origin} {place}: id {pid} was not queried in {where}; {stray_hint}")
+        if pid in seen:
+            raise LabelError(f"{origin} {place}: id {pid} is labeled twice (first on {seen[pid]})")
+        seen[pid] = place
+        raw_label = str(raw_label).strip()
+        if not raw_label:
+            raise LabelError(f"{origin} {place}: id {pid} has an empty label")
+        cls = class_index(raw_label, classes)
+        if cls is None:
+            raise LabelError(f"{origin} {place}: {unknown_class(raw_label, classes)}")
+        out[pending[pid]] = cls
+    if not allow_missing and (out < 0).any():
+        missing = [int(i) for i, v in zip(pending_ids, out) if v < 0]
+        raise LabelError(f"{origin}: {len(missing)} of {len(pending_ids)} queried ids in {where} have no label, "
+                         f"e.g. {missing[:5]}; {missing_hint}")
+    return out
+
+
 def parse_answers(path: str | Path, pending_ids: Sequence[int], classes: Sequence[str],
                   round_idx: int) -> np.ndarray:
     """Read a filled-in answers CSV and return labels aligned with ``pending_ids``.
 
     Columns ``id`` and ``label`` are required (others are ignored); ``label`` is a class
-    name or a class index in [0, O). Every pending id must get exactly one label.
+    name or a class index in [0, O). Every pending id must get exactly one label
+    (:func:`check_answers`).
 
     Args:
         path: the answers CSV.
@@ -143,52 +255,47 @@ def parse_answers(path: str | Path, pending_ids: Sequence[int], classes: Sequenc
         raise LabelError(f"answers file {path} is a directory; give the CSV file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelError(f"answers file {path} is unreadable ({type(exc).__name__}); save it as UTF-8 CSV") from None
-    where = f"round {round_idx}" if round_idx != INITIAL_ROUND else "the initial set"
     try:
         reader = csv.DictReader(io.StringIO(text))
         header = [h.strip().lower() for h in (reader.fieldnames or [])]
         if "id" not in header or "label" not in header:
             raise LabelError(f"{path}: the header row must name columns 'id' and 'label', got {header or 'nothing'}")
         reader.fieldnames = header
-        rows = [(reader.line_num, row) for row in reader]
+        lines = [(reader.line_num, row) for row in reader]
     except csv.Error as exc:
         raise LabelError(f"{path}: malformed CSV ({exc})") from None
-    by_name = {c: i for i, c in enumerate(classes)}
-    pending = {int(i): pos for pos, i in enumerate(pending_ids)}
-    out = np.full(len(pending_ids), -1, dtype=np.int64)
-    seen: dict[int, int] = {}
-    for line, row in rows:
+    rows = []
+    for line, row in lines:
         raw_id, raw_label = (row.get("id") or "").strip(), (row.get("label") or "").strip()
         if not raw_id and not raw_label:
             continue  # blank line
         if None in row:
             raise LabelError(f"{path} line {line}: more fields than the header has columns")
-        try:
-            pid = int(raw_id)
-        except ValueError:
-            raise LabelError(f"{path} line {line}: id {raw_id!r} is not an integer") from None
-        if pid not in pending:
-            raise LabelError(f"{path} line {line}: id {pid} was not queried in {where}; "
-                             f"label only the ids listed in the queries file")
-        if pid in seen:
-            raise LabelError(f"{path} line {line}: id {pid} is labeled twice (first on line {seen[pid]})")
-        seen[pid] = line
-        if not raw_label:
-            raise LabelError(f"{path} line {line}: id {pid} has an empty label")
-        if raw_label in by_name:
-            cls = by_name[raw_label]
-        elif raw_label.lstrip("-").isdigit() and 0 <= int(raw_label) < len(classes):
-            cls = int(raw_label)
-        else:
-            shown = ", ".join(list(classes)[:12]) + (", ..." if len(classes) > 12 else "")
-            raise LabelError(f"{path} line {line}: unknown class {raw_label!r}; use a class name ({shown}) "
-                             f"or an index in [0, {len(classes)})")
-        out[pending[pid]] = cls
-    if (out < 0).any():
-        missing = [int(i) for i, v in zip(pending_ids, out) if v < 0]
-        raise LabelError(f"{path}: {len(missing)} of {len(pending_ids)} queried ids in {where} have no label, "
-                         f"e.g. {missing[:5]}; label every row of the queries file")
-    return out
+        rows.append((f"line {line}", raw_id, raw_label))
+    return check_answers(rows, pending_ids, classes, round_idx, origin=str(path))
+
+
+def write_labels(run_dir: str | Path, round_idx: int, pending_ids: Sequence[int], labels: np.ndarray,
+                 classes: Sequence[str]) -> Path:
+    """Write checked labels of round ``round_idx`` to ``labels/round_XXX.csv`` atomically.
+
+    Args:
+        run_dir: the run directory.
+        round_idx: the round waiting for labels.
+        pending_ids: its queried ids.
+        labels: (len(pending_ids),) int64 class indices, all >= 0 (from :func:`check_answers`).
+        classes: the dataset's class names.
+
+    Returns:
+        the path written (:func:`label_path`); ``entk-al run --resume`` reads it.
+    """
+    # A class name that is not valid UTF-8 (a folder name the file system could not decode) is
+    # recorded by its index, which reads back the same.
+    rows = [(int(i), "", "", classes[int(c)] if classes[int(c)].isprintable() else int(c))
+            for i, c in zip(pending_ids, labels)]
+    path = label_path(run_dir, round_idx)
+    write_text_atomic(path, _csv_text(rows))
+    return path
 
 
 def record_labels(run_dir: str | Path, round_idx: int, pending_ids: Sequence[int], classes: Sequence[str],
@@ -208,11 +315,7 @@ def record_labels(run_dir: str | Path, round_idx: int, pending_ids: Sequence[int
         LabelError: see :func:`parse_answers`.
     """
     labels = parse_answers(answers, pending_ids, classes, round_idx)
-    # A class name that is not valid UTF-8 (a folder name the file system could not decode) is
-    # recorded by its index, which reads back the same.
-    rows = [(int(i), "", "", classes[int(c)] if classes[int(c)].isprintable() else int(c))
-            for i, c in zip(pending_ids, labels)]
-    write_text_atomic(label_path(run_dir, round_idx), _csv_text(rows))
+    write_labels(run_dir, round_idx, pending_ids, labels, classes)
     return labels
 
 
@@ -233,3 +336,13 @@ def recorded_labels(run_dir: str | Path, round_idx: int, pending_ids: Sequence[i
     if not path.is_file():
         return None
     return parse_answers(path, pending_ids, classes, round_idx)
+
+
+def __getattr__(name: str):
+    # LabelStudioOracle lives in its own module (it needs the optional label-studio-sdk);
+    # importing it lazily keeps ``import entk_al.oracle`` free of that dependency.
+    if name == "LabelStudioOracle":
+        from .labelstudio import LabelStudioOracle
+
+        return LabelStudioOracle
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -138,7 +138,8 @@ def select_round(strategy: Any, *, model: torch.nn.Module, pool: Any, labeled_id
 
 def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool: PoolState,
                    oracle: Callable[[np.ndarray], np.ndarray], *, progress: NullProgress | None = None,
-                   executor: Executor | None = None) -> tuple[np.ndarray, np.ndarray | None, dict, float]:
+                   executor: Executor | None = None, scores_out: dict[int, float] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None, dict, float]:
     """Let the run's strategy choose this round's queries and label them (:func:`select_round`).
 
     Args:
@@ -146,9 +147,11 @@ def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool
         round_idx: round index (0-based).
         model: the network trained this round.
         pool: labeled/unlabeled bookkeeping (not modified here).
-        oracle: ``oracle(ids) -> labels``; a ``deferred`` oracle (``--oracle files``) is not asked.
+        oracle: ``oracle(ids) -> labels``; a ``deferred`` oracle (``--oracle files``, ``label-studio``) is not asked.
         progress: progress reporter handed to the strategy (default: none).
         executor: where the round's pool scans run (default: an in-process local executor).
+        scores_out: a dict to receive ``pool id -> acquisition score`` of the queried ids the
+            strategy scored (:meth:`RoundContext.record_scores`), e.g. to order an annotation queue.
 
     Returns:
         (queried (k,) int64 ids in the strategy's order, their labels (k,) int64 or None for a
@@ -164,4 +167,7 @@ def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool
         num_classes=setup.data.num_classes, k=cfg.query, seed=cfg.seed, round_idx=round_idx, subset=cfg.subset,
         oracle=oracle, deferred=getattr(oracle, "deferred", False), kernel_fn=setup.kernel_fn, device=setup.device,
         executor=executor, progress=progress)
+    if scores_out is not None and ctx.scores is not None:
+        score_of = dict(zip(ctx.scores[0].tolist(), ctx.scores[1].tolist()))
+        scores_out.update((i, score_of[i]) for i in queried.tolist() if i in score_of)
     return queried, labels, ctx.info, ctx.kernel_seconds

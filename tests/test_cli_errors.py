@@ -58,6 +58,7 @@ def _npz_without_test(tmp_path):
 CASES = {
     "ConfigError": lambda t: (["run", "--rounds", "-1"], "--rounds"),
     "ConfigError/oracle": lambda t: (["run", "--oracle", "mail"], "--oracle"),
+    "ConfigError/ls-url": lambda t: (["run", "--oracle", "label-studio"], "needs --ls-url"),
     "ConfigError/executor": lambda t: (["run", "--executor", "spark"], "--executor"),
     "ConfigError/workers": lambda t: (["run", "--executor", "ray", "--workers", "0"], "--workers"),
     "ConfigError/address": lambda t: (["run", "--executor", "ray", "--address", "nohost"], "HOST:PORT"),
@@ -112,6 +113,26 @@ def test_label_error(tmp_path, capsys):
     assert not (run_dir / "labels").exists()
 
 
+def test_label_studio_error(tmp_path, capsys, monkeypatch):
+    """An unreachable Label Studio server stops the run before anything is written
+    (tests/test_labelstudio.py has the other cases, against a real server)."""
+    pytest.importorskip("label_studio_sdk")
+    import socket
+
+    import entk_al.labelstudio as ls
+
+    monkeypatch.setattr(ls, "BACKOFF_S", (0.0, 0.0))
+    monkeypatch.setenv("ENTK_AL_LS_TOKEN", "secret-token-value")
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "run", *FAST, "--out", run_dir, "--oracle", "label-studio",
+                             "--ls-url", f"http://127.0.0.1:{port}", "--ls-project", "1")
+    assert_clean_failure(code, err, "cannot reach Label Studio", run_dir)
+    assert "secret-token-value" not in err and not run_dir.exists()
+
+
 def test_usage_errors_are_one_line_too(capsys):
     code, out, err = run_cli(capsys, "run", "--no-such-flag")
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
@@ -120,7 +141,7 @@ def test_usage_errors_are_one_line_too(capsys):
 def test_every_error_class_is_covered_here_and_documented():
     # StorageError: tests/test_storage_errors.py; RunFolderInUseError: tests/test_run_folder_lock.py.
     covered = {c.split("/")[0] for c in CASES} | {"CheckpointError", "LabelError", "StorageError",
-                                                  "RunFolderInUseError"}
+                                                  "RunFolderInUseError", "LabelStudioError"}
     classes = user_error_classes()
     assert classes - {"EntkAlError"} <= covered, classes - covered
     text = DOCS.read_text()

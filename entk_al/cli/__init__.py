@@ -1,8 +1,9 @@
-"""Command-line interface: ``entk-al run | strategies | label | fidelity | bench | plot | approx``.
+"""Command-line interface: ``entk-al run | strategies | label | label-studio | fidelity | bench | plot | approx``.
 
 This module owns ``app`` and registers the plain command functions of the leaf modules
-(:mod:`.run`, :mod:`.strategies`, ...), which never import it; options several commands share
-live in :mod:`.options`, the one-line error in :mod:`.output`; progress bars come from :mod:`entk_al.progress`.
+(:mod:`.run`, :mod:`.strategies`, ...) and the sub-app of :mod:`.labelstudio`, which never import
+it; options several commands share live in :mod:`.options`, the one-line error in :mod:`.output`;
+progress bars come from :mod:`entk_al.progress`.
 User errors (:class:`~entk_al.errors.EntkAlError`) print one line on stderr and exit 2.
 """
 
@@ -15,7 +16,7 @@ import typer
 
 from ..errors import EntkAlError
 from ..fileio import storage_error
-from . import approx, bench, fidelity, label, run, strategies
+from . import approx, bench, fidelity, label, labelstudio, run, strategies
 from .output import echo_error, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,6 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.command("run")(run.run)
 app.command("strategies")(strategies.strategies)
 app.command("label")(label.label)
+app.add_typer(labelstudio.app, name="label-studio")
 app.command("fidelity")(fidelity.fidelity)
 app.command("bench")(bench.bench)
 app.command("plot")(bench.plot)

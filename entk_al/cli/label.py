@@ -33,6 +33,17 @@ def pending_queries(run_dir: Path) -> tuple[int, list[int], list[str]]:
     return int(pending["round"]), [int(i) for i in pending["ids"]], [str(c) for c in classes]
 
 
+def class_counts(labels, classes: list[str]) -> str:
+    """``"cat: 3, dog: 2"``: how many labels fall in each class present.
+
+    Args:
+        labels: (k,) int64 class indices.
+        classes: the dataset's class names.
+    """
+    counts = {classes[c]: int((labels == c).sum()) for c in sorted(set(labels.tolist()))}
+    return ", ".join(f"{k}: {v}" for k, v in counts.items())
+
+
 def label(
     run_dir: Path = typer.Argument(..., help="Run directory waiting for labels (made by run --oracle files)."),
     answers: Path = typer.Option(..., "--from", help="CSV with columns id and label (the filled-in queries file)."),
@@ -52,7 +63,5 @@ def label(
         rnd, ids, classes = pending_queries(run_dir)
         replaced = label_path(run_dir, rnd).is_file()
         labels = record_labels(run_dir, rnd, ids, classes, answers)
-    counts = {classes[c]: int((labels == c).sum()) for c in sorted(set(labels.tolist()))}
-    summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
-    echo(f"recorded {len(ids)} labels ({summary}) in {label_path(run_dir, rnd)}"
+    echo(f"recorded {len(ids)} labels ({class_counts(labels, classes)}) in {label_path(run_dir, rnd)}"
                f"{' (replacing earlier ones)' if replaced else ''}; continue with: entk-al run --resume {run_dir}")

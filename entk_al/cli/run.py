@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from .options import DataDir, Device, Download, Quiet, check_out_dir
 from .output import echo
 
-RUN_FILES = ("config.json", "rounds.jsonl", "curve.png", "checkpoint.pt", "summary.json")
+RUN_FILES = ("config.json", "rounds.jsonl", "curve.png", "checkpoint.pt", "summary.json", "labelstudio.json")
 #: Options that say where and how fast a run computes, not what it computes: left out of the
 #: default folder's name.
 WHERE_OPTIONS = frozenset({"device", "data_dir", "download", "threads", "executor", "address", "workers",
@@ -103,8 +103,13 @@ def run(
     data_dir: DataDir = None,
     download: Download = None,
     oracle: Optional[str] = typer.Option(
-        None, help=f"simulated (ground truth) or files (you label queries/round_XXX.csv) "
-                   f"(default: {default('oracle')})."),
+        None, help=f"simulated (ground truth), files (you label queries/round_XXX.csv) or label-studio "
+                   f"(annotators label tasks in Label Studio; pip install entk-al\\[labelstudio], token in "
+                   f"$LABEL_STUDIO_API_KEY) (default: {default('oracle')})."),
+    ls_url: Optional[str] = typer.Option(
+        None, "--ls-url", help="Label Studio server for --oracle label-studio, e.g. http://localhost:8080."),
+    ls_project: Optional[str] = typer.Option(
+        None, "--ls-project", help="Label Studio project: its ID, or a title (created if not found)."),
     executor: Optional[str] = typer.Option(
         None, help=f"Where pool scans run: local or ray (pip install entk-al\\[ray]) "
                    f"(default: {default('executor')})."),
@@ -127,8 +132,8 @@ def run(
     flags = dict(strategy=strategy, dataset=dataset, model=model, width=width, initial=initial, query=query,
                  rounds=rounds, subset=subset, seed=seed, retrain=retrain, loss=loss, epochs=epochs,
                  min_steps=min_steps, batch_size=batch_size, lr=lr, device=device, threads=threads, data_dir=data_dir,
-                 download=download, oracle=oracle, executor=executor, address=address, workers=workers,
-                 gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+                 download=download, oracle=oracle, ls_url=ls_url, ls_project=ls_project, executor=executor,
+                 address=address, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
     if option:
         flags["strategy_options"] = parse_options(option)
     if resume is not None and overwrite:
@@ -173,6 +178,10 @@ def _run_locked(cfg, out_dir: Path, resume: bool, overwrite: bool, quiet: bool) 
             f"round {rec['round']}: {rec['n_labeled']} labels, {accuracy_text(rec['test_accuracy'])}"))
     finally:
         progress.close()
+    if loop.waiting_note is not None:
+        typer.echo(f"waiting for labels: {loop.waiting_note}; annotate them in Label Studio, then run: "
+                   f"entk-al run --resume {out_dir}")
+        return
     if loop.waiting_for is not None:
         echo(f"waiting for labels: fill in the 'label' column of {loop.waiting_for} (class name or "
                    f"index), then run: entk-al label {out_dir} --from {loop.waiting_for} && "
