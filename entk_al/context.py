@@ -8,6 +8,7 @@ plugin) asks first.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from typing import Any, Callable, Protocol, runtime_checkable
@@ -24,7 +25,8 @@ from .executor.kernel_rows import kernel_rows
 from .executor.scan import predict
 from .executor.sharded_posterior import fit_on_shards
 from .lookahead import cholesky_with_jitter, relative_ridge
-from .ntk import PNTK
+from .ntk import PNTK, FeatureKernel
+from .ntk.common import parse_params
 from .progress import NullProgress
 from .seeding import numpy_rng
 from .seeding import torch_generator as make_torch_generator
@@ -246,25 +248,57 @@ class RoundContext:
         x = self.pool.get(np.asarray(ids, dtype=np.int64))
         return x.to(self.device)
 
-    def kernel(self, ids1: np.ndarray, ids2: np.ndarray | None = None) -> torch.Tensor:
+    def kernel_function(self, params: Any = None) -> Callable[..., torch.Tensor]:
+        """The round's kernel function, over the parameters ``params`` when given.
+
+        Args:
+            params: None (the kernel as given), or a parameter subset
+                (:func:`entk_al.ntk.common.select_params`: ``"trainable"``, ``"all"``,
+                ``"last:N"``, name prefixes as a list or a comma-separated string).
+
+        Raises:
+            StrategyError: ``params`` given for a kernel function that is not a
+                :class:`~entk_al.ntk.FeatureKernel`, or a malformed spec.
+        """
+        fn = self._raw_kernel_fn
+        if params is None:
+            return fn
+        if not isinstance(fn, FeatureKernel):
+            raise StrategyError("kernel_params needs the run's kernel to be an entk_al.ntk.FeatureKernel")
+        try:
+            return dataclasses.replace(fn, params=parse_params(params))
+        except ValueError as exc:
+            raise StrategyError(f"kernel_params: {exc}") from None
+
+    def kernel(self, ids1: np.ndarray, ids2: np.ndarray | None = None, *, params: Any = None) -> torch.Tensor:
         """pNTK between pool ids (cached for the round): (len(ids1), len(ids2)) on ``device``.
 
         Computed by row tiles on the executor's shards (:func:`entk_al.executor.kernel_rows.kernel_rows`),
-        so a symmetric kernel (``ids2`` None) is symmetric up to round-off only.
+        each input's features once per round and shard; a symmetric kernel (``ids2`` None) is
+        exactly symmetric.
 
         Ids whose kernel rows (or columns) are non-finite (e.g. float32 overflow) are added to
         :attr:`excluded`; the matrix is returned as computed, so callers drop them with
         :meth:`keep_mask`. Source: sum-of-logits pNTK, Mohamadi, Bae & Sutherland, arXiv 2206.12543.
+
+        Args:
+            ids1: (N1,) int64 global ids of the rows.
+            ids2: (N2,) int64 global ids of the columns, or None for ``ids1``.
+            params: the parameters the kernel differentiates (:meth:`kernel_function`), or None.
+
+        Raises:
+            StrategyError: as :meth:`kernel_function`.
         """
         ids1 = np.asarray(ids1, dtype=np.int64)
         ids2 = None if ids2 is None else np.asarray(ids2, dtype=np.int64)
-        key = ("kernel", ids1.tobytes(), None if ids2 is None else ids2.tobytes())
+        fn = self.kernel_function(params)
+        key = ("kernel", ids1.tobytes(), None if ids2 is None else ids2.tobytes(), None if params is None else fn)
         if key not in self._cache:
             # Row tiles on the executor's shards; the columns' inputs travel once.
             cols = ids1 if ids2 is None else ids2
             t0 = time.perf_counter()
             with self.progress.task(f"kernel {len(ids1)}x{len(cols)}", total=1) as advance:
-                k = kernel_rows(self.executor, self._raw_kernel_fn, ids1, self.pool.get(cols),
+                k = kernel_rows(self.executor, fn, ids1, self.pool.get(cols),
                                 col_ids=ids2, probe=self.kernel_probe()).to(self.device)
                 advance(1)
             self.kernel_seconds += time.perf_counter() - t0
@@ -273,7 +307,7 @@ class RoundContext:
         return self._cache[key]
 
     def posterior(self, u_ids: np.ndarray, cand_ids: np.ndarray, *, ridge_rel: float = 1e-3, dense_max: int = 8000,
-                  reference: str = "network") -> tuple[Any, np.ndarray, np.ndarray]:
+                  reference: str = "network", params: Any = None) -> tuple[Any, np.ndarray, np.ndarray]:
         """The linearized network's posterior on an evaluation set U, its kernel rows on the shards.
 
         Source: Mohamadi, Bae & Sutherland, NeurIPS 2022 (arXiv 2206.12569), Eq. 11–12, with
@@ -291,6 +325,7 @@ class RoundContext:
             ridge_rel: λ relative to the kernel scale: λ = ridge_rel · trace(K)/n.
             dense_max: above this |U| + n, B's column blocks are recomputed per use instead of kept.
             reference: ``network`` (changes measured from f(U)) | ``base``.
+            params: the parameters the kernel differentiates (:meth:`kernel_function`), or None.
 
         Returns:
             (posterior, u_ids, cand_ids): a :class:`~entk_al.executor.sharded_posterior.ShardedPosterior`
@@ -300,7 +335,8 @@ class RoundContext:
             StrategyError: the labeled set's kernel is not finite.
         """
         lab = self.labeled_ids
-        k_ll = self.kernel(lab)
+        fn = self.kernel_function(params)
+        k_ll = self.kernel(lab, params=params)
         if not self.keep_mask(lab).all() or not bool(torch.isfinite(k_ll).all()):
             raise StrategyError("the kernel of the labeled set has non-finite entries (float32 overflow?); "
                                 "check the inputs for huge values")
@@ -316,7 +352,7 @@ class RoundContext:
             cand_pos = np.fromiter((pos_of[int(i)] for i in cand), dtype=np.int64, count=len(cand))
             with self.progress.task(f"posterior setup, |U| = {len(u)}", total=1) as advance:
                 t0 = time.perf_counter()
-                post, bad = fit_on_shards(self.executor, self._raw_kernel_fn, u_ids=u, cand_pos=cand_pos,
+                post, bad = fit_on_shards(self.executor, fn, u_ids=u, cand_pos=cand_pos,
                                           x_lab=x_lab, x_cand=self.pool.get(cand), chol=chol,
                                           alpha=alpha, ridge=ridge + jitter, jitter=jitter,
                                           dense=len(u) + len(lab) <= dense_max, reference=reference,

@@ -27,6 +27,8 @@ from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
 from entk_al.executor.knn_tiles import embeddings, knn_on_shards, train_quantizer
 from entk_al.executor.scan import top_scores
+from entk_al.ntk import FeatureKernel
+from entk_al.ntk.common import parse_params
 from entk_al.prefilter import EXACT_MAX, diverse_subset, eval_set, faiss_build
 from entk_al.seeding import tie_keys
 from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, select_lookahead
@@ -71,6 +73,12 @@ class LookaheadSampling:
             at most 512 vectors; ``strategy_info["faiss"]`` names the faiss build in use.
         dense_max: above this |U| + n, k(U, U) is streamed in column blocks through the
             kernel function instead of being built whole.
+        kernel_params: the parameters the pNTK differentiates: ``trainable`` (default: those
+            with ``requires_grad``), ``all``, ``last:N`` (the last N modules with parameters),
+            or comma-separated parameter-name prefixes (``fc.,layer4.``). When you fine-tune
+            only some parameters (a frozen backbone and its head), the look-ahead over those
+            predicts what your retraining changes, at a fraction of the cost
+            (:func:`entk_al.ntk.common.select_params`).
     """
 
     name = "lookahead"
@@ -83,7 +91,7 @@ class LookaheadSampling:
                  embedding_dim: int = 128, faiss_gpu: bool | str = "auto", dense_max: int = 8000,
                  reference: str = "network", variance_power: float = 0.0, eval_weight: str = "none",
                  selection: str = "topk", diversity_pool: int = 100, gumbel_temperature: float = 1.0,
-                 ridge: float | None = None):
+                 ridge: float | None = None, kernel_params: str = "trainable"):
         if ridge is not None:
             warnings.warn("lookahead option 'ridge' is deprecated: it is relative, use ridge_rel",
                           FutureWarning, stacklevel=2)
@@ -117,6 +125,7 @@ class LookaheadSampling:
         self.eval_size, self.neighbours = int(eval_size), int(neighbours)
         self.embedding, self.embedding_dim, self.faiss_gpu = embedding, int(embedding_dim), faiss_gpu
         self.dense_max = int(dense_max)
+        self.kernel_params = FeatureKernel(params=parse_params(kernel_params)).params  # checks the spec
 
     def check_sizes(self, *, query: int, subset: int, pool_size: int, **_: int) -> None:
         """Options that cannot work with the run's sizes (called by the loop before training).
@@ -175,8 +184,11 @@ class LookaheadSampling:
     def select(self, ctx: RoundContext, k: int) -> np.ndarray:
         cand_ids, u = self.candidates(ctx)
         # K + λI factored on the driver; A, B and the score sums stay on the shards by row tile of U.
+        params = None if self.kernel_params == "trainable" else self.kernel_params
         post, u, cand_ids = ctx.posterior(u, cand_ids, ridge_rel=self.ridge_rel, dense_max=self.dense_max,
-                                          reference=self.reference)
+                                          reference=self.reference, params=params)
+        if params is not None:
+            ctx.info["kernel_params"] = params if isinstance(params, str) else ",".join(params)
         if len(cand_ids) < k:
             raise StrategyError(f"only {len(cand_ids)} candidates have a finite kernel, fewer than the {k} to query")
         m = len(u)

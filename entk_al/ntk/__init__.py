@@ -9,6 +9,8 @@ Definitions (Jacot et al. 2018; Mohamadi, Bae & Sutherland 2022, arXiv 2206.1254
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -32,8 +34,9 @@ def kernel(
     method: str = "auto",
     batch_size: int | None = None,
     tile_size: int | None = None,
+    params: Any = "trainable",
 ) -> torch.Tensor:
-    """Empirical NTK-type kernel between two sets of inputs, over all ``requires_grad`` parameters.
+    """Empirical NTK-type kernel between two sets of inputs, over the parameters ``params``.
 
     Args:
         model: maps (N, *F) to (N, O) outputs (trailing output dims are flattened into O).
@@ -63,12 +66,18 @@ def kernel(
             Default: for "gram" the largest tile (at most 1024) whose features fit in 1.5 GiB
             (CIFAR ResNet-18, float32: about 128); for "jacobian" the largest tile whose
             per-sample gradients fit in 512 MiB (at most 512).
+        params: which parameters the kernel differentiates
+            (:func:`~entk_al.ntk.common.select_params`): ``"trainable"`` (default, those with
+            ``requires_grad``), ``"all"``, ``"last:N"`` (the last N modules with parameters) or
+            a list of parameter-name prefixes. A subset gives the NTK of the network linearized
+            in those parameters only: what a fine-tuning run that trains only them changes.
     Returns:
         Tensor in the model dtype on the model device (float64 for float64 models).
     Raises:
         ValueError: unknown kind/method, bad sizes, empty input, x1/x2 feature-shape mismatch,
             model without trainable parameters, a model whose forward returns no tensor (a
-            tuple or dict: "model must return an (N, O) tensor").
+            tuple or dict: "model must return an (N, O) tensor"), ``params`` that match no
+            parameter.
     """
     common.check_kind_method(kind, method)
     common.check_sizes(batch_size, tile_size)
@@ -76,12 +85,13 @@ def kernel(
     # inference_mode() (selection code is often wrapped in them) and returns a detached result.
     with torch.inference_mode(False), torch.enable_grad():
         x1, x2 = common.prepare_inputs(model, x1, x2)
-        return _kernel(model, x1, x2, kind, method, batch_size, tile_size).detach()
+        chosen = common.select_params(model, params)
+        with common.differentiating(model, chosen):
+            return _kernel(model, x1, x2, kind, method, batch_size, tile_size, chosen).detach()
 
 
-def _kernel(model, x1, x2, kind, method, batch_size, tile_size) -> torch.Tensor:
+def _kernel(model, x1, x2, kind, method, batch_size, tile_size, params) -> torch.Tensor:
     device, dtype = common.model_device_dtype(model)
-    params = common.trainable(model)
     with common.eval_mode(model):
         n_out = _n_outputs(model, x1)
         V, full = common.directions(kind, n_out, device, dtype)
@@ -109,7 +119,7 @@ def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def pntk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int | None = None,
-         tile_size: int | None = None) -> torch.Tensor:
+         tile_size: int | None = None, params: Any = "trainable") -> torch.Tensor:
     """Sum-of-logits pseudo-NTK, shape (N1, N2): (1/O) 1^T Theta(x, x') 1
     (Mohamadi et al. 2022, arXiv 2206.12543, eq. 3). See :func:`kernel` for arguments/errors.
 
@@ -120,13 +130,14 @@ def pntk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int
         method: ``auto``, ``gram`` or ``jacobian`` (see :func:`kernel`).
         batch_size: vmap chunk size of the jacobian path, or None.
         tile_size: samples per kernel tile, or None for the default.
+        params: parameters differentiated (see :func:`kernel`).
     """
     return kernel(model, x1, x2, kind="pntk", method=method, batch_size=batch_size,
-                  tile_size=tile_size)
+                  tile_size=tile_size, params=params)
 
 
 def entk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int | None = None,
-         tile_size: int | None = None) -> torch.Tensor:
+         tile_size: int | None = None, params: Any = "trainable") -> torch.Tensor:
     """Full empirical NTK, shape (N1, N2, O, O): Theta(x, x')_{kl} = <grad f_k(x), grad f_l(x')>
     (Jacot et al. 2018, eq. 3). See :func:`kernel` for arguments/errors.
 
@@ -137,6 +148,7 @@ def entk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int
         method: ``auto``, ``gram`` or ``jacobian`` (see :func:`kernel`).
         batch_size: vmap chunk size of the jacobian path, or None.
         tile_size: samples per kernel tile, or None for the default.
+        params: parameters differentiated (see :func:`kernel`).
     """
     return kernel(model, x1, x2, kind="entk", method=method, batch_size=batch_size,
-                  tile_size=tile_size)
+                  tile_size=tile_size, params=params)

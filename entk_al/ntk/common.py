@@ -7,7 +7,9 @@ compute, for each direction k, per-sample gradients of ``V_k . f(x)`` and the ke
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -45,6 +47,105 @@ def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     if not params:
         raise ValueError("model has no parameters with requires_grad=True; the NTK is empty")
     return params
+
+
+#: ``params`` values: every parameter, or those with ``requires_grad`` (the default).
+PARAM_SETS = ("all", "trainable")
+
+
+def select_params(model: nn.Module, params: Any = "trainable") -> dict[str, nn.Parameter]:
+    """The parameters a kernel differentiates: the NTK is a sum over them (Jacot et al. 2018, eq. 3),
+    so a subset gives the kernel of the network linearized in that subset only.
+
+    Args:
+        model: the network.
+        params: ``"trainable"`` (default: those with ``requires_grad``), ``"all"`` (every
+            parameter, frozen ones too), ``"last:N"`` (the parameters of the last N modules that
+            own parameters, in ``model.modules()`` order: e.g. the head of a fine-tuned
+            backbone), or a list/tuple of parameter-name prefixes (``["fc.", "layer4."]``).
+
+    Returns:
+        {name: parameter} in ``model.named_parameters()`` order (shared parameters once).
+
+    Raises:
+        ValueError: an unknown spec, or one that matches no parameter.
+    """
+    check_params_spec(params)
+    named = dict(model.named_parameters())
+    if params is None or params == "trainable":
+        chosen = {n: p for n, p in named.items() if p.requires_grad}
+        if not chosen:
+            raise ValueError("model has no parameters with requires_grad=True; the NTK is empty "
+                             "(pass params='all' to differentiate frozen parameters too)")
+        return chosen
+    if params == "all":
+        chosen = named
+    elif isinstance(params, str):
+        n = int(params[len("last:"):])
+        owners = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+        ids = {id(p) for m in owners[-n:] for p in m.parameters(recurse=False)}
+        chosen = {nm: p for nm, p in named.items() if id(p) in ids}
+    else:
+        chosen = {nm: p for nm, p in named.items() if nm.startswith(tuple(params))}
+    if not chosen:
+        some = ", ".join(list(named)[:4])
+        raise ValueError(f"params {params!r} match no parameter of the model (its parameters: {some}, ...)")
+    return chosen
+
+
+def check_params_spec(params: Any) -> None:
+    """Check the form of a ``params`` spec (:func:`select_params`), before any model is seen.
+
+    Raises:
+        ValueError: anything but None, ``"trainable"``, ``"all"``, ``"last:N"`` with N >= 1, or
+            a non-empty list/tuple of strings.
+    """
+    if params is None or params in PARAM_SETS:
+        return
+    if isinstance(params, str) and params.startswith("last:"):
+        n = params[len("last:"):]
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"params {params!r}: give last:N with N >= 1")
+        return
+    if isinstance(params, (list, tuple)) and params and all(isinstance(x, str) for x in params):
+        return
+    raise ValueError(f"params must be 'trainable', 'all', 'last:N' or a list of parameter-name prefixes, "
+                     f"got {params!r}")
+
+
+def parse_params(spec: Any) -> Any:
+    """A ``params`` spec from a command-line or config value: ``"trainable"``, ``"all"`` and
+    ``"last:N"`` as they are; any other string is a comma-separated list of name prefixes
+    (``"fc.,layer4."``); lists become tuples (hashable).
+
+    Raises:
+        ValueError: an empty spec.
+    """
+    if isinstance(spec, list):
+        spec = tuple(spec)
+    if isinstance(spec, str):
+        if spec in PARAM_SETS or spec.startswith("last:"):
+            return spec
+        prefixes = tuple(p.strip() for p in spec.split(",") if p.strip())
+        if not prefixes:
+            raise ValueError(f"empty parameter spec {spec!r}")
+        return prefixes
+    return spec
+
+
+@contextlib.contextmanager
+def differentiating(model: nn.Module, params: dict[str, nn.Parameter]) -> Iterator[None]:
+    """Within the block, exactly ``params`` require gradients (restored afterwards): autograd then
+    reaches the chosen parameters, frozen or not, and stops where nothing upstream is chosen."""
+    chosen = {id(p) for p in params.values()}
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(id(p) in chosen)
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
 
 
 def prepare_inputs(model: nn.Module, x1, x2) -> tuple[torch.Tensor, torch.Tensor | None]:

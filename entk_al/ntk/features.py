@@ -22,8 +22,9 @@ inputs of its batch (in order), so the same batch gives the same bits wherever i
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -47,24 +48,31 @@ class FeatureKernel:
         kind: ``pntk`` (default; sum-of-logits pNTK, Mohamadi, Bae & Sutherland, arXiv
             2206.12543, eq. 3) or ``first_logit`` (the kinds with one (N1, N2) matrix).
         method: ``auto`` | ``gram`` | ``jacobian`` (see :func:`entk_al.ntk.kernel`).
+        params: the parameters differentiated (:func:`~entk_al.ntk.common.select_params`):
+            ``"trainable"`` (default), ``"all"``, ``"last:N"`` or a tuple of name prefixes.
 
     Raises:
-        ValueError: a kind that is not an (N1, N2) kernel, or an unknown method.
+        ValueError: a kind that is not an (N1, N2) kernel, an unknown method, or a malformed
+            ``params`` spec.
     """
 
     kind: str = "pntk"
     method: str = "auto"
+    params: Any = "trainable"
 
     def __post_init__(self) -> None:
         common.check_kind_method(self.kind, self.method)
         if self.kind not in ("pntk", "first_logit"):
             raise ValueError(f"FeatureKernel kind must be pntk or first_logit, got {self.kind!r}")
+        if isinstance(self.params, list):  # hashable: the kernel keys feature stores
+            object.__setattr__(self, "params", tuple(self.params))
+        common.check_params_spec(self.params)
 
     def __call__(self, model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
-        """``kernel(model, x1, x2, kind=self.kind, method=self.method)``: (N1, N2) in the model dtype."""
+        """``kernel(model, x1, x2, kind=..., method=..., params=...)``: (N1, N2) in the model dtype."""
         from . import kernel
 
-        return kernel(model, x1, x2, kind=self.kind, method=self.method)
+        return kernel(model, x1, x2, kind=self.kind, method=self.method, params=self.params)
 
     def prepare(self, model: nn.Module, x_probe: torch.Tensor, tile: int = FORM_TILE) -> "PreparedKernel":
         """Fix the layer plan for ``model`` (traced on ``x_probe``, forms chosen for ``tile``).
@@ -73,12 +81,13 @@ class FeatureKernel:
             model: the network; it must not change while the prepared kernel is used.
             x_probe: (n, *F) a few inputs (the first 4 are used to trace and verify the layers).
             tile: samples per block the layer forms are chosen for.
+        params: the parameters differentiated (:func:`~entk_al.ntk.common.select_params`).
 
         Raises:
             ValueError: as :func:`entk_al.ntk.kernel` (empty input, no trainable parameter,
                 a model that does not return a tensor).
         """
-        return PreparedKernel(model, x_probe, self.kind, self.method, tile)
+        return PreparedKernel(model, x_probe, self.kind, self.method, tile, self.params)
 
 
 class PreparedKernel:
@@ -104,13 +113,14 @@ class PreparedKernel:
             their batches by it themselves.
     """
 
-    def __init__(self, model: nn.Module, x_probe: torch.Tensor, kind: str, method: str, tile: int):
+    def __init__(self, model: nn.Module, x_probe: torch.Tensor, kind: str, method: str, tile: int,
+                 params: Any = "trainable"):
         self.model, self.kind = model, kind
         with torch.inference_mode(False):
             x_probe, _ = common.prepare_inputs(model, x_probe[:gram.PROBE_SAMPLES], None)
         self.device, self.dtype = common.model_device_dtype(model)
-        self._params = common.trainable(model)
-        with torch.inference_mode(False), common.eval_mode(model), torch.enable_grad():
+        self._params = common.select_params(model, params)
+        with self._differentiating(), common.eval_mode(model):
             from . import _n_outputs
 
             n_out = _n_outputs(model, x_probe)
@@ -135,11 +145,16 @@ class PreparedKernel:
         """
         with torch.inference_mode(False):
             x, _ = common.prepare_inputs(self.model, x, None)
-        with torch.inference_mode(False), common.eval_mode(self.model), torch.enable_grad():
+        with self._differentiating(), common.eval_mode(self.model):
             if self._jacobian:
                 g = jacobian.per_sample_grads(self.model, self._params, x, self._V, None)
                 return gram.GramFeatures(g.detach(), [])
             return gram.tile_features(self._plan, self.model, x, self._V, None).detach()
+
+    @contextlib.contextmanager
+    def _differentiating(self) -> Iterator[None]:
+        with torch.inference_mode(False), torch.enable_grad(), common.differentiating(self.model, self._params):
+            yield
 
     def block(self, fa: "gram.GramFeatures", fb: "gram.GramFeatures") -> torch.Tensor:
         """Kernel block between two feature sets: (len(fa), len(fb)) in the model dtype, detached."""
