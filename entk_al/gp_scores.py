@@ -115,7 +115,8 @@ def bald_probit(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
 
     With a, b the classes of the two largest μ, the label between them follows
     σ(f_a − f_b) ≈ Φ(√(π/8) d), d = f_a − f_b ~ N(μ_a − μ_b, 2v). For y ~ Φ(g), g ~ N(m, s²),
-    Houlsby et al. 2011 (arXiv 1112.5745, Sec. 3, Eq. 15) give, in bits,
+    Houlsby et al. 2011 (arXiv 1112.5745, Sec. 3, their closed form for GP classification with
+    the probit link) give, in bits,
 
         I ≈ h(Φ(m / √(s² + 1))) − C / √(s² + C²) · exp(−m² / (2(s² + C²))),  C² = π ln 2 / 2,
 
@@ -163,8 +164,8 @@ def epig_mc(mean_c: torch.Tensor, var_c: torch.Tensor, mean_t: torch.Tensor, var
             chunk: int = 64) -> torch.Tensor:
     """Expected predictive information gain about the targets, by Monte Carlo: (C,) nats.
 
-    EPIG(x) = E_{x*}[I(y; y* | x, x*)] (Bickford Smith et al., AISTATS 2023, arXiv 2304.08151,
-    Eq. 2), averaged over the T given targets. Their classification estimator (Sec. 4) with
+    EPIG(x) = E_{x*}[I(y; y* | x, x*)] (the definition of Bickford Smith et al., AISTATS 2023,
+    arXiv 2304.08151, Sec. 3), averaged over the T given targets. Their classification estimator with
     function draws instead of parameter draws: per pair (x, x*) the latent outputs are jointly
     Gaussian, f_x = μ_x + √v_x ε, f_* = μ_* + √v_* (ρ ε + √(1 − ρ²) η), ρ = cov/√(v_x v_*);
     p̂(y, y*) = (1/S) Σ_s p(f_x^s)_y p(f_*^s)_{y*}, and I is the KL divergence of
@@ -218,7 +219,7 @@ def epig_gaussian(var_c: torch.Tensor, var_t: torch.Tensor, cov_tc: torch.Tensor
     With y = f + ε, ε ~ N(0, noise) per class, (y_x, y_*) is bivariate Gaussian per class with
     correlation ρ = cov / √((v_x + noise)(v_* + noise)), and I(y_x; y_*) = −½ log(1 − ρ²)
     per class (Cover & Thomas 2006, Example 8.5.1), O independent classes; averaged over the
-    targets as EPIG (Bickford Smith et al. 2023, Eq. 2). Unchanged when every variance and the
+    targets as EPIG (Bickford Smith et al. 2023, Sec. 3). Unchanged when every variance and the
     noise scale by one factor (the GP's σ²).
 
     Args:

@@ -1,7 +1,7 @@
 """EPIG under the linearized network's Gaussian process: information about predictions on a target set.
 
 EPIG(x) = E_{x* ~ p*}[I(y; y* | x, x*)] (Bickford Smith, Kirsch, Farquhar, Gal, Foster &
-Rainforth, AISTATS 2023, arXiv 2304.08151, Eq. 2): how much labeling x tells about the labels
+Rainforth, AISTATS 2023, arXiv 2304.08151, Sec. 3): how much labeling x tells about the labels
 of target inputs x*, rather than about the model's parameters (BALD). Here (f_x, f_x*) is
 jointly Gaussian under the GP posterior of :mod:`entk_al.gp` (mean base, covariance σ² M,
 the look-ahead's matrices, arXiv 2206.12569 Eq. 11–12), so each pair's joint predictive comes
