@@ -234,14 +234,17 @@ class GPPosterior:
         block = self.posterior.columns(self._pos(cols))
         return self.scale * block[self._pos(rows)]
 
-    def condition(self, pos: int) -> None:
-        """Condition on observing U_pos (any label): M' ← M' − M'[:, j] M'[j, :] / (M'_jj + λ).
+    def condition(self, pos: Any) -> None:
+        """Condition on observing U_j (any label) for each position j of ``pos`` (an int or a
+        sequence): M' ← M' − M'[:, j] M'[j, :] / (M'_jj + λ), one rank-one step per point.
 
         The GP covariance after an observation does not depend on its value (Rasmussen &
-        Williams 2006, Eq. 2.24), so greedy batch selection by conditioning needs no oracle.
-        The mean stays: it is the expectation of the updated mean under the predictive.
+        Williams 2006, Eq. 2.24), so greedy batch selection by conditioning needs no oracle; the
+        result does not depend on the order of the points. The mean stays: it is the
+        expectation of the updated mean under the predictive.
         """
-        self.posterior.condition(int(pos))
+        for j in np.atleast_1d(np.asarray(pos, dtype=np.int64)).tolist():
+            self.posterior.condition(int(j))
 
 
 def fit_gp(ctx: Any, ids: np.ndarray, *, ridge_rel: float = 1e-3, scale: str | float = "prior",
