@@ -71,6 +71,7 @@ class Posterior:
         self.ridge = sysm.ridge
         self._u = torch.zeros(sysm.num_eval, 0, dtype=torch.float64, device=sysm.base.device)
         self.folded: list[int] = []
+        self.conditioned: list[int] = []
 
     @property
     def num_eval(self) -> int:
@@ -95,12 +96,28 @@ class Posterior:
         under the current posterior; ``options`` are its keyword arguments."""
         return lookahead_scores(self, cand, **options)
 
+    def columns(self, pos: torch.Tensor) -> torch.Tensor:
+        """Columns M'[:, pos] of the current posterior, (m, c) float64 (a new tensor)."""
+        return self.m_block(slice(None), torch.as_tensor(pos, dtype=torch.long, device=self.base.device))
+
+    def column(self, j: int) -> torch.Tensor:
+        """Column M'[:, j] of the current posterior, (m,) float64."""
+        return self.columns(torch.tensor([int(j)]))[:, 0]
+
     def fold(self, j: int, y: torch.Tensor) -> None:
         """Add (U_j, y) to the labeled set by a rank-one update; ``y`` (O,) one-hot target."""
-        col = self.m_block(slice(None), torch.tensor([int(j)], device=self.base.device))[:, 0]
+        col = self.column(j)
         den = self.denominators(torch.tensor([int(j)], device=self.base.device))[0]
         self._u = fold_update(self.base, self.ref, self.m_diag, self._u, col, den, j, y)
         self.folded.append(int(j))
+
+    def condition(self, j: int) -> None:
+        """Add U_j to the labeled set without its label: M' loses its rank-one term, base and
+        ref stay (:func:`condition_update`). Later folds and blocks see the conditioned M'."""
+        col = self.column(j)
+        den = self.denominators(torch.tensor([int(j)], device=self.base.device))[0]
+        self._u = condition_update(self.m_diag, self._u, col, den)
+        self.conditioned.append(int(j))
 
 
 def fold_update(base: torch.Tensor, ref: torch.Tensor, m_diag: torch.Tensor, u: torch.Tensor, col: torch.Tensor,
@@ -127,6 +144,27 @@ def fold_update(base: torch.Tensor, ref: torch.Tensor, m_diag: torch.Tensor, u: 
     step = torch.outer(col / den, y.to(base) - base[j])
     base += step
     ref += step
+    return condition_update(m_diag, u, col, den)
+
+
+def condition_update(m_diag: torch.Tensor, u: torch.Tensor, col: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """The covariance half of a fold: M' = M − M[:, j] M[j, :] / (M_jj + λ), no label needed.
+
+    The Gaussian-process posterior covariance after observing U_j with noise variance λ (per
+    unit output scale) does not depend on the observed value (Rasmussen & Williams 2006,
+    Eq. 2.24: cov(f_*) = K_** − K_*X (K_XX + σ_n²I)⁻¹ K_X*, applied to the current posterior as the
+    prior). Updates ``m_diag`` in place (diag M' loses u², u = M'[:, j]/√(M'_jj + λ), clamped
+    at 0 against round-off).
+
+    Args:
+        m_diag: (m,) float64 diag M'.
+        u: (m, F) float64 columns of the folds and conditionings so far.
+        col: (m,) float64 column M'[:, j].
+        den: 0-d float64 M'_jj + λ (+inf: round-off, no change).
+
+    Returns:
+        (m, F + 1) u with this step's column appended.
+    """
     uj = col / den.sqrt()
     m_diag -= uj * uj
     m_diag.clamp_min_(0.0)

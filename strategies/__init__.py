@@ -13,7 +13,9 @@ from __future__ import annotations
 from .badge import BadgeSampling
 from .bald import BALDSampling
 from .coreset import CoresetSampling
+from .epig import NTKEPIG
 from .lookahead import LookaheadSampling
+from .ntk_uncertainty import NTKBALD, NTKEntropy, NTKMargin, NTKVariance, NTKZMargin
 from .random_sampling import RandomSampling
 from .scoring import ScoreStrategy, top_k
 from .uncertainty import EntropySampling, LeastConfidence, MarginSampling
@@ -25,8 +27,10 @@ ENTK_AL_BUILTINS = True
 REGISTRY: dict[str, type] = {
     cls.name: cls
     for cls in (RandomSampling, EntropySampling, MarginSampling, LeastConfidence, LookaheadSampling,
-                BALDSampling, BadgeSampling, CoresetSampling)
+                BALDSampling, BadgeSampling, CoresetSampling, NTKVariance, NTKBALD, NTKEntropy, NTKMargin,
+                NTKZMargin, NTKEPIG)
 }
 
 __all__ = ["REGISTRY", "ScoreStrategy", "top_k", "RandomSampling", "EntropySampling", "MarginSampling",
-           "LeastConfidence", "LookaheadSampling", "BALDSampling", "BadgeSampling", "CoresetSampling"]
+           "LeastConfidence", "LookaheadSampling", "BALDSampling", "BadgeSampling", "CoresetSampling",
+           "NTKVariance", "NTKBALD", "NTKEntropy", "NTKMargin", "NTKZMargin", "NTKEPIG"]

@@ -67,6 +67,9 @@ def _queried(records):
     ("lookahead", {"mode": "sequential", "dense_max": 100}),  # streamed B columns, folds
     ("lookahead", {"mode": "hybrid", "hybrid_size": 2, "acquisition": "flip"}),
     ("lookahead", {"prefilter": "knn", "num_candidates": 40, "eval_size": 200, "neighbours": 5}),
+    ("ntk_bald", {}),  # the GP posterior's diag on the shards, Monte Carlo on the driver
+    ("ntk_zmargin", {"batch": "greedy"}),  # label-free conditioning: one streamed column per pick
+    ("ntk_epig", {"num_targets": 20, "batch": "greedy", "samples": 8}),  # covariance blocks at the targets
 ])
 def test_ray_selects_what_local_selects(cluster, tmp_path, strategy, options):
     local = run_experiment(_cfg(strategy, "local", **options), tmp_path / "local")

@@ -28,13 +28,21 @@ CASES = [(n, {}) for n in BUILTINS] + [
     ("lookahead", {"mode": "hybrid", "hybrid_size": 2}),
     ("lookahead", {"acquisition": "flip", "exclude_self": True}),
     ("lookahead", {"acquisition": "emoc"}),
+    ("ntk_bald", {"batch": "greedy", "samples": 8}),
+    ("ntk_bald", {"estimator": "probit", "output_scale": "loo"}),
+    ("ntk_margin", {"link": "simplex", "batch": "greedy"}),
+    ("ntk_entropy", {"estimator": "probit"}),
+    ("ntk_zmargin", {"batch": "greedy", "mean": "base"}),
+    ("ntk_epig", {"batch": "greedy", "num_targets": 20, "samples": 8}),
+    ("ntk_epig", {"targets": "unlabeled", "estimator": "gaussian"}),
 ]
 IDS = [n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in CASES]
 
 
 def test_every_builtin_is_covered():
     assert set(BUILTINS) >= {"random", "entropy", "margin", "least_confidence", "lookahead", "bald", "badge",
-                             "coreset"}
+                             "coreset", "ntk_variance", "ntk_bald", "ntk_entropy", "ntk_margin", "ntk_zmargin",
+                             "ntk_epig"}
 
 
 def _rng_states():

@@ -178,6 +178,13 @@ def _column(shard: Shard, tile: int, payload: Any, shared: dict) -> torch.Tensor
     return _m_block(shard, la, slice(None), shared)[:, 0].cpu()
 
 
+@task("la_columns")
+def _columns(shard: Shard, tile: int, payload: Any, shared: dict) -> torch.Tensor:
+    """(m_t, c) float64: this tile's rows of the columns M'[:, pos] of the current posterior."""
+    la = shard.state(tile)["lookahead"]
+    return _m_block(shard, la, slice(None), shared).cpu()
+
+
 @task("la_gram")
 def _gram(shard: Shard, tile: int, payload: Any, shared: dict) -> torch.Tensor:
     """(P, P) float64: this tile's part of CᵀC, C the coefficients M'_ij / (M'_jj + λ) of P columns."""

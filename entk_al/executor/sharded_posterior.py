@@ -27,7 +27,7 @@ from ..acquisition import (
     flip_fraction,
 )
 from ..lookahead import DEGENERATE_REL, safe_denominators
-from ..sequential import fold_update
+from ..sequential import condition_update, fold_update
 from . import lookahead_tiles  # noqa: F401  (registers the look-ahead tile tasks)
 from .feature_store import is_feature_kernel
 
@@ -39,7 +39,9 @@ class ShardedPosterior:
 
     Built by :func:`fit_on_shards`. Offers what :func:`entk_al.sequential.select_lookahead`
     uses: ``base`` and ``ref`` (m, O), ``m_diag`` (m,), ``folded``, :meth:`denominators`,
-    :meth:`scores`, :meth:`fold` and :meth:`coef_gram`; all driver tensors are float64 on the CPU.
+    :meth:`scores`, :meth:`fold` and :meth:`coef_gram`, and for the Gaussian-process view
+    (:class:`entk_al.gp.GPPosterior`) :meth:`columns` and :meth:`condition` (label-free
+    conditioning, listed in ``conditioned``); all driver tensors are float64 on the CPU.
 
     Args:
         executor: the run's executor, whose tiles hold the round's look-ahead rows.
@@ -72,6 +74,7 @@ class ShardedPosterior:
         self.ridge, self.jitter, self.tol = float(ridge), float(jitter), float(tol)
         self.u = torch.zeros(len(base), 0, dtype=F64)
         self.folded: list[int] = []
+        self.conditioned: list[int] = []
 
     @property
     def num_eval(self) -> int:
@@ -141,12 +144,33 @@ class ShardedPosterior:
             col[self.tile_pos[t]] = got[t]
         return col
 
+    def columns(self, pos: torch.Tensor) -> torch.Tensor:
+        """Columns M'[:, pos] of the current posterior, (m, c) float64, one map call (``la_columns``).
+
+        Raises:
+            ValueError: a position that is not a candidate (no kernel column on the shards).
+        """
+        pos = torch.as_tensor(pos, dtype=torch.long).cpu()
+        got = self.executor.map("la_columns", {t: None for t in self.tiles}, self._columns(pos))
+        out = torch.empty(self.num_eval, pos.numel(), dtype=F64)
+        for t in self.tiles:
+            out[self.tile_pos[t]] = got[t]
+        return out
+
     def fold(self, j: int, y: torch.Tensor) -> None:
         """Add (U_j, y) to the labeled set by a rank-one update (:meth:`entk_al.sequential.Posterior.fold`)."""
         col = self.column(j)
         den = self.denominators(torch.tensor([int(j)]))[0]
         self.u = fold_update(self.base, self.ref, self.m_diag, self.u, col, den, j, y)
         self.folded.append(int(j))
+
+    def condition(self, j: int) -> None:
+        """Add U_j without its label: the covariance part of :meth:`fold` only
+        (:func:`entk_al.sequential.condition_update`); base and ref stay."""
+        col = self.column(j)
+        den = self.denominators(torch.tensor([int(j)]))[0]
+        self.u = condition_update(self.m_diag, self.u, col, den)
+        self.conditioned.append(int(j))
 
     def coef_gram(self, pos: torch.Tensor) -> torch.Tensor:
         """CᵀC (P, P) float64, C = M'[:, pos] / (M'_jj + λ): per-tile parts summed in tile order."""
