@@ -136,7 +136,12 @@ def parse_params(spec: Any) -> Any:
 @contextlib.contextmanager
 def differentiating(model: nn.Module, params: dict[str, nn.Parameter]) -> Iterator[None]:
     """Within the block, exactly ``params`` require gradients (restored afterwards): autograd then
-    reaches the chosen parameters, frozen or not, and stops where nothing upstream is chosen."""
+    reaches the chosen parameters, frozen or not, and stops where nothing upstream is chosen.
+
+    Args:
+        model: the network whose parameters' ``requires_grad`` flags are set.
+        params: {name: parameter} that require gradients inside the block (:func:`select_params`).
+    """
     chosen = {id(p) for p in params.values()}
     saved = [(p, p.requires_grad) for p in model.parameters()]
     try:
