@@ -102,6 +102,7 @@ class PreparedKernel:
         kind: ``pntk`` or ``first_logit``.
         method: ``auto`` | ``gram`` | ``jacobian``.
         tile: samples per block the layer forms are chosen for.
+        params: the parameters differentiated (:func:`~entk_al.ntk.common.select_params`).
 
     Attributes:
         model: the network.
