@@ -81,7 +81,6 @@ class FeatureKernel:
             model: the network; it must not change while the prepared kernel is used.
             x_probe: (n, *F) a few inputs (the first 4 are used to trace and verify the layers).
             tile: samples per block the layer forms are chosen for.
-        params: the parameters differentiated (:func:`~entk_al.ntk.common.select_params`).
 
         Raises:
             ValueError: as :func:`entk_al.ntk.kernel` (empty input, no trainable parameter,
