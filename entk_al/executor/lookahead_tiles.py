@@ -106,7 +106,7 @@ def _b_lower(shard: Shard, tile: int, lower: torch.Tensor, shared: dict) -> np.n
     la = shard.state(tile)["lookahead"]
     upper = la.pop("b_upper")
     b = torch.cat([lower.to(upper), upper], dim=1)
-    la["b"] = b[:, shared["canon_of"].to(b.device)]
+    la["b"] = b if shared["canon_of"] is None else b[:, shared["canon_of"].to(b.device)]
     return None if bool(torch.isfinite(la["b"]).all()) else (~torch.isfinite(la["b"])).cpu().numpy()
 
 
