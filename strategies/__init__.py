@@ -13,6 +13,7 @@ from __future__ import annotations
 from .badge import BadgeSampling
 from .bald import BALDSampling
 from .coreset import CoresetSampling
+from .herding import MaxHerdingSampling, UncertaintyHerdingSampling
 from .lookahead import LookaheadSampling
 from .random_sampling import RandomSampling
 from .scoring import ScoreStrategy, top_k
@@ -25,8 +26,9 @@ ENTK_AL_BUILTINS = True
 REGISTRY: dict[str, type] = {
     cls.name: cls
     for cls in (RandomSampling, EntropySampling, MarginSampling, LeastConfidence, LookaheadSampling,
-                BALDSampling, BadgeSampling, CoresetSampling)
+                BALDSampling, BadgeSampling, CoresetSampling, MaxHerdingSampling, UncertaintyHerdingSampling)
 }
 
 __all__ = ["REGISTRY", "ScoreStrategy", "top_k", "RandomSampling", "EntropySampling", "MarginSampling",
-           "LeastConfidence", "LookaheadSampling", "BALDSampling", "BadgeSampling", "CoresetSampling"]
+           "LeastConfidence", "LookaheadSampling", "BALDSampling", "BadgeSampling", "CoresetSampling",
+           "MaxHerdingSampling", "UncertaintyHerdingSampling"]

@@ -67,6 +67,8 @@ def _queried(records):
     ("lookahead", {"mode": "sequential", "dense_max": 100}),  # streamed B columns, folds
     ("lookahead", {"mode": "hybrid", "hybrid_size": 2, "acquisition": "flip"}),
     ("lookahead", {"prefilter": "knn", "num_candidates": 40, "eval_size": 200, "neighbours": 5}),
+    ("max_herding", {}), ("max_herding", {"kernel": "embedding"}),
+    ("uncertainty_herding", {}), ("uncertainty_herding", {"kernel": "embedding", "memory_budget_mb": 1}),
 ])
 def test_ray_selects_what_local_selects(cluster, tmp_path, strategy, options):
     local = run_experiment(_cfg(strategy, "local", **options), tmp_path / "local")
