@@ -56,6 +56,10 @@ class RunConfig:
         workers: Ray shard actors.
         gpus_per_worker: GPUs per Ray actor (0: CPU shards).
         cpus_per_worker: CPUs per Ray actor (its torch threads, at least 1).
+        stop: stop rules, ``NAME[:THRESHOLD[:WINDOW]]`` comma-separated (``kappa``,
+            ``change``; :mod:`entk_al.stopping`), or None / ``none`` for none.
+        stop_set: size of the fixed seeded unlabeled stop set the rules are measured on.
+        stop_action: ``stop`` (end the run when a rule fires) or ``log`` (only log the rules).
     """
 
     strategy: str = "lookahead"
@@ -85,6 +89,9 @@ class RunConfig:
     workers: int = 2
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+    stop: str | None = None
+    stop_set: int = 2000
+    stop_action: str = "stop"
 
     def validate(self) -> "RunConfig":
         """Check value ranges (not dataset-dependent ones). Raises ConfigError."""
@@ -116,6 +123,10 @@ class RunConfig:
             raise ConfigError(f"--oracle must be 'simulated' or 'files', got {self.oracle!r}")
         check_seed(self.seed, "--seed")
         self._validate_executor()
+        if self.stop_set < 1:
+            raise ConfigError(f"--stop-set must be >= 1, got {self.stop_set}")
+        if self.stop_action not in ("stop", "log"):
+            raise ConfigError(f"--stop-action must be 'stop' or 'log', got {self.stop_action!r}")
         if self.subset < self.query:
             raise ConfigError(f"--subset ({self.subset}) must be >= --query ({self.query}): the strategy "
                               f"selects the queries from the candidate subset")

@@ -38,6 +38,7 @@ from .progress import NullProgress
 from .run_setup import RunSetup, resolve_device
 from .seeding import int_seed, torch_generator
 from .selection import select_queries
+from .stopping import StopMonitor
 from .train import train_model
 
 __all__ = ["ActiveLearningLoop", "run_experiment", "LoopState", "CHECKPOINT", "CHECKPOINT_VERSION",
@@ -95,6 +96,9 @@ class ActiveLearningLoop:
             raise ConfigError(f"strategy {self.strategy.name!r} in {self.strategy.mode} mode needs labels during "
                               f"selection, which --oracle files cannot give; use mode=batch or --oracle simulated")
         self.setup.check_sizes()
+        #: the run's stop rules (``cfg.stop``; :mod:`entk_al.stopping`), or None.
+        self.stopper = StopMonitor.from_config(self.cfg, self.data.pool_size, self.setup.initial_ids(),
+                                               self.data.num_classes)
         #: set when the run stopped to wait for human labels: the queries CSV to fill in.
         self.waiting_for: Path | None = None
         #: where pool scans run while :meth:`run` runs (:mod:`entk_al.executor`); None otherwise.
@@ -139,6 +143,7 @@ class ActiveLearningLoop:
         return state
 
     def save_state(self, state: LoopState, model: torch.nn.Module | None) -> None:
+        state.stop = None if self.stopper is None else self.stopper.state_dict()
         write_checkpoint(self.out_dir / CHECKPOINT, state, model, self.cfg.to_dict(), list(self.data.classes))
 
     # -- the loop --------------------------------------------------------------------
@@ -185,24 +190,35 @@ class ActiveLearningLoop:
             self.write_results(state.records)
         if state.model_state is not None:
             model.load_state_dict(state.model_state)
+        if self.stopper is not None and state.stop is not None:
+            self.stopper.load_state_dict(state.stop)
         title = f"{self.cfg.strategy} on {self.cfg.dataset}"
         with self.progress.task(title, total=self.cfg.rounds + 1) as advance_round:
             advance_round(len(state.records))
             if state.pending is not None and not self.take_pending_labels(state, model, fresh=not resume):
                 return state.records
             last = state.records[-1] if state.records else None
-            if last is not None and not last["queried"] and last["round"] < self.cfg.rounds:
+            stopped = self.stopper is not None and self.stopper.stopped is not None
+            if last is not None and not last["queried"] and last["round"] < self.cfg.rounds and not stopped:
                 # A finished run resumed with more --rounds: its last round trained but did not
                 # query; query now with the same model and seeds, as an uninterrupted run would.
                 if self.query_round(state, last, model):
                     return state.records
+                stopped = self.stopper is not None and self.stopper.stopped is not None
+                if stopped:  # the rule fired on that batch: record it before ending
+                    self.save_state(state, model)
+                    self.write_results(state.records)
             for r in range(state.next_round, self.cfg.rounds + 1):
+                if stopped:  # a stop rule ended the run (now or before a resume)
+                    break
                 if r > 0 and self.cfg.retrain == "scratch":
                     model = self.new_model(r)
                 record = self.train_and_evaluate(r, model, state.pool)
                 state.records.append(record)
                 state.next_round = r + 1
-                if r < self.cfg.rounds and self.query_round(state, record, model):
+                stopped = self.stopper is not None and self.stopper.after_training(record, model, self.data.x_train,
+                                                                                   self.device)
+                if r < self.cfg.rounds and not stopped and self.query_round(state, record, model):
                     if on_round:
                         on_round(record)
                     return state.records
@@ -213,6 +229,7 @@ class ActiveLearningLoop:
                 advance_round(1)
                 if on_round:
                     on_round(record)
+                stopped = self.stopper is not None and self.stopper.stopped is not None
         # Last, and only after the log holds every round: bench counts a run with summary.json
         # as finished.
         write_json(self.out_dir / "summary.json", self.summary(state.records))
@@ -252,13 +269,15 @@ class ActiveLearningLoop:
         r = record["round"]
         t1 = time.perf_counter()
         queried, labels, info, kernel_s = self.select(r, model, state.pool)
-        record["select_seconds"] = time.perf_counter() - t1
+        record["select_seconds"] = time.perf_counter() - t1 - (self.stopper.last_seconds if self.stopper else 0.0)
         # select = kernel (time inside kernel_fn) + score (everything else the strategy did).
         record["kernel_seconds"] = kernel_s
         record["score_seconds"] = max(0.0, record["select_seconds"] - kernel_s)
-        record["queried"] = queried.tolist()
         if info:
             record["strategy_info"] = info
+        if self.stopper is not None and self.stopper.after_selection(record):
+            return False  # a stop rule fired on this batch: it is not labeled
+        record["queried"] = queried.tolist()
         if labels is None:
             state.pending = {"round": r, "ids": queried.tolist()}
             self.request_labels(state, model)
@@ -303,8 +322,9 @@ class ActiveLearningLoop:
     def select(self, r: int, model: torch.nn.Module, pool: PoolState
                ) -> tuple[np.ndarray, np.ndarray | None, dict, float]:
         """See :func:`entk_al.selection.select_queries`."""
+        observe = self.stopper.observe_selection if self.stopper is not None and self.stopper.needs_effect else None
         return select_queries(self.setup, r, model, pool, self.oracle, progress=self.progress,
-                              executor=self.executor)
+                              executor=self.executor, observe=observe)
 
     def evaluate(self, model: torch.nn.Module) -> float:
         """Accuracy (fraction in [0, 1]) on the held-out test split."""
@@ -325,7 +345,8 @@ class ActiveLearningLoop:
                 "first_test_accuracy": records[0]["test_accuracy"] if records else float("nan"),
                 "aubc": aubc(r["test_accuracy"] for r in records),
                 "train_seconds": sum(r["train_seconds"] for r in records),
-                "select_seconds": sum(r["select_seconds"] for r in records)}
+                "select_seconds": sum(r["select_seconds"] for r in records),
+                **({} if self.stopper is None else {"stop": self.stopper.summary()})}
 
 
 def run_experiment(cfg: RunConfig, out_dir: str | Path, **kwargs: Any) -> list[dict]:

@@ -18,7 +18,8 @@ from .seeding import int_seed, numpy_rng, torch_generator
 
 def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool: PoolState,
                    oracle: Callable[[np.ndarray], np.ndarray], *, progress: NullProgress | None = None,
-                   executor: Executor | None = None) -> tuple[np.ndarray, np.ndarray | None, dict, float]:
+                   executor: Executor | None = None, observe: Callable[[RoundContext, np.ndarray], None] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None, dict, float]:
     """Let the strategy choose this round's queries and label them.
 
     Draws the round's random candidate subset (``cfg.subset`` of the unlabeled ids), leaves
@@ -34,6 +35,9 @@ def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool
         progress: progress reporter handed to the strategy (default: none).
         executor: where the round's pool scans run (:mod:`entk_al.executor`); its round is begun
             here with ``model``. Default: an in-process local executor.
+        observe: ``observe(ctx, queried)``, called with the round context and the checked
+            selection before any label is asked for (the loop's stop rules, :mod:`entk_al.stopping`);
+            what it does to the context is not part of the strategy's info or kernel time.
 
     Returns:
         (queried (k,) int64 ids in the strategy's order, their labels (k,) int64 or None for a
@@ -88,10 +92,13 @@ def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool
     stray = set(answers) - set(queried.tolist())
     if stray:
         raise StrategyError(f"strategy {strategy.name!r} asked the oracle for ids it did not select")
+    info, kernel_s = dict(ctx.info), ctx.kernel_seconds
+    if observe is not None:
+        observe(ctx, queried)
     if deferred:
-        return queried, None, ctx.info, ctx.kernel_seconds
+        return queried, None, info, kernel_s
     missing = np.array([i for i in queried.tolist() if i not in answers], dtype=np.int64)
     if missing.size:
         answers.update(zip(missing.tolist(), np.asarray(oracle(missing)).tolist()))
     labels = np.array([answers[i] for i in queried.tolist()], dtype=np.int64)
-    return queried, labels, ctx.info, ctx.kernel_seconds
+    return queried, labels, info, kernel_s

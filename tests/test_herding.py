@@ -15,8 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from kernel_problems import problem
-from torch.func import functional_call, jacrev
+from kernel_problems import brute_pntk, problem
 
 from entk_al.herding import (
     calibrate_temperature,
@@ -173,16 +172,6 @@ def test_uncertainty_weights_known_values():
 
 
 # -- the strategies on a trained digits round, against float64 brute force ------------------------
-
-def brute_pntk(model, x):
-    """Sum-of-logits pNTK ⟨∇θ s(x), ∇θ s(x')⟩, s = Σ_k f_k/√O, from jacrev in float64."""
-    model = copy.deepcopy(model).double().eval()
-    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    n_out = model(x[:1].double()).shape[1]
-    j = jacrev(lambda p: functional_call(model, p, (x.double(),)).sum(dim=1) / math.sqrt(n_out))(params)
-    jac = torch.cat([j[k].reshape(len(x), -1) for k in params], dim=1)
-    return jac @ jac.T
-
 
 def brute_herding(setup, weights_fn=None, bandwidth=None):
     """The expected picks: explicit greedy coverage of the candidates in float64."""
