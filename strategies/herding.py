@@ -20,9 +20,9 @@ Kernels (``kernel`` option), both a function of a cosine between unit-normalized
 authors' Gaussian exp(−(2 − 2c)/h²); ``adaptive`` is UHerding's radius (h = the smallest
 non-zero distance between two labeled points).
 
-Memory: the (C × C) coverage kernel in float32 (the round context also caches the raw pNTK
-block of that size); the gain evaluation works on (C × chunk) float64 column blocks sized by
-``memory_budget_mb``.
+Memory: the (C × C) coverage kernel and the greedy's (C × C) per-point gain terms, both float32
+(the round context also caches the raw pNTK block of that size); temporaries are float64 blocks
+of rows or columns sized by ``memory_budget_mb``.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class _Herding:
         cand, kern, covered = self.coverage_problem(ctx, k)
         w = self.weights(ctx, cand)
         with ctx.progress.task(f"{self.name}, {len(cand)} candidates", total=k) as advance:
-            picks, gains = greedy_coverage(kern, covered, k, w, chunk_cols=self._chunk(len(cand)),
+            picks, gains = greedy_coverage(kern, covered, k, w, chunk_rows=self._chunk(len(cand)),
                                            on_pick=lambda n: advance(1))
         ctx.info.update(num_candidates=int(len(cand)), coverage_gain=float(sum(gains)),
                         coverage_gain_last=float(gains[-1]))
@@ -179,7 +179,7 @@ class MaxHerdingSampling(_Herding):
         bandwidth: ``auto`` (default: ``none`` for ``pntk``, the authors' h = 1 for
             ``embedding``) | ``none`` (the cosine itself) | ``adaptive`` (smallest non-zero
             distance between labeled points) | h > 0 (Gaussian exp(−(2 − 2 cos)/h²)).
-        memory_budget_mb: MiB for the float64 column blocks of the gain evaluation.
+        memory_budget_mb: MiB for the float64 temporaries (blocks of kernel rows or columns).
     """
 
     name = "max_herding"
@@ -206,7 +206,7 @@ class UncertaintyHerdingSampling(_Herding):
         uncertainty: ``margin`` (default, 1 − (p_(1) − p_(2))) | ``entropy`` (nats) |
             ``least_confidence`` (1 − max p).
         ridge_rel: λ relative to the kernel scale for the leave-one-out system, as in the look-ahead.
-        memory_budget_mb: MiB for the float64 column blocks of the gain evaluation.
+        memory_budget_mb: MiB for the float64 temporaries (blocks of kernel rows or columns).
     """
 
     name = "uncertainty_herding"
