@@ -214,3 +214,23 @@ def test_resume_with_other_stop_options_is_refused(separable, tmp_path):
         ActiveLearningLoop(_cfg(separable, "kappa", rounds=3, stop_set=50), tmp_path / "run").run(resume=True)
     with pytest.raises(CheckpointError, match="stop"):
         ActiveLearningLoop(_cfg(separable, None, rounds=3), tmp_path / "run").run(resume=True)
+
+
+def test_grids_only_log_stop_rules_and_plot_refuses_a_stopped_run(separable, tmp_path):
+    from entk_al.bench import Protocol
+    from entk_al.plot import load_runs
+
+    proto = tmp_path / "p.toml"
+    proto.write_text('strategies = ["random"]\nseeds = 1\n[run]\ndataset = "digits"\nstop = "kappa"\n')
+    with pytest.raises(ConfigError, match='stop_action = "log"'):
+        Protocol.from_file(proto)
+    proto.write_text('strategies = ["random"]\nseeds = 1\n[run]\ndataset = "digits"\nstop = "kappa"\n'
+                     'stop_action = "log"\n')
+    assert Protocol.from_file(proto).run["stop_action"] == "log"
+    proto.write_text('strategies = ["random"]\nseeds = 1\n[run]\ndataset = "digits"\nstop = "kapa"\n'
+                     'stop_action = "log"\n')
+    with pytest.raises(ConfigError, match="unknown rule 'kapa'"):
+        Protocol.from_file(proto)
+    run_experiment(_cfg(separable, "kappa"), tmp_path / "grid" / "run")  # stops after 4 of 9 rounds
+    with pytest.raises(ConfigError, match="ended after 4 of 9 rounds"):
+        load_runs(tmp_path / "grid")
