@@ -236,6 +236,9 @@ class UncertaintyHerdingSampling(_Herding):
         if len(lab) < 2:
             return 1.0
         k_ll = ctx.kernel(lab)
+        if not bool(torch.isfinite(k_ll).all()):
+            raise StrategyError("the kernel of the labeled set has non-finite entries (float32 overflow?); "
+                                "check the inputs for huge values, or give a fixed temperature")
         chol, _ = cholesky_with_jitter(k_ll, relative_ridge(k_ll, self.ridge_rel))
         loo = loo_outputs(chol, ctx.labeled_onehot(), ctx.logits(lab))
         return calibrate_temperature(loo, torch.from_numpy(ctx.labeled_targets).to(loo.device))
