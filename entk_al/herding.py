@@ -116,7 +116,8 @@ def greedy_coverage(kernel: torch.Tensor, covered: torch.Tensor, k: int, weights
     With m_u the current coverage of evaluation point u (``covered``), each step adds the
     candidate c that maximizes the gain Σ_u w_u · max(K[u, c] − m_u, 0), then sets
     m_u ← max(m_u, K[u, c]). The gain is the increase of Σ_u w_u max_{s∈S} k(u, s)
-    (Bae, Noh & Sutherland 2024, Alg. 1; weighted: Bae, Oliveira & Sutherland 2025).
+    (the greedy step of MaxHerding, Bae, Noh & Sutherland 2024; weighted: UHerding, Bae, Oliveira &
+    Sutherland 2025).
 
     The per-point terms P[u, c] = w_u · max(K[u, c] − m_u, 0) are kept (m × C, in the kernel's
     precision, at least float32); a pick

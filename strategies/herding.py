@@ -171,7 +171,7 @@ class MaxHerdingSampling(_Herding):
     """MaxHerding: greedy generalized coverage Σ_u max_{s∈L∪S} k(u, s) of the candidates (pass options with ``-o``).
 
     Each pick adds the candidate c with the largest gain Σ_u max(k(u, c) − m_u, 0) over the
-    candidate subset U (Bae, Noh & Sutherland, ECCV 2024, Alg. 1); details in :mod:`strategies.herding`.
+    candidate subset U (MaxHerding, Bae, Noh & Sutherland, ECCV 2024); details in :mod:`strategies.herding`.
 
     Args:
         kernel: ``pntk`` (default: the normalized pNTK of this round's network) | ``embedding``
