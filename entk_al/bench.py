@@ -149,6 +149,11 @@ class Protocol:
                                   f"({_safe(name)}-q...); rename one")
         for cfg in (spec.config for spec in self.grid()):
             RunConfig.from_dict(cfg.to_dict(), source=source).validate()
+        from .stopping import parse_stop_rules
+
+        if parse_stop_rules(self.run.get("stop")) and self.run.get("stop_action", "stop") != "log":
+            raise ConfigError(f"{source}: [run] stop rules would end runs early, and a grid compares strategies "
+                              f"over one budget; add stop_action = \"log\" to only log them")
         return self
 
     def _validate_variants(self, source: str) -> None:

@@ -42,6 +42,7 @@ class LoopState:
         pool: labeled/unlabeled bookkeeping.
         records: one JSON-ready dict per finished round (the rounds.jsonl rows).
         pending: the round's unanswered human queries (``--oracle files``), or None.
+        stop: the stop rules' state (``--stop``), or None.
     """
 
     next_round: int
@@ -51,6 +52,8 @@ class LoopState:
     #: queries waiting for human labels (``--oracle files``): {"round": r, "ids": [...]};
     #: round -2 is the seeded initial set.
     pending: dict | None = None
+    #: the stop rules' state (:meth:`entk_al.stopping.StopMonitor.state_dict`), or None.
+    stop: dict | None = None
 
 
 def plain(obj: Any, where: str = "checkpoint") -> Any:
@@ -100,7 +103,8 @@ def write_checkpoint(path: Path, state: LoopState, model: torch.nn.Module | None
     ckpt = {"version": CHECKPOINT_VERSION, "config": plain(config, "config"), "next_round": int(state.next_round),
             "model": None if weights is None else {k: v.detach().cpu() for k, v in weights.items()},
             "pool": plain(state.pool.state_dict(), "pool"), "records": plain(state.records, "records"),
-            "pending": plain(state.pending, "pending"), "classes": [str(c) for c in classes]}
+            "pending": plain(state.pending, "pending"), "stop": plain(state.stop, "stop"),
+            "classes": [str(c) for c in classes]}
     atomic_write(path, lambda p: torch.save(ckpt, p))
 
 
@@ -149,7 +153,7 @@ def state_from_checkpoint(ckpt: dict, path: Path) -> tuple[LoopState, dict]:
         saved_cfg = dict(ckpt["config"])
         state = LoopState(next_round=int(ckpt["next_round"]), model_state=ckpt["model"],
                           pool=PoolState.from_state_dict(ckpt["pool"]), records=list(ckpt["records"]),
-                          pending=ckpt.get("pending"))
+                          pending=ckpt.get("pending"), stop=ckpt.get("stop"))
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({type(exc).__name__})") from None
     return state, saved_cfg

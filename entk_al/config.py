@@ -110,6 +110,10 @@ class RunConfig:
     The four Ray options are None under ``executor="local"``, which does not use them (so
     config.json does not record workers that never ran); under ``ray`` the unset ones take
     :data:`RAY_DEFAULTS`.
+        stop: stop rules, ``NAME[:THRESHOLD[:WINDOW]]`` comma-separated (``kappa``,
+            ``change``; :mod:`entk_al.stopping`), or None / ``none`` for none.
+        stop_set: size of the fixed seeded unlabeled stop set the rules are measured on.
+        stop_action: ``stop`` (end the run when a rule fires) or ``log`` (only log the rules).
     """
 
     strategy: str = "lookahead"
@@ -141,6 +145,9 @@ class RunConfig:
     workers: int | None = None
     gpus_per_worker: float | None = None
     cpus_per_worker: float | None = None
+    stop: str | None = None
+    stop_set: int = 2000
+    stop_action: str = "stop"
 
     def __post_init__(self) -> None:
         # Options left unset take the model's default, resolved here so that config.json,
@@ -187,6 +194,10 @@ class RunConfig:
         self._validate_oracle()
         check_seed(self.seed, "--seed")
         self._validate_executor()
+        if self.stop_set < 1:
+            raise ConfigError(f"--stop-set must be >= 1, got {self.stop_set}")
+        if self.stop_action not in ("stop", "log"):
+            raise ConfigError(f"--stop-action must be 'stop' or 'log', got {self.stop_action!r}")
         if self.subset < self.query:
             raise ConfigError(f"--subset ({self.subset}) must be >= --query ({self.query}): the strategy "
                               f"selects the queries from the candidate subset")

@@ -40,6 +40,7 @@ from .run_setup import RunSetup, resolve_device
 from .runlock import run_folder_lock
 from .seeding import int_seed, torch_generator
 from .selection import select_queries
+from .stopping import StopMonitor
 from .train import train_model
 
 #: Labeled inputs above this magnitude are named as the first suspect of a diverged round.
@@ -107,6 +108,9 @@ class ActiveLearningLoop:
                               f"selection, which --oracle {getattr(self.oracle, 'name', self.cfg.oracle)} cannot "
                               f"give; use mode=batch or --oracle simulated")
         self.setup.check_sizes()
+        #: the run's stop rules (``cfg.stop``; :mod:`entk_al.stopping`), or None.
+        self.stopper = StopMonitor.from_config(self.cfg, self.data.pool_size, self.setup.initial_ids(),
+                                               self.data.num_classes)
         #: set when the run stopped to wait for human labels: the queries CSV to fill in.
         self.waiting_for: Path | None = None
         #: set when the run stopped to wait for labels in an annotation tool: where, how many.
@@ -165,6 +169,7 @@ class ActiveLearningLoop:
         return state
 
     def save_state(self, state: LoopState, model: torch.nn.Module | None) -> None:
+        state.stop = None if self.stopper is None else self.stopper.state_dict()
         write_checkpoint(self.out_dir / CHECKPOINT, state, model, self.cfg.to_dict(), list(self.data.classes))
 
     # -- the loop --------------------------------------------------------------------
@@ -223,24 +228,35 @@ class ActiveLearningLoop:
             self.write_results(state.records)
         if state.model_state is not None:
             model.load_state_dict(state.model_state)
+        if self.stopper is not None and state.stop is not None:
+            self.stopper.load_state_dict(state.stop)
         title = f"{self.cfg.strategy} on {self.cfg.dataset}"
         with self.progress.task(title, total=self.cfg.rounds + 1) as advance_round:
             advance_round(len(state.records))
             if state.pending is not None and not self.take_pending_labels(state, model, fresh=not resume):
                 return state.records
             last = state.records[-1] if state.records else None
-            if last is not None and not last["queried"] and last["round"] < self.cfg.rounds:
+            stopped = self.stopper is not None and self.stopper.stopped is not None
+            if last is not None and not last["queried"] and last["round"] < self.cfg.rounds and not stopped:
                 # A finished run resumed with more --rounds: its last round trained but did not
                 # query; query now with the same model and seeds, as an uninterrupted run would.
                 if self.query_round(state, last, model):
                     return state.records
+                stopped = self.stopper is not None and self.stopper.stopped is not None
+                if stopped:  # the rule fired on that batch: record it before ending
+                    self.save_state(state, model)
+                    self.write_results(state.records)
             for r in range(state.next_round, self.cfg.rounds + 1):
+                if stopped:  # a stop rule ended the run (now or before a resume)
+                    break
                 if r > 0 and self.cfg.retrain == "scratch":
                     model = self.new_model(r)
                 record = self.train_and_evaluate(r, model, state.pool)
                 state.records.append(record)
                 state.next_round = r + 1
-                if r < self.cfg.rounds and self.query_round(state, record, model):
+                stopped = self.stopper is not None and self.stopper.after_training(record, model, self.data.x_train,
+                                                                                   self.device)
+                if r < self.cfg.rounds and not stopped and self.query_round(state, record, model):
                     if on_round:
                         on_round(record)
                     return state.records
@@ -251,6 +267,7 @@ class ActiveLearningLoop:
                 advance_round(1)
                 if on_round:
                     on_round(record)
+                stopped = self.stopper is not None and self.stopper.stopped is not None
         # Last, and only after the log holds every round: bench counts a run with summary.json
         # as finished.
         write_json(self.out_dir / "summary.json", self.summary(state.records))
@@ -299,13 +316,15 @@ class ActiveLearningLoop:
         r = record["round"]
         t1 = time.perf_counter()
         queried, labels, info, kernel_s = self.select(r, model, state.pool)
-        record["select_seconds"] = time.perf_counter() - t1
+        record["select_seconds"] = time.perf_counter() - t1 - (self.stopper.last_seconds if self.stopper else 0.0)
         # select = kernel (time inside kernel_fn) + score (everything else the strategy did).
         record["kernel_seconds"] = kernel_s
         record["score_seconds"] = max(0.0, record["select_seconds"] - kernel_s)
-        record["queried"] = queried.tolist()
         if info:
             record["strategy_info"] = info
+        if self.stopper is not None and self.stopper.after_selection(record):
+            return False  # a stop rule fired on this batch: it is not labeled
+        record["queried"] = queried.tolist()
         if labels is None:
             scores = self.last_query_scores
             state.pending = {"round": r, "ids": queried.tolist(),
@@ -409,8 +428,9 @@ class ActiveLearningLoop:
                ) -> tuple[np.ndarray, np.ndarray | None, dict, float]:
         """See :func:`entk_al.selection.select_queries`."""
         self.last_query_scores = {}
+        observe = self.stopper.observe_selection if self.stopper is not None and self.stopper.needs_effect else None
         return select_queries(self.setup, r, model, pool, self.oracle, progress=self.progress,
-                              executor=self.executor, scores_out=self.last_query_scores)
+                              executor=self.executor, scores_out=self.last_query_scores, observe=observe)
 
     def divergence_message(self, r: int, what: str, x_labeled: torch.Tensor) -> str:
         """One line for a diverged round ``r``: what happened, the suspects (the learning rate,
@@ -456,7 +476,8 @@ class ActiveLearningLoop:
                 "first_test_accuracy": records[0]["test_accuracy"] if records else None,
                 "aubc": aubc(r["test_accuracy"] for r in records),
                 "train_seconds": sum(r["train_seconds"] for r in records),
-                "select_seconds": sum(r["select_seconds"] for r in records)}
+                "select_seconds": sum(r["select_seconds"] for r in records),
+                **({} if self.stopper is None else {"stop": self.stopper.summary()})}
 
 
 def _round_name(round_idx: int) -> str:

@@ -111,6 +111,11 @@ def load_runs(runs_dir: str | Path) -> tuple[list[RunResult], int]:
         if any(r.get("test_accuracy") is None for r in recs):
             raise ConfigError(f"{d}: no test split (test_accuracy is null), so no learning curve to compare; "
                               f"plot runs on a dataset with a test split")
+        if len(recs) != int(cfg.get("rounds", len(recs) - 1)) + 1:
+            # Paired curves, AUBC and penalties assume every run spent the same budget.
+            raise ConfigError(f"{d} ended after {len(recs)} of {int(cfg['rounds']) + 1} rounds (a stop rule, see its "
+                              f"summary.json); grids compare strategies over one budget: run them with "
+                              f"stop_action = \"log\"")
         label, seed_index = _bench_info(d, cfg)
         runs.append(RunResult(strategy=label, query=int(cfg["query"]), seed=int(cfg["seed"]),
                               n_labeled=np.array([r["n_labeled"] for r in recs]),

@@ -43,7 +43,9 @@ def select_round(strategy: Any, *, model: torch.nn.Module, pool: Any, labeled_id
                  candidates: np.ndarray | None = None, oracle: Callable[[np.ndarray], np.ndarray] | None = None,
                  deferred: bool = False, kernel_fn: Callable[..., torch.Tensor] | None = None,
                  device: torch.device | None = None, executor: Executor | None = None,
-                 progress: NullProgress | None = None) -> tuple[np.ndarray, np.ndarray | None, RoundContext]:
+                 progress: NullProgress | None = None,
+                 observe: Callable[[RoundContext, np.ndarray], None] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, RoundContext]:
     """Run one round's selection: draw the candidates, build the round context, call the strategy.
 
     Leaves out candidates with non-finite outputs or embeddings
@@ -70,6 +72,9 @@ def select_round(strategy: Any, *, model: torch.nn.Module, pool: Any, labeled_id
         executor: where the round's pool scans run; its round is begun here with ``model``.
             Default: an in-process local executor.
         progress: progress reporter handed to the strategy.
+        observe: ``observe(ctx, queried)``, called with the round context and the checked
+            selection before any label is asked for (the loop's stop rules, :mod:`entk_al.stopping`);
+            what it adds to the context is not part of the strategy's info or kernel time.
 
     Returns:
         (queried (k,) int64 ids in the strategy's order, their labels (k,) int64 or None when
@@ -127,6 +132,11 @@ def select_round(strategy: Any, *, model: torch.nn.Module, pool: Any, labeled_id
     stray = set(answers) - set(queried.tolist())
     if stray:
         raise StrategyError(f"strategy {strategy.name!r} asked the oracle for ids it did not select")
+    if observe is not None:
+        # The loop's stop rules look at the selection; what they compute is not the strategy's.
+        info, kernel_s = dict(ctx.info), ctx.kernel_seconds
+        observe(ctx, queried)
+        ctx.info, ctx.kernel_seconds = info, kernel_s
     if not ask_oracle:
         return queried, None, ctx
     missing = np.array([i for i in queried.tolist() if i not in answers], dtype=np.int64)
@@ -138,7 +148,8 @@ def select_round(strategy: Any, *, model: torch.nn.Module, pool: Any, labeled_id
 
 def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool: PoolState,
                    oracle: Callable[[np.ndarray], np.ndarray], *, progress: NullProgress | None = None,
-                   executor: Executor | None = None, scores_out: dict[int, float] | None = None
+                   executor: Executor | None = None, scores_out: dict[int, float] | None = None,
+                   observe: Callable[[RoundContext, np.ndarray], None] | None = None
                    ) -> tuple[np.ndarray, np.ndarray | None, dict, float]:
     """Let the run's strategy choose this round's queries and label them (:func:`select_round`).
 
@@ -152,6 +163,7 @@ def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool
         executor: where the round's pool scans run (default: an in-process local executor).
         scores_out: a dict to receive ``pool id -> acquisition score`` of the queried ids the
             strategy scored (:meth:`RoundContext.record_scores`), e.g. to order an annotation queue.
+        observe: see :func:`select_round`.
 
     Returns:
         (queried (k,) int64 ids in the strategy's order, their labels (k,) int64 or None for a
@@ -166,7 +178,7 @@ def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool
         setup.strategy, model=model, pool=setup.pool, labeled_ids=lab, labeled_targets=pool.labels[lab],
         num_classes=setup.data.num_classes, k=cfg.query, seed=cfg.seed, round_idx=round_idx, subset=cfg.subset,
         oracle=oracle, deferred=getattr(oracle, "deferred", False), kernel_fn=setup.kernel_fn, device=setup.device,
-        executor=executor, progress=progress)
+        executor=executor, progress=progress, observe=observe)
     if scores_out is not None and ctx.scores is not None:
         score_of = dict(zip(ctx.scores[0].tolist(), ctx.scores[1].tolist()))
         scores_out.update((i, score_of[i]) for i in queried.tolist() if i in score_of)

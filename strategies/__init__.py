@@ -14,6 +14,7 @@ from .badge import BadgeSampling
 from .bald import BALDSampling
 from .coreset import CoresetSampling
 from .epig import NTKEPIG
+from .herding import MaxHerdingSampling, UncertaintyHerdingSampling
 from .lookahead import LookaheadSampling
 from .ntk_uncertainty import NTKBALD, NTKEntropy, NTKMargin, NTKVariance, NTKZMargin
 from .random_sampling import RandomSampling
@@ -28,9 +29,11 @@ REGISTRY: dict[str, type] = {
     cls.name: cls
     for cls in (RandomSampling, EntropySampling, MarginSampling, LeastConfidence, LookaheadSampling,
                 BALDSampling, BadgeSampling, CoresetSampling, NTKVariance, NTKBALD, NTKEntropy, NTKMargin,
-                NTKZMargin, NTKEPIG)
+                NTKZMargin, NTKEPIG, MaxHerdingSampling,
+                UncertaintyHerdingSampling)
 }
 
 __all__ = ["REGISTRY", "ScoreStrategy", "top_k", "RandomSampling", "EntropySampling", "MarginSampling",
            "LeastConfidence", "LookaheadSampling", "BALDSampling", "BadgeSampling", "CoresetSampling",
-           "NTKVariance", "NTKBALD", "NTKEntropy", "NTKMargin", "NTKZMargin", "NTKEPIG"]
+           "NTKVariance", "NTKBALD", "NTKEntropy", "NTKMargin", "NTKZMargin", "NTKEPIG",
+           "MaxHerdingSampling", "UncertaintyHerdingSampling"]

@@ -70,12 +70,34 @@ def _queried(records):
     ("ntk_bald", {}),  # the GP posterior's diag on the shards, Monte Carlo on the driver
     ("ntk_zmargin", {"batch": "greedy"}),  # label-free conditioning: one streamed column per pick
     ("ntk_epig", {"num_targets": 20, "batch": "greedy", "samples": 8}),  # covariance blocks at the targets
+    ("max_herding", {}), ("max_herding", {"kernel": "embedding"}),
+    ("uncertainty_herding", {}), ("uncertainty_herding", {"kernel": "embedding", "memory_budget_mb": 1}),
 ])
 def test_ray_selects_what_local_selects(cluster, tmp_path, strategy, options):
     local = run_experiment(_cfg(strategy, "local", **options), tmp_path / "local")
     remote = run_experiment(_cfg(strategy, "ray", **options), tmp_path / "ray")
     assert _queried(remote) == _queried(local)
     assert all(len(q) == 5 for q in _queried(local)[:-1])
+
+
+def test_stop_rules_measure_the_same_on_ray(cluster, tmp_path):
+    """The predicted change of each batch (the posterior on the shards) and κ log alike."""
+    local = ActiveLearningLoop(_cfg("margin", "local"), tmp_path / "local")
+    local.cfg.stop, local.cfg.stop_set = "kappa:0.999,change:0.0001:9", 300
+    remote = ActiveLearningLoop(_cfg("margin", "ray"), tmp_path / "ray")
+    remote.cfg.stop, remote.cfg.stop_set = local.cfg.stop, 300
+    from entk_al.stopping import StopMonitor
+
+    for loop in (local, remote):
+        loop.stopper = StopMonitor.from_config(loop.cfg, loop.data.pool_size, loop.setup.initial_ids(), 10)
+    a, b = local.run(), remote.run()
+    assert _queried(a) == _queried(b)
+    # the kernels agree to float round-off (thread counts differ), the decisions exactly
+    out_a = [r["stop"]["change"].pop("output_change") for r in a[:-1]]
+    out_b = [r["stop"]["change"].pop("output_change") for r in b[:-1]]
+    assert out_a == pytest.approx(out_b, rel=1e-6)
+    assert [r["stop"] for r in a] == [r["stop"] for r in b]
+    assert a[0]["stop"]["change"]["value"] > 0
 
 
 def test_killed_shard_actor_is_revived_and_the_round_is_unchanged(cluster, tmp_path):

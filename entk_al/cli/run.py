@@ -120,6 +120,14 @@ def run(
         None, help=f"GPUs per Ray actor (default: {RAY_DEFAULTS['gpus_per_worker']:g})."),
     cpus_per_worker: Optional[float] = typer.Option(
         None, help=f"CPUs per Ray actor (default: {RAY_DEFAULTS['cpus_per_worker']:g})."),
+    stop: Optional[str] = typer.Option(
+        None, "--stop",
+        help="Stop rules NAME[:THRESHOLD[:WINDOW]], comma-separated: kappa (stabilizing predictions, "
+             "default 0.99:3) and change (predicted effect of the next batch, default 0.005:2); none for none."),
+    stop_set: Optional[int] = typer.Option(
+        None, help=f"Size of the fixed unlabeled stop set the rules use (default: {default('stop_set')})."),
+    stop_action: Optional[str] = typer.Option(
+        None, help=f"stop (end the run when a rule fires) or log (only log them) (default: {default('stop_action')})."),
     option: list[str] = typer.Option([], "--option", "-o", help="Strategy option key=value (repeatable)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these options."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
@@ -133,7 +141,8 @@ def run(
                  rounds=rounds, subset=subset, seed=seed, retrain=retrain, loss=loss, epochs=epochs,
                  min_steps=min_steps, batch_size=batch_size, lr=lr, device=device, threads=threads, data_dir=data_dir,
                  download=download, oracle=oracle, ls_url=ls_url, ls_project=ls_project, executor=executor,
-                 address=address, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+                 address=address, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                 stop=stop, stop_set=stop_set, stop_action=stop_action)
     if option:
         flags["strategy_options"] = parse_options(option)
     if resume is not None and overwrite:
@@ -188,6 +197,10 @@ def _run_locked(cfg, out_dir: Path, resume: bool, overwrite: bool, quiet: bool) 
                    f"entk-al run --resume {out_dir}")
         return
     last = records[-1]
+    stopped = loop.stopper.stopped if loop.stopper is not None else None
+    if stopped is not None:
+        echo(f"stopped at round {stopped['round']} ({stopped['n_labeled']} labels) by the {stopped['rule']} "
+             f"rule: {stopped['reason'].split(': ', 1)[1]}")
     if last["test_accuracy"] is None:
         echo(f"done: {last['n_labeled']} labels ({accuracy_text(None)}: test accuracy not measured); "
                    f"results in {out_dir}")
