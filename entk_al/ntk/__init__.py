@@ -27,6 +27,7 @@ def kernel(
     method: str = "auto",
     batch_size: int | None = None,
     tile_size: int | None = None,
+    precision: str = "full",
 ) -> torch.Tensor:
     """Empirical NTK-type kernel between two sets of inputs, over all ``requires_grad`` parameters.
 
@@ -58,25 +59,40 @@ def kernel(
             Default: for "gram" the largest tile (at most 1024) whose features fit in 1.5 GiB
             (CIFAR ResNet-18, float32: about 128); for "jacobian" the largest tile whose
             per-sample gradients fit in 512 MiB (at most 512).
+        precision: arithmetic of the Gram products (the per-sample gradients are always
+            computed in the model dtype):
+            "full" (default): exact in the model dtype.
+            "tf32" (CUDA only): float32 GEMMs on TF32 tensor cores (10-bit mantissa inputs,
+                float32 accumulation).
+            "bf16": features stored in bfloat16 (half the feature memory), products
+                accumulated in float32 (on the CPU: oneDNN's bfloat16 GEMM, whose partial
+                products over 65536 columns are summed in float64). Only fast where the
+                hardware has bfloat16 units (GPUs, CPUs with AMX / AVX-512 BF16); on an
+                AVX2-only CPU it is several times slower than "full".
+            Reduced precision trades exactness for speed: docs/ntk_bench.md reports the
+            kernel's relative error and the look-ahead selection's overlap with "full".
     Returns:
         Tensor in the model dtype on the model device (float64 for float64 models).
     Raises:
-        ValueError: unknown kind/method, bad sizes, empty input, x1/x2 feature-shape mismatch,
-            model without trainable parameters, a model whose forward returns no tensor (a
-            tuple or dict: "model must return an (N, O) tensor").
+        ValueError: unknown kind/method/precision, bad sizes, empty input, x1/x2 feature-shape
+            mismatch, model without trainable parameters, a model whose forward returns no
+            tensor (a tuple or dict: "model must return an (N, O) tensor"), precision "tf32"
+            off CUDA, a reduced precision with method "jacobian".
     """
     common.check_kind_method(kind, method)
     common.check_sizes(batch_size, tile_size)
     x1, x2 = common.prepare_inputs(model, x1, x2)
     device, dtype = common.model_device_dtype(model)
+    from . import gram
+
+    gram.check_precision(precision, device, method)
     params = common.trainable(model)
     with common.eval_mode(model):
         n_out = _n_outputs(model, x1)
         V, full = common.directions(kind, n_out, device, dtype)
         if method in ("auto", "gram"):
-            from . import gram
-
-            blocks = gram.gram_blocks(model, params, x1, x2, V, full, batch_size, tile_size)
+            blocks = gram.gram_blocks(model, params, x1, x2, V, full, batch_size, tile_size,
+                                      precision)
         else:
             P = sum(p.numel() for p in params.values())
             tile = tile_size or jacobian.default_tile(P, V.shape[0], V.element_size())
@@ -97,7 +113,7 @@ def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def pntk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int | None = None,
-         tile_size: int | None = None) -> torch.Tensor:
+         tile_size: int | None = None, precision: str = "full") -> torch.Tensor:
     """Sum-of-logits pseudo-NTK, shape (N1, N2): (1/O) 1^T Theta(x, x') 1
     (Mohamadi et al. 2022, arXiv 2206.12543, eq. 3). See :func:`kernel` for arguments/errors.
 
@@ -108,13 +124,14 @@ def pntk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int
         method: ``auto``, ``gram`` or ``jacobian`` (see :func:`kernel`).
         batch_size: vmap chunk size of the jacobian path, or None.
         tile_size: samples per kernel tile, or None for the default.
+        precision: ``full`` (exact, default), ``tf32`` or ``bf16`` Gram products (see :func:`kernel`).
     """
     return kernel(model, x1, x2, kind="pntk", method=method, batch_size=batch_size,
-                  tile_size=tile_size)
+                  tile_size=tile_size, precision=precision)
 
 
 def entk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int | None = None,
-         tile_size: int | None = None) -> torch.Tensor:
+         tile_size: int | None = None, precision: str = "full") -> torch.Tensor:
     """Full empirical NTK, shape (N1, N2, O, O): Theta(x, x')_{kl} = <grad f_k(x), grad f_l(x')>
     (Jacot et al. 2018, eq. 3). See :func:`kernel` for arguments/errors.
 
@@ -125,6 +142,7 @@ def entk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int
         method: ``auto``, ``gram`` or ``jacobian`` (see :func:`kernel`).
         batch_size: vmap chunk size of the jacobian path, or None.
         tile_size: samples per kernel tile, or None for the default.
+        precision: ``full`` (exact, default), ``tf32`` or ``bf16`` Gram products (see :func:`kernel`).
     """
     return kernel(model, x1, x2, kind="entk", method=method, batch_size=batch_size,
-                  tile_size=tile_size)
+                  tile_size=tile_size, precision=precision)
