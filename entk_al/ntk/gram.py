@@ -770,6 +770,33 @@ def _jacobian_blocks(model, params, x1, x2, V, full, batch_size, tile_size):
                         x1, x2, tile, full)
 
 
+def plan_tile(plan: Plan, V: torch.Tensor, n1: int, n2: int, full: bool, tile_size: int | None = None) -> int:
+    """Samples per tile for an n1 x n2 kernel: ``tile_size`` if given, else the largest tile (at
+    most :data:`DEFAULT_TILE`, at least :data:`MIN_TILE`) whose features fit
+    :data:`FEATURE_TILE_BYTES`; the plan's forms are re-chosen for that tile (smaller tiles
+    favour the materialized form) and the tile re-checked.
+
+    Args:
+        plan: the plan from :func:`build_plan` (its forms may change).
+        V: (K, O) output directions.
+        n1: rows of the kernel.
+        n2: columns of the kernel.
+        full: True when the K x K block is needed.
+        tile_size: the caller's tile, or None.
+    """
+    if tile_size is not None:
+        return tile_size
+    K, isz = V.shape[0], V.element_size()
+    tile = DEFAULT_TILE
+    for _ in range(2):
+        fit = max(MIN_TILE, FEATURE_TILE_BYTES // max(1, plan.bytes_per_sample(K, isz)))
+        if fit >= min(tile, max(n1, n2)):
+            break
+        tile = int(fit)
+        plan.choose_forms(K, min(tile, n1), min(tile, n2), isz, full)
+    return tile
+
+
 def gram_blocks(model, params, x1, x2, V, full, batch_size, tile_size,
                 precision: str = "full") -> torch.Tensor:
     """Kernel blocks (K, K, N1, N2) if ``full`` else (K, N1, N2); model already in eval mode.
@@ -791,18 +818,9 @@ def gram_blocks(model, params, x1, x2, V, full, batch_size, tile_size,
     if _needs_batch_stats(model):
         return _jacobian_blocks(model, params, x1, x2, V, full, batch_size, tile_size)
     n1, n2 = len(x1), len(x1 if x2 is None else x2)
-    K, isz = V.shape[0], V.element_size()
     tile = tile_size or DEFAULT_TILE
     plan = build_plan(model, params, x1, V, min(tile, n1), full, min(tile, n2))
-    if tile_size is None:
-        # Largest tile whose features fit the budget; the forms are re-chosen for that tile
-        # (smaller tiles favour the materialized form), then the tile re-checked.
-        for _ in range(2):
-            fit = max(MIN_TILE, FEATURE_TILE_BYTES // max(1, plan.bytes_per_sample(K, isz)))
-            if fit >= min(tile, max(n1, n2)):
-                break
-            tile = int(fit)
-            plan.choose_forms(K, min(tile, n1), min(tile, n2), isz, full)
+    tile = plan_tile(plan, V, n1, n2, full, tile_size)
 
     def run(plan):
         def feats(x):
