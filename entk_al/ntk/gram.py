@@ -437,7 +437,11 @@ def build_plan(model: nn.Module, params: dict, x: torch.Tensor, V: torch.Tensor,
 
 
 def forget_plan(model: nn.Module) -> None:
-    """Drop the cached probes of ``model`` (after a :class:`PlanMismatch`)."""
+    """Drop the cached probes of ``model`` (after a :class:`PlanMismatch`).
+
+    Args:
+        model: the network whose probes are forgotten.
+    """
     _PLANS.pop(model, None)
 
 
