@@ -1,29 +1,39 @@
-"""Benchmark the pNTK engines: method="gram" vs method="jacobian" (torch.func) vs a floor.
+"""Benchmark the pNTK engines: method="gram" against the bound it cannot beat, and torch.func.
 
-For each (case, N) one worker subprocess times, back to back and ``--repeat`` times (min
-reported, all runs kept in the JSON):
+For each (case, N) one worker subprocess times, interleaved ``--repeat`` times (min reported,
+all runs kept in the JSON), in one process so that the ratios see the same machine state:
     gram      pntk(model, x, method="gram")                     (default tile)
+    fwd_bwd   one batched forward+backward over the N inputs (parameter gradients of the
+              summed outputs): the pass the engine cannot avoid
     jacobian  pntk(model, x, method="jacobian")                 (torch.func vmap(grad) + matmul;
               skipped where it would take too long, see CASES)
-    floor     one batched forward+backward over the N inputs (parameter gradients of the summed
-              outputs) + 2 N^2 P / R, with R the fp32 GEMM rate measured in the same worker
-              (2048^3 matmul, best of 3): what a dense Gram over all P parameters would cost
-              if it ran at the machine's GEMM rate after one batched pass.
+and reports
+    gram/fb     engine time over the forward+backward
+    gram_flops  the cheapest exact Gram: per layer the smaller of the materialized form's
+                2 N^2 P_layer and the factored form's 2 N^2 T^2 g (d_in + d_out) flops (plus
+                2 N^2 P for the torch.func fallback), at R, the fp32 GEMM rate of a 2048^3
+                matmul measured in the same worker (best of 3; in CPU time on the CPU)
+    bound       fwd_bwd + gram_flops / R: one batched pass plus that Gram at the machine's
+                GEMM rate; gram/bound says how far the engine is from it.
+On the CPU each time is taken twice: wall clock and the thread's CPU time
+(``time.thread_time``). On a shared machine the CPU time is the steadier (it leaves out the
+time the thread waits for a core); both ratios are printed. ``os.getloadavg()`` before and
+after each case and the thread count are printed and kept.
 A second subprocess per (case, N) runs the gram engine once and reports its peak RSS
 (resource.getrusage ru_maxrss: torch allocations are invisible to tracemalloc).
 
     python scripts/bench_ntk.py                          # all cases
-    python scripts/bench_ntk.py --cases resnet18_cifar --repeat 3
+    python scripts/bench_ntk.py --cases wrn28_2,wrn --repeat 3 --no-mem
     python scripts/bench_ntk.py --vs-nt ~/nt-venv/bin/python   # + neural-tangents (mlp, cnn)
     python scripts/bench_ntk.py --device cuda --sizes resnet18_cifar:128,1024,4096
 
 On CUDA every timed call ends with torch.cuda.synchronize(), the GEMM rate is that of an fp32
-8192^3 matmul (TF32 off, torch's default) and peak memory is torch.cuda.max_memory_allocated.
+8192^3 matmul (TF32 off, torch's default), only wall times are kept and peak memory is
+torch.cuda.max_memory_allocated.
 
 ``--vs-nt PYTHON`` runs the same MLP / CNN with neural-tangents' structured-derivatives pNTK
 (JAX, jit, float32, warm-up call at full size) in that interpreter; it is skipped with a message
 when the interpreter or neural_tangents is missing (see docs/ntk_bench.md for the venv recipe).
-The machine may be shared: the load average is printed before and after every case.
 """
 from __future__ import annotations
 
@@ -44,6 +54,8 @@ CASES = {
     "resnet18_cifar": ("resnet18_cifar", (3, 32, 32), [(16, True), (32, True), (64, True),
                                                        (128, False)]),
     "wrn28_2": ("wrn28_2", (3, 32, 32), [(64, True), (128, False)]),
+    "wrn": ("wrn", (3, 32, 32), [(32, True), (64, False)]),
+    "wrn2": ("wrn2", (3, 32, 32), [(32, False)]),
 }
 
 
@@ -68,14 +80,18 @@ def build(name: str):
         return models.resnet18_32((3, 32, 32), 10)
     if name == "wrn28_2":  # WRN-28-2: 4 blocks per group, widths 32/64/128
         return models.WideResNet((3, 32, 32), 10, width=128, blocks=4)
+    if name in ("wrn", "wrn2"):  # the look-ahead paper's: widths 160/320/640, 1 or 2 blocks
+        return models.build_model("wide_resnet" if name == "wrn" else "wide_resnet2", (3, 32, 32), 10)
     raise SystemExit(f"unknown case {name}")
 
 
 def gemm_rate(torch, device: str = "cpu") -> float:
+    """fp32 GEMM flops per second: best of 3 square matmuls (2048 on the CPU, timed in this
+    thread's CPU time; 8192 on CUDA, wall clock)."""
     size = 8192 if device == "cuda" else 2048
     a = torch.randn(size, size, device=device)
     a @ a
-    best = min(_timed(lambda: a @ a) for _ in range(3))
+    best = min(_timed2(lambda: a @ a)[0 if device == "cuda" else 1] for _ in range(3))
     return 2 * size ** 3 / best
 
 
@@ -87,11 +103,16 @@ def _sync() -> None:
 
 
 def _timed(fn) -> float:
+    return _timed2(fn)[0]
+
+
+def _timed2(fn) -> tuple[float, float]:
+    """(wall seconds, this thread's CPU seconds) of ``fn()``."""
     _sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     fn()
     _sync()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.thread_time() - c0
 
 
 def fwd_bwd(model, x) -> None:
@@ -99,6 +120,29 @@ def fwd_bwd(model, x) -> None:
 
     params = [p for p in model.parameters() if p.requires_grad]
     torch.autograd.grad(model(x).sum(), params)
+
+
+def gram_flops(model, x) -> dict:
+    """Flops of the cheapest exact pNTK Gram of x with itself (module docstring): per layer of
+    the engine's plan the smaller of 2 N^2 P_layer (materialized) and 2 N^2 T^2 g (d_in + d_out)
+    (factored, Novak et al. 2022 Sec. 3), plus 2 N^2 P for the torch.func fallback; and the
+    flops of the materialized columns alone as the engine's plan chose them."""
+    from entk_al.models import eval_mode
+    from entk_al.ntk import common, gram
+
+    n = len(x)
+    with eval_mode(model):
+        V, full = common.directions("pntk", common.n_outputs(model, x), x.device, x.dtype)
+        plan = gram.build_plan(model, common.trainable(model), x, V, n, full)
+    cheapest = 2 * n * n * sum(p.numel() for p in plan.fallback.values())
+    for lp in plan.layers:
+        size = sum(getattr(lp.mod, nm).numel() for nm in lp.names)
+        mat = 2 * n * n * size
+        if lp.dims is not None and lp.dims[4] is None:
+            T, g, di, do, _ = lp.dims
+            mat = min(mat, 2 * n * n * T * T * g * (di + ("bias" in lp.names) + do))
+        cheapest += mat
+    return {"gram_flops": cheapest, "mat_flops": 2 * n * n * plan.mat_width()}
 
 
 def worker_time(name: str, n: int, jac: bool, threads: int, repeat: int, device: str = "cpu") -> dict:
@@ -113,6 +157,7 @@ def worker_time(name: str, n: int, jac: bool, threads: int, repeat: int, device:
     P = sum(p.numel() for p in model.parameters() if p.requires_grad)
     pntk(model, x[:4])  # warm-up: kernels, allocator
     runs = {"gram": [], "jacobian": [], "fwd_bwd": []}
+    cpu = {"gram": [], "jacobian": [], "fwd_bwd": []}
     rate = gemm_rate(torch, device)
     sums = {}
     peak = {}
@@ -120,21 +165,32 @@ def worker_time(name: str, n: int, jac: bool, threads: int, repeat: int, device:
         torch.cuda.reset_peak_memory_stats()
         pntk(model, x, method="gram")
         peak["gram_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+
+    def timed(key, fn):
+        w, c = _timed2(fn)
+        runs[key].append(w)
+        cpu[key].append(c)
+
     for _ in range(repeat):  # interleaved, so that every method sees similar load
-        runs["gram"].append(_timed(lambda: sums.__setitem__(
-            "gram", float(pntk(model, x, method="gram").double().sum()))))
+        timed("gram", lambda: sums.__setitem__("gram", float(pntk(model, x, method="gram").double().sum())))
         if jac:
-            runs["jacobian"].append(_timed(lambda: sums.__setitem__(
-                "jacobian", float(pntk(model, x, method="jacobian").double().sum()))))
+            timed("jacobian", lambda: sums.__setitem__(
+                "jacobian", float(pntk(model, x, method="jacobian").double().sum())))
         with eval_mode(model):
-            runs["fwd_bwd"].append(_timed(lambda: fwd_bwd(model, x)))
+            timed("fwd_bwd", lambda: fwd_bwd(model, x))
     out = {"case": name, "n": n, "params": P, "gemm_gflops": rate / 1e9, "runs": runs,
-           "threads": threads, "device": device, **peak}
+           "threads": threads, "device": device, **peak, **gram_flops(model, x)}
     if device == "cuda":
         out["gpu"] = torch.cuda.get_device_name()
+    else:
+        out["cpu_runs"] = cpu
+        out["cpu"] = {k: min(v) for k, v in cpu.items() if v}
     best = {k: min(v) for k, v in runs.items() if v}
     out.update(best)
-    out["floor"] = best["fwd_bwd"] + 2 * n * n * P / rate
+    out["gram_s"] = out["gram_flops"] / rate
+    out["bound"] = best["fwd_bwd"] + out["gram_s"]
+    if "cpu" in out:
+        out["cpu"]["bound"] = out["cpu"]["fwd_bwd"] + out["gram_s"]
     if jac:
         out["rel_diff"] = abs(sums["gram"] - sums["jacobian"]) / max(abs(sums["jacobian"]), 1e-30)
     return out
@@ -257,8 +313,7 @@ def run_nt(python: str, case: str, n: int, threads: int = 1) -> dict:
 
 
 def loadavg() -> str:
-    with open("/proc/loadavg") as fh:
-        return " ".join(fh.read().split()[:3])
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def main() -> None:
@@ -318,20 +373,28 @@ def main() -> None:
     for r in rows:
         if "skip" in r.get("nt", {}):
             print(f"neural-tangents skipped for {r['case']}: {r['nt']['skip']}")
-    print("\n| case | N | P | gram (s) | torch.func (s) | func/gram | floor (s) | gram/floor "
-          "| peak mem (MiB) | NT SD (s) | NT/gram | loadavg |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\nTimes: min over the runs; on the CPU the thread's CPU time, wall clock in brackets. "
+          "bound = fwd+bwd + cheapest exact Gram flops / GEMM rate.")
+    print("\n| case | N | P | threads | gram (s) | fwd+bwd (s) | Gram at R (s) | gram/fwd+bwd | gram/bound "
+          "| gram/bound (wall) | torch.func (s) | func/gram | peak mem (MiB) | NT SD (s) | NT/gram | loadavg |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        jac = f"{r['jacobian']:.2f}" if "jacobian" in r else "-"
-        ratio = f"{r['jacobian'] / r['gram']:.1f}x" if "jacobian" in r else "-"
+        t = r.get("cpu", r)  # CPU times where measured, else wall
+
+        def both(key, t=t, r=r):
+            return f"{t[key]:.2f}" + (f" ({r[key]:.2f})" if t is not r else "")
+
+        jac = both("jacobian") if "jacobian" in r else "-"
+        ratio = f"{t['jacobian'] / t['gram']:.1f}x" if "jacobian" in r else "-"
         mem = f"{r['mem']['peak_mib']:.0f}" if "mem" in r else (
             f"{r['gram_peak_mib']:.0f}" if "gram_peak_mib" in r else "-")
         nt = r.get("nt", {})
         nts = f"{nt['seconds']:.2f}" if "seconds" in nt else "-"
         ntr = f"{nt['seconds'] / r['gram']:.1f}x" if "seconds" in nt else "-"
-        print(f"| {r['case']} | {r['n']} | {r['params'] / 1e6:.2f}M | {r['gram']:.2f} | {jac} "
-              f"| {ratio} | {r['floor']:.2f} | {r['gram'] / r['floor']:.2f} | {mem} | {nts} "
-              f"| {ntr} | {r['load']} |")
+        print(f"| {r['case']} | {r['n']} | {r['params'] / 1e6:.2f}M | {r['threads']} | {both('gram')} "
+              f"| {both('fwd_bwd')} | {r['gram_s']:.3f} | {t['gram'] / t['fwd_bwd']:.2f} "
+              f"| {t['gram'] / t['bound']:.2f} | {r['gram'] / r['bound']:.2f} | {jac} | {ratio} | {mem} "
+              f"| {nts} | {ntr} | {r['load']} |")
     print("\nGEMM rate (GFLOP/s, per worker): "
           + ", ".join(f"{r['case']}/{r['n']}: {r['gemm_gflops']:.0f}" for r in rows))
     if a.json:

@@ -1,4 +1,6 @@
 """Exactness of the NTK engines against an independent torch.func brute force (float64)."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -406,32 +408,273 @@ def test_long_float32_contractions_keep_float64_accuracy():
     torch.testing.assert_close(out[0].double(), ref + 1, rtol=1e-5, atol=0)
 
 
-def test_shifted_view_conv_form_matches_brute_force(monkeypatch):
-    """The im2col-free per-sample conv gradients (layers.conv_shift_materialize), forced onto
-    small convolutions: kernels 3x3 / 5x5 / 1x1 / 3x1, symmetric and asymmetric padding, with
-    and without bias, against the float64 brute-force eNTK, the pNTK and a 2-row tiling."""
+@pytest.mark.parametrize("conv", ["shift", "grouped", "im2col"])
+def test_conv_materialized_forms_match_brute_force(conv, monkeypatch):
+    """Each way of materializing per-sample conv gradients (layers.conv_shift_materialize,
+    layers.conv_grouped_materialize, im2col + bmm), forced onto small convolutions: kernels
+    3x3 / 5x5 / 1x1 / 3x1, symmetric and asymmetric padding, with and without bias, a stride-2
+    conv (no shift form: it keeps im2col), against the float64 brute-force eNTK, the pNTK and a
+    2-row tiling."""
     monkeypatch.setattr(layers, "FORCE_FORM", "materialized")
-    monkeypatch.setattr(layers, "SHIFT_MIN_T", 1)
-    monkeypatch.setattr(layers, "SHIFT_MIN_C", 1)
+    monkeypatch.setattr(layers, "FORCE_CONV", conv)
     torch.manual_seed(3)
     m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 4, 5, padding=2, bias=False),
                       nn.Tanh(), nn.Conv2d(4, 3, 1), nn.Tanh(), nn.Conv2d(3, 2, (3, 1), padding=(1, 0)),
-                      nn.Tanh(), nn.Conv2d(2, 2, 3, padding=0), nn.Flatten(), nn.Linear(2 * 5 * 4, 3)).double()
+                      nn.Tanh(), nn.Conv2d(2, 2, 3, padding=0), nn.Tanh(), nn.Conv2d(2, 3, 3, stride=2, padding=1),
+                      nn.Flatten(), nn.Linear(3 * 3 * 2, 3)).double()
     calls = []
-    real = layers.conv_shift_materialize
-    monkeypatch.setattr(layers, "conv_shift_materialize", lambda *a: calls.append(a[0]) or real(*a))
+    for name in ("conv_shift_materialize", "conv_grouped_materialize"):
+        real = getattr(layers, name)
+        monkeypatch.setattr(layers, name, lambda *a, real=real, name=name: calls.append((name, a[0])) or real(*a))
     x1, x2 = torch.randn(4, 2, 7, 6, dtype=torch.float64), torch.randn(3, 2, 7, 6, dtype=torch.float64)
     check_all(m, x1, x2, methods=("gram",))
     check_all(m, x1, tile=2, methods=("gram",))
-    assert {id(c) for c in calls} == {id(c) for c in m if isinstance(c, nn.Conv2d)}
-    # thresholds: a strided, dilated or grouped conv, or a small one, keeps im2col
-    monkeypatch.setattr(layers, "SHIFT_MIN_T", 1024)
-    monkeypatch.setattr(layers, "SHIFT_MIN_C", 32)
-    x = torch.randn(1, 32, 32, 32)
-    assert layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1), x)
-    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1), x[:, :16])
-    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1, stride=2), x)
-    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1, dilation=2), x)
-    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1, groups=2), x)
-    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1, padding_mode="reflect"), x)
-    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1), x[..., :16, :16])
+    convs = [c for c in m if isinstance(c, nn.Conv2d)]
+    want = {"shift": convs[:-1], "grouped": convs, "im2col": []}[conv]
+    assert {id(c) for _, c in calls} == {id(c) for c in want}
+    assert {n for n, _ in calls} <= {f"conv_{conv}_materialize"}
+
+
+def test_conv_form_rule():
+    """Without FORCE_CONV: the CPU rule of layers.conv_form (grouped for narrow layers with
+    many positions, shifted views for stride-1 wide ones, im2col otherwise); shapes that no
+    special form handles keep im2col."""
+    x32 = torch.randn(1, 32, 32, 32)
+    form = layers.conv_form
+    assert form(nn.Conv2d(32, 64, 3, padding=1), x32) == "grouped"  # WRN-28-2 stage 1
+    assert form(nn.Conv2d(32, 64, 3, padding=1, stride=2), x32) == "grouped"  # 16x16 out
+    assert form(nn.Conv2d(128, 128, 3, padding=1), torch.randn(1, 128, 8, 8)) == "im2col"
+    assert form(nn.Conv2d(160, 160, 3, padding=1), torch.randn(1, 160, 32, 32)) == "shift"
+    assert form(nn.Conv2d(640, 640, 3, padding=1), torch.randn(1, 640, 8, 8)) == "shift"
+    assert form(nn.Conv2d(320, 640, 3, padding=1, stride=2), torch.randn(1, 320, 16, 16)) == "im2col"
+    assert form(nn.Conv2d(16, 160, 3, padding=1), torch.randn(1, 16, 32, 32)) == "im2col"
+    for odd in (nn.Conv2d(32, 8, 3, padding=1, dilation=2, stride=2, groups=2),
+                nn.Conv2d(32, 8, 3, padding=1, padding_mode="reflect"), nn.Conv2d(32, 8, 3, padding="same")):
+        assert form(odd, x32) == "im2col"
+    assert not layers.shift_ok(nn.Conv2d(32, 8, 3, padding=1, stride=2), x32, thresholds=False)
+
+
+class ConvBN(nn.Module):
+    """Conv -> BN directly (biased and unbiased convs), a ReLU(inplace) and a residual +=
+    (outputs modified in place), Linear -> BatchNorm1d, a BatchNorm after a sum (not foldable)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 3, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(3)
+        self.c2 = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(3)
+        self.b3 = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3 * 6 * 5, 5)
+        self.b4 = nn.BatchNorm1d(5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.relu_(self.b1(self.c1(x)))
+        r = self.b2(self.c2(h))
+        r += h
+        h = torch.tanh(self.b3(r))
+        return self.out(torch.tanh(self.b4(self.fc(h.flatten(1)))))
+
+
+def _trained_convbn():
+    torch.manual_seed(11)
+    m = ConvBN().double()
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):
+            m(torch.randn(16, 2, 6, 5, dtype=torch.float64) * 2 + 1)  # running stats away from 0 / 1
+        for bn in (m.b1, m.b2, m.b3, m.b4):
+            bn.weight.uniform_(0.5, 1.5).mul_(torch.sign(torch.randn_like(bn.weight)))
+            bn.bias.normal_()
+    return m
+
+
+@pytest.mark.parametrize("conv", ["shift", "grouped", "im2col"])
+def test_batchnorm_fold_and_inplace_clones_match_brute_force(conv, monkeypatch):
+    """BatchNorm weight gradients folded into the materialized gradient of the conv / linear
+    they normalize (layers.bn_fold_weight), for each column order of the conv's gradient;
+    outputs cloned only where the forward modifies them in place; float64 brute force."""
+    monkeypatch.setattr(layers, "FORCE_FORM", "materialized")
+    monkeypatch.setattr(layers, "FORCE_CONV", conv)
+    monkeypatch.setattr(gram, "FOLD_MAX_DI_PER_T", 10**9)
+    m = _trained_convbn()
+    x1, x2 = torch.randn(5, 2, 6, 5, dtype=torch.float64), torch.randn(3, 2, 6, 5, dtype=torch.float64)
+    folds = []
+    real = layers.bn_fold_weight
+    monkeypatch.setattr(layers, "bn_fold_weight", lambda lin, bn, *a, **k: folds.append(bn) or real(lin, bn, *a, **k))
+    check_all(m, x1, x2, methods=("gram",))
+    check_all(m, x1, tile=2, methods=("gram",))
+    plan = _plan(m, x1)
+    by_mod = {id(lp.mod): lp for lp in plan.layers}
+    assert not plan.fallback and len(plan.layers) == 8
+    assert [by_mod[id(b)].fold for b in (m.b1, m.b2, m.b3, m.b4)] == [True, True, False, True]
+    assert {id(b) for b in folds} >= {id(m.b1), id(m.b2), id(m.b4)} and id(m.b3) not in {id(b) for b in folds}
+    # ReLU(inplace) rewrites b1's output, += rewrites b2's: only those are cloned
+    names = ("c1", "b1", "c2", "b2", "b3", "fc", "b4", "out")
+    assert {n for n in names if by_mod[id(getattr(m, n))].clone_out} == {"b1", "b2"}
+
+
+def test_batchnorm_fold_skips_zero_weights(monkeypatch):
+    """A BatchNorm weight with a zero entry cannot be folded (the fold divides by it): that
+    BatchNorm keeps the direct form and the kernel stays exact."""
+    monkeypatch.setattr(layers, "FORCE_FORM", "materialized")
+    monkeypatch.setattr(gram, "FOLD_MAX_DI_PER_T", 10**9)
+    m = _trained_convbn()
+    with torch.no_grad():
+        m.b2.weight[1] = 0.0
+    x = torch.randn(4, 2, 6, 5, dtype=torch.float64)
+    check_all(m, x, methods=("gram",))
+    by_mod = {id(lp.mod): lp for lp in _plan(m, x).layers}
+    assert by_mod[id(m.b1)].fold and not by_mod[id(m.b2)].fold
+
+
+class Gated(nn.Module):
+    """``lin.weight`` also used functionally behind a gate initialized at 0: at initialization
+    that use contributes no gradient, so the probe's check passes; after training it does."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 3)
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        return self.out(h) + self.gate * nn.functional.linear(h, self.lin.weight)[:, :3]
+
+
+def test_plan_cache_reuses_the_probe_and_reprobes_on_any_change(monkeypatch):
+    """The 4-sample probe runs once per (model, key); a changed trainable set, dtype, input
+    shape or any weight re-probes. Weights must re-probe: a plan probed with the gate at 0
+    treats lin.weight as hook-only, which is wrong once the gate is non-zero."""
+    gram.clear_plan_cache()
+    probes = []
+    real = gram._probe
+    monkeypatch.setattr(gram, "_probe", lambda *a: probes.append(1) or real(*a))
+    torch.manual_seed(12)
+    m = Gated().double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    ref = brute_entk(m, x).sum((2, 3)) / 3
+    close(pntk(m, x), ref)
+    close(pntk(m, x, tile_size=2), ref)
+    close(pntk(m, x[:3], x), ref[:3])
+    assert len(probes) == 1
+    stale = _plan(m, x)  # probed with the gate at 0: lin is in the engine
+    assert "lin.weight" not in stale.fallback and len(probes) == 1
+    with torch.no_grad():
+        m.gate.fill_(0.7)  # a weight update (in place, like an optimizer step)
+    ref = brute_entk(m, x).sum((2, 3)) / 3
+    close(pntk(m, x), ref)
+    assert len(probes) == 2 and "lin.weight" in _plan(m, x).fallback
+    from entk_al.ntk import common
+    with common.eval_mode(m):
+        V = torch.full((1, 3), 3 ** -0.5, dtype=torch.float64)
+        f = gram.tile_features(stale, m, x, V, None)
+        wrong = gram.pair(f, f, True)[0, 0]
+    assert (wrong - ref).abs().max() > 1e-3 * ref.abs().max()  # the stale plan is wrong
+    m.out.weight.requires_grad_(False)
+    frozen = pntk(m, x)
+    assert len(probes) == 3
+    close(frozen, ref - _out_weight_share(m, x))
+    m.out.weight.requires_grad_(True)
+    close(pntk(m, x), ref)
+    assert len(probes) == 3  # back to a key probed before
+    m.float()
+    pntk(m, x)
+    assert len(probes) == 4
+
+
+def _out_weight_share(m, x):
+    """pNTK share of ``out.weight``: (1/O) sum over outputs of h h'^T (a Linear readout)."""
+    with torch.no_grad():
+        h = torch.tanh(m.lin(x))
+    return h @ h.T
+
+
+class InplaceOnBigInputs(nn.Module):
+    """Multiplies the first layer's output by 1 in place only when an input exceeds 3: the
+    4-sample probe (small inputs) does not see it, a later tile does."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        if bool((x.abs() > 3).any()):
+            h.mul_(1.0)
+        return self.out(torch.tanh(h))
+
+
+def test_tile_that_differs_from_the_probe_falls_back_exactly():
+    """A tile whose forward modifies an output in place that the probe saw untouched raises
+    PlanMismatch inside the engine, which recomputes the kernel with every hooked tensor
+    copied: exact, with a warning."""
+    gram.clear_plan_cache()
+    torch.manual_seed(13)
+    m = InplaceOnBigInputs().double()
+    x = torch.randn(6, 3, dtype=torch.float64).clamp(-1, 1)
+    x[5, 0] = 5.0
+    ref = brute_entk(m, x).sum((2, 3)) / 2
+    with pytest.warns(RuntimeWarning, match="modified in place in this tile.*copied"):
+        got = pntk(m, x, tile_size=2)
+    close(got, ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        close(pntk(m, x[:4]), ref[:4, :4])  # re-probed after the mismatch, no warning
+
+
+def test_reduced_precision_gram():
+    """precision="bf16": float32 result within bf16 rounding of the exact kernel; "tf32" needs
+    CUDA; bad values and the jacobian method are refused."""
+    torch.manual_seed(14)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(4 * 6 * 6, 3))
+    x1, x2 = torch.randn(5, 2, 6, 6), torch.randn(3, 2, 6, 6)
+    for kind in ("pntk", "entk"):
+        exact = kernel(m, x1, x2, kind=kind)
+        low = kernel(m, x1, x2, kind=kind, precision="bf16")
+        assert low.dtype == torch.float32 and low.shape == exact.shape
+        rel = ((low - exact).norm() / exact.norm()).item()
+        assert 0 < rel < 2e-2
+    sym = pntk(m, x1, precision="bf16")
+    assert torch.equal(sym, sym.T)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            pntk(m, x1, precision="tf32")
+    with pytest.raises(ValueError, match="precision"):
+        pntk(m, x1, precision="fp8")
+    with pytest.raises(ValueError, match="gram engine"):
+        pntk(m, x1, method="jacobian", precision="bf16")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", [None, "materialized"])
+def test_wide_resnet_exact(form, monkeypatch):
+    """The look-ahead paper's WideResNet (entk_al.models "wide_resnet": width 640, one block per
+    group, 7.4M parameters), float64, non-trivial BatchNorm statistics and weights, against
+    per-sample autograd gradients: default forms (with the CPU's grouped / shifted conv forms
+    and BatchNorm folds) and everything materialized; cross, symmetric, tiles of 2."""
+    from entk_al.models import build_model
+
+    monkeypatch.setattr(layers, "FORCE_FORM", form)
+    m = build_model("wide_resnet", (3, 32, 32), 10, seed=15).double()
+    m.train()
+    with torch.no_grad():
+        m(torch.randn(8, 3, 32, 32, dtype=torch.float64) + 0.5)
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.normal_(0, 0.1)
+    torch.manual_seed(16)
+    x1 = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    x2 = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    ref = _pntk_brute_autograd(m, x1, torch.cat([x1, x2]))
+    close(pntk(m, x1, x2, method="gram"), ref[:, 4:])
+    close(pntk(m, x1, method="gram", tile_size=2), ref[:, :4])
+    plan = _plan(m, x1)
+    assert not plan.fallback and not any(lp.clone_out or lp.clone_in for lp in plan.layers)
+    assert any(lp.fold for lp in plan.layers)
+    assert m.training

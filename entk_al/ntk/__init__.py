@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import common, jacobian
+from . import common, gram, jacobian
 from .features import FeatureKernel
 from .tiling import tiled_kernel
 
@@ -35,6 +35,7 @@ def kernel(
     batch_size: int | None = None,
     tile_size: int | None = None,
     params: Any = "trainable",
+    precision: str = "full",
 ) -> torch.Tensor:
     """Empirical NTK-type kernel between two sets of inputs, over the parameters ``params``.
 
@@ -71,13 +72,26 @@ def kernel(
             ``requires_grad``), ``"all"``, ``"last:N"`` (the last N modules with parameters) or
             a list of parameter-name prefixes. A subset gives the NTK of the network linearized
             in those parameters only: what a fine-tuning run that trains only them changes.
+        precision: arithmetic of the Gram products (the per-sample gradients are always
+            computed in the model dtype):
+            "full" (default): exact in the model dtype.
+            "tf32" (CUDA only): float32 GEMMs on TF32 tensor cores (10-bit mantissa inputs,
+                float32 accumulation).
+            "bf16": features stored in bfloat16 (half the feature memory), products
+                accumulated in float32 (on the CPU: oneDNN's bfloat16 GEMM, whose partial
+                products over 65536 columns are summed in float64). Only fast where the
+                hardware has bfloat16 units (GPUs, CPUs with AMX / AVX-512 BF16); on an
+                AVX2-only CPU it is several times slower than "full".
+            Reduced precision trades exactness for speed: docs/ntk_bench.md reports the
+            kernel's relative error and the look-ahead selection's overlap with "full".
     Returns:
         Tensor in the model dtype on the model device (float64 for float64 models).
     Raises:
-        ValueError: unknown kind/method, bad sizes, empty input, x1/x2 feature-shape mismatch,
-            model without trainable parameters, a model whose forward returns no tensor (a
-            tuple or dict: "model must return an (N, O) tensor"), ``params`` that match no
-            parameter.
+        ValueError: unknown kind/method/precision, bad sizes, empty input, x1/x2 feature-shape
+            mismatch, model without trainable parameters, a model whose forward returns no
+            tensor (a tuple or dict: "model must return an (N, O) tensor"), ``params`` that
+            match no parameter, precision "tf32" off CUDA, a reduced precision with method
+            "jacobian".
     """
     common.check_kind_method(kind, method)
     common.check_sizes(batch_size, tile_size)
@@ -87,18 +101,19 @@ def kernel(
         x1, x2 = common.prepare_inputs(model, x1, x2)
         chosen = common.select_params(model, params)
         with common.differentiating(model, chosen):
-            return _kernel(model, x1, x2, kind, method, batch_size, tile_size, chosen).detach()
+            return _kernel(model, x1, x2, kind, method, batch_size, tile_size, chosen,
+                           precision).detach()
 
 
-def _kernel(model, x1, x2, kind, method, batch_size, tile_size, params) -> torch.Tensor:
+def _kernel(model, x1, x2, kind, method, batch_size, tile_size, params, precision) -> torch.Tensor:
     device, dtype = common.model_device_dtype(model)
+    gram.check_precision(precision, device, method)
     with common.eval_mode(model):
         n_out = _n_outputs(model, x1)
         V, full = common.directions(kind, n_out, device, dtype)
         if method in ("auto", "gram"):
-            from . import gram
-
-            blocks = gram.gram_blocks(model, params, x1, x2, V, full, batch_size, tile_size)
+            blocks = gram.gram_blocks(model, params, x1, x2, V, full, batch_size, tile_size,
+                                      precision)
         else:
             P = sum(p.numel() for p in params.values())
             tile = tile_size or jacobian.default_tile(P, V.shape[0], V.element_size())
@@ -119,7 +134,8 @@ def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def pntk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int | None = None,
-         tile_size: int | None = None, params: Any = "trainable") -> torch.Tensor:
+         tile_size: int | None = None, params: Any = "trainable",
+         precision: str = "full") -> torch.Tensor:
     """Sum-of-logits pseudo-NTK, shape (N1, N2): (1/O) 1^T Theta(x, x') 1
     (Mohamadi et al. 2022, arXiv 2206.12543, eq. 3). See :func:`kernel` for arguments/errors.
 
@@ -131,13 +147,15 @@ def pntk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int
         batch_size: vmap chunk size of the jacobian path, or None.
         tile_size: samples per kernel tile, or None for the default.
         params: parameters differentiated (see :func:`kernel`).
+        precision: ``full`` (exact, default), ``tf32`` or ``bf16`` Gram products (see :func:`kernel`).
     """
     return kernel(model, x1, x2, kind="pntk", method=method, batch_size=batch_size,
-                  tile_size=tile_size, params=params)
+                  tile_size=tile_size, params=params, precision=precision)
 
 
 def entk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int | None = None,
-         tile_size: int | None = None, params: Any = "trainable") -> torch.Tensor:
+         tile_size: int | None = None, params: Any = "trainable",
+         precision: str = "full") -> torch.Tensor:
     """Full empirical NTK, shape (N1, N2, O, O): Theta(x, x')_{kl} = <grad f_k(x), grad f_l(x')>
     (Jacot et al. 2018, eq. 3). See :func:`kernel` for arguments/errors.
 
@@ -149,6 +167,7 @@ def entk(model: nn.Module, x1, x2=None, *, method: str = "auto", batch_size: int
         batch_size: vmap chunk size of the jacobian path, or None.
         tile_size: samples per kernel tile, or None for the default.
         params: parameters differentiated (see :func:`kernel`).
+        precision: ``full`` (exact, default), ``tf32`` or ``bf16`` Gram products (see :func:`kernel`).
     """
     return kernel(model, x1, x2, kind="entk", method=method, batch_size=batch_size,
-                  tile_size=tile_size, params=params)
+                  tile_size=tile_size, params=params, precision=precision)

@@ -56,6 +56,10 @@ class Exact:
     def tensors(self):
         return [t for t in (self.G, self.A, self.ids) if t is not None]
 
+    def to(self, dtype: torch.dtype) -> Exact:
+        """The same features with G and A in ``dtype`` (ids unchanged)."""
+        return Exact(G=self.G.to(dtype), A=None if self.A is None else self.A.to(dtype), ids=self.ids)
+
     def rows(self, r) -> Exact:
         """The same features for the samples ``r`` (a slice: views; an int64 index tensor: copies)."""
         if isinstance(r, slice) and r == slice(None):
@@ -81,25 +85,32 @@ class Exact:
                 and self.A.shape[2] * self.A.shape[3] >= min_dim)
 
     def aa(self, other: Exact, rows: slice) -> torch.Tensor:
-        """(n_c, T, m, S, g) input inner products."""
+        """(n_c, T, m, S, g) input inner products (float32 for bfloat16 features)."""
         if self.ids is not None:
             eq = self.ids[rows, :, None, None] == other.ids[None, None]
-            return eq.to(self.G.dtype).unsqueeze(-1)
-        return torch.einsum("ntgi,msgi->ntmsg", self.A[rows], other.A)
+            return eq.to(_wide(self.G.dtype)).unsqueeze(-1)
+        return _f32(torch.einsum("ntgi,msgi->ntmsg", self.A[rows], other.A))
 
     def pair(self, other: Exact, full: bool) -> torch.Tensor:
+        """Kernel block (K, K, n, m) if ``full`` else (K, n, m) of this layer between two tiles,
+        by (*) of the module docstring; bfloat16 features give a float32 block.
+
+        Args:
+            other: the column tile's features of the same layer.
+            full: True for all K x K direction pairs.
+        """
         K, n, T, g, _ = self.G.shape
         m, S = other.G.shape[1], other.G.shape[2]
         if T == 1 and S == 1 and self.ids is None:
             return _pair_t1(self.A[:, 0], self.G[:, :, 0], other.A[:, 0], other.G[:, :, 0], full)
-        out = self.G.new_zeros((K, K, n, m) if full else (K, n, m))
+        out = self.G.new_zeros((K, K, n, m) if full else (K, n, m), dtype=_wide(self.G.dtype))
         step = max(1, EXACT_CHUNK_ELEMS // max(1, m * T * S * g))
         for r0 in range(0, n, step):
             r = slice(r0, min(n, r0 + step))
             aa = self.aa(other, r)
             for k in range(K):
                 for j in (range(K) if full else (k,)):
-                    gg = torch.einsum("ntgo,msgo->ntmsg", self.G[k, r], other.G[j])
+                    gg = _f32(torch.einsum("ntgo,msgo->ntmsg", self.G[k, r], other.G[j]))
                     v = gg.mul_(aa).sum(dim=(1, 3, 4))
                     if full:
                         out[k, j, r] = v
@@ -108,20 +119,30 @@ class Exact:
         return out
 
 
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float32 for bfloat16, else the dtype itself."""
+    return torch.float32 if dtype == torch.bfloat16 else dtype
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype == torch.bfloat16 else t
+
+
 def _pair_t1(a1, g1, a2, g2, full):
     """a (N, g, di), g (K, N, g, do): sum_g (a1 a2^T) o (g1 g2^T)."""
     if a1.shape[1] == 1:
-        aa = a1[:, 0] @ a2[:, 0].T
+        aa = _f32(a1[:, 0] @ a2[:, 0].T)
         if g1.shape[0] == 1:  # K = 1: two mm and a Hadamard product
-            gg = g1[0, :, 0] @ g2[0, :, 0].T
+            gg = _f32(g1[0, :, 0] @ g2[0, :, 0].T)
             gg.mul_(aa)
             return gg.view((1, 1) + gg.shape if full else (1,) + gg.shape)
         if full:
             gg = torch.einsum("kno,lmo->klnm", g1[:, :, 0], g2[:, :, 0])
         else:
             gg = torch.bmm(g1[:, :, 0], g2[:, :, 0].transpose(1, 2))
-        return gg.mul_(aa)
-    aa = torch.einsum("ngi,mgi->nmg", a1, a2)
+        return _f32(gg).mul_(aa)
+    aa = _f32(torch.einsum("ngi,mgi->nmg", a1, a2))
+    g1, g2 = _f32(g1), _f32(g2)
     if full:
         return torch.einsum("kngo,lmgo,nmg->klnm", g1, g2, aa)
     return torch.einsum("kngo,kmgo,nmg->knm", g1, g2, aa)
@@ -283,30 +304,123 @@ def linear_materialize(A, ids, G, n_emb, out=None):
     return out
 
 
-#: The shifted-view form of :func:`conv_shift_materialize` is used for stride-1 convolutions
-#: with at least this many output positions and input channels. Measured on one CPU thread
-#: (scripts in docs/ntk_bench.md): 2.1x faster than im2col + bmm at 32x32 with 64 channels,
-#: 1.1x at 14x14, 0.8x at 16x16 with 128 channels (9 small GEMMs lose to one wide one there).
-SHIFT_MIN_T = 1024
+#: Which of the three exact ways of materializing a Conv2d's per-sample weight gradients
+#: :func:`conv_form` picks, on the CPU (thresholds measured with one thread, CPU time, N = 32 and
+#: 64, shapes of ResNet-18-CIFAR and the WideResNets; table in docs/ntk_bench.md):
+#:   "grouped"  the weight gradient of one convolution with the batch folded into groups
+#:              (:func:`conv_grouped_materialize`): as fast as the batched weight gradient for
+#:              C_in <= 64, C_out <= 128 and >= 256 output positions; 3-8x slower than the other
+#:              forms for wide layers (mkldnn runs one small kernel per group there).
+#:   "shift"    nine bmm on shifted views of the padded input (:func:`conv_shift_materialize`):
+#:              stride 1, C_in >= 32 and C_in x positions >= 16384 (1.2-1.5x faster than
+#:              im2col for 128-640 channels at 8x8 / 16x16, 2x at 32x32; slower at 128 x 8x8).
+#:   "im2col"   one strided copy of the input and one bmm per sample (:func:`linear_materialize`).
+#: On CUDA only "shift" (from 1024 positions and 32 channels, the rule measured on an H200) and
+#: "im2col" are used: the grouped form was not measured there.
+GROUPED_MAX_CIN = 64
+GROUPED_MAX_COUT = 128
+GROUPED_MIN_T = 256
 SHIFT_MIN_C = 32
+SHIFT_MIN_CT = 16384
+SHIFT_MIN_T_CUDA = 1024
+FORCE_CONV: str | None = None  # "grouped" / "shift" / "im2col" where the geometry allows (tests)
 
 
-def shift_ok(mod: nn.Module, inp: torch.Tensor) -> bool:
-    """True when :func:`conv_shift_materialize` applies to this Conv2d call and pays off.
+def _plain_conv2d(mod: nn.Module, inp: torch.Tensor) -> bool:
+    """A plain ``nn.Conv2d`` with one group, zero padding given as numbers, on a 4-d input."""
+    return (type(mod) is nn.Conv2d and mod.groups == 1 and mod.padding_mode == "zeros"
+            and not isinstance(mod.padding, str) and inp.dim() == 4)
+
+
+def _out_hw(mod: nn.Conv2d, inp: torch.Tensor) -> tuple[int, int]:
+    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = mod.kernel_size, mod.padding, mod.stride, mod.dilation
+    return ((inp.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+            (inp.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+
+
+def shift_ok(mod: nn.Module, inp: torch.Tensor, thresholds: bool = True) -> bool:
+    """True when :func:`conv_shift_materialize` applies to this Conv2d call (and, with
+    ``thresholds``, pays off by the rule above).
 
     Args:
         mod: the layer (only a plain ``nn.Conv2d`` with stride 1, dilation 1, one group and
             zero padding qualifies).
-        inp: (N, C, H, W) its input; needs C >= :data:`SHIFT_MIN_C` and at least
-            :data:`SHIFT_MIN_T` output positions.
+        inp: (N, C, H, W) its input.
+        thresholds: also require the size rule (:data:`SHIFT_MIN_C`, :data:`SHIFT_MIN_CT`; on
+            CUDA :data:`SHIFT_MIN_T_CUDA` positions).
     """
-    if type(mod) is not nn.Conv2d or mod.groups != 1 or mod.padding_mode != "zeros":
+    if not _plain_conv2d(mod, inp) or tuple(mod.stride) != (1, 1) or tuple(mod.dilation) != (1, 1):
         return False
-    if tuple(mod.stride) != (1, 1) or tuple(mod.dilation) != (1, 1) or isinstance(mod.padding, str):
+    if not thresholds:
+        return True
+    ho, wo = _out_hw(mod, inp)
+    if inp.is_cuda:
+        return inp.shape[1] >= SHIFT_MIN_C and ho * wo >= SHIFT_MIN_T_CUDA
+    return inp.shape[1] >= SHIFT_MIN_C and inp.shape[1] * ho * wo >= SHIFT_MIN_CT
+
+
+def grouped_ok(mod: nn.Module, inp: torch.Tensor, thresholds: bool = True) -> bool:
+    """True when :func:`conv_grouped_materialize` applies to this Conv2d call (and, with
+    ``thresholds``, pays off: CPU only, C_in <= :data:`GROUPED_MAX_CIN`, C_out <=
+    :data:`GROUPED_MAX_COUT`, at least :data:`GROUPED_MIN_T` output positions).
+
+    Args:
+        mod: the layer (a plain ``nn.Conv2d``: one group, zero padding given as numbers).
+        inp: (N, C, H, W) its input.
+        thresholds: also require the size rule and a CPU tensor.
+    """
+    if not _plain_conv2d(mod, inp):
         return False
-    (kh, kw), (ph, pw) = mod.kernel_size, mod.padding
-    ho, wo = inp.shape[-2] + 2 * ph - kh + 1, inp.shape[-1] + 2 * pw - kw + 1
-    return inp.dim() == 4 and inp.shape[1] >= SHIFT_MIN_C and ho * wo >= SHIFT_MIN_T
+    if not thresholds:
+        return True
+    ho, wo = _out_hw(mod, inp)
+    return (not inp.is_cuda and mod.in_channels <= GROUPED_MAX_CIN
+            and mod.out_channels <= GROUPED_MAX_COUT and ho * wo >= GROUPED_MIN_T)
+
+
+def conv_form(mod: nn.Module, inp: torch.Tensor) -> str:
+    """How to materialize this layer's per-sample weight gradients: ``"grouped"``, ``"shift"``
+    or ``"im2col"`` (the rule above; :data:`FORCE_CONV` overrides it where the geometry allows).
+    Every tile of a layer gets the same form for the same input shape and device, so the
+    columns of a layer are in the same order in every tile.
+
+    Args:
+        mod: a linear-family layer.
+        inp: its input for the tile.
+    """
+    if FORCE_CONV == "grouped" and grouped_ok(mod, inp, thresholds=False):
+        return "grouped"
+    if FORCE_CONV == "shift" and shift_ok(mod, inp, thresholds=False):
+        return "shift"
+    if FORCE_CONV is not None:
+        return "im2col"
+    if grouped_ok(mod, inp):
+        return "grouped"
+    return "shift" if shift_ok(mod, inp) else "im2col"
+
+
+def conv_grouped_materialize(mod: nn.Conv2d, inp: torch.Tensor, G: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradients of a plain Conv2d as the weight gradient of one convolution
+    whose groups are the samples: input (1, N*C, H, W), output gradient (1, N*O, Ho, Wo),
+    groups = N, gives (N*O, C, kh, kw) = dW for every sample, in the weight's own order.
+
+    Args:
+        mod: the Conv2d (see :func:`grouped_ok`).
+        inp: (N, C, H, W) layer input.
+        G: (K, N, O, Ho, Wo) output gradients.
+        out: (K, N, O*C*kh*kw) destination view.
+    """
+    K, N, n_out, Ho, Wo = G.shape
+    n_in = inp.shape[1]
+    xg = inp.reshape(1, N * n_in, *inp.shape[2:])
+    # only the weight's shape is read for a weight-only gradient: a stride-0 stand-in
+    w_like = inp.new_empty(1).expand(N * n_out, n_in, *mod.kernel_size)
+    for k in range(K):
+        dw = torch.ops.aten.convolution_backward(
+            G[k].reshape(1, N * n_out, Ho, Wo), xg, w_like, None, list(mod.stride), list(mod.padding),
+            list(mod.dilation), False, [0, 0], N, [False, True, False])[1]
+        out[k].copy_(dw.view(N, -1))
+    return out
 
 
 def conv_shift_materialize(mod: nn.Conv2d, inp: torch.Tensor, G: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -399,6 +513,50 @@ def norm_materialize(mod, x, G, names):
         return (t.sum(gd) if gd else t).reshape(K, N, -1)
 
     return [red(G * xhat.unsqueeze(0)) if nm == "weight" else red(G) for nm in names]
+
+
+def bn_fold_weight(lin: nn.Module, bn: nn.Module, dw: torch.Tensor, order: str, dbeta: torch.Tensor,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample BatchNorm weight gradients folded into the materialized weight gradients of
+    the layer whose output z the BatchNorm normalizes (eval mode: y = gamma (z - mu) rstd + beta,
+    rstd = 1/sqrt(running_var + eps)).
+
+    With G the gradient at the BatchNorm output, z_c = W_c . a_t + b_c at position t and the
+    layer's gradient dW_c = sum_t gamma_c rstd_c G[c, t] a_t (the chain rule through y):
+
+        dgamma_c = sum_t G[c, t] (z[c, t] - mu_c) rstd_c
+                 = (W_c . dW_c) / gamma_c + rstd_c (b_c - mu_c) dbeta_c,     dbeta_c = sum_t G[c, t],
+
+    one pass over the layer's N*P columns instead of several over the N*C*T activations. Exact
+    for gamma_c != 0; the plan folds only when every gamma_c is non-zero and the probe's summed
+    gradient matched autograd's (gram.build_plan).
+
+    Args:
+        lin: the ungrouped Linear / Conv1d / Conv2d.
+        bn: the BatchNorm (running statistics, eval mode).
+        dw: (K, N, P) the layer's per-sample weight gradients, columns in ``order``.
+        order: ``"weight"`` (the weight's own flattening, (O, ...)) or ``"shift"`` ((kh, kw, O, C),
+            :func:`conv_shift_materialize`).
+        dbeta: (K, N, O) the per-sample BatchNorm bias gradients.
+        out: optional (K, N, O) destination.
+
+    Returns:
+        (K, N, O) per-sample gradients of the BatchNorm weight.
+    """
+    K, N = dw.shape[:2]
+    W = lin.weight.detach()
+    n_out = W.shape[0]
+    if order == "shift":
+        w = W.permute(2, 3, 0, 1).reshape(-1, n_out, W.shape[1])  # (kh*kw, O, C)
+        d = torch.einsum("knpoc,poc->kno", dw.view(K, N, w.shape[0], n_out, -1), w)
+    else:
+        d = torch.einsum("knoj,oj->kno", dw.view(K, N, n_out, -1), W.reshape(n_out, -1))
+    rstd = torch.rsqrt(bn.running_var + bn.eps)
+    shift = -bn.running_mean if lin.bias is None else lin.bias.detach() - bn.running_mean
+    d.div_(bn.weight.detach()).addcmul_(dbeta.reshape(K, N, n_out), rstd * shift)
+    if out is None:
+        return d
+    return out.copy_(d)
 
 
 SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.modules.batchnorm._BatchNorm,
