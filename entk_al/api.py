@@ -38,6 +38,7 @@ from .executor import Executor, make_executor
 from .fileio import write_json, write_jsonl
 from .metrics import aubc
 from .pool import PoolState
+from .run_setup import check_kernel_params
 from .selection import select_round
 
 #: Candidates drawn per round when ``candidates`` is not given (``entk-al run --subset``'s default).
@@ -166,7 +167,8 @@ def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, st
         a :class:`Query`.
 
     Raises:
-        ConfigError: bad ``k``, a model that does not return an (N, O) tensor, a bad strategy spec.
+        ConfigError: bad ``k``, a model that does not return an (N, O) tensor, a bad strategy spec,
+            ``kernel_params`` (a strategy option) that match no parameter of the model.
         LabelError: labeled ids out of range or repeated, labels missing or out of range.
         DataFormatError: pool items that are not tensors/arrays or differ in shape.
         StrategyError: the strategy fails or returns invalid ids.
@@ -188,6 +190,7 @@ def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, st
     elif len(pool) - len(lab) < k:
         raise ConfigError(f"k={k} is more than the {len(pool) - len(lab)} unlabeled ids")
     strat = _strategy(strategy, options)
+    check_kernel_params(strat, model)
     ex, own = _executor(executor, pool, dev)
     devices = [dev] if dev.type == "cuda" else []
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .lookahead import relative_ridge
-from .models import MODELS, build_model, predict
+from .models import MODELS, build_model, predict, user_model_class
 from .ntk import kernel
 from .seeding import numpy_rng, torch_generator
 from .train import TrainConfig, train_model
@@ -360,40 +360,21 @@ def check_settings(s: ApproxSettings, pool_size: int, test_size: int, num_output
 
 def make_model_factory(spec: str, input_shape: tuple[int, ...], num_classes: int, seed: int
                        ) -> Callable[[int | None], nn.Module]:
-    """width -> freshly initialized model (parameters from ``seed``).
+    """width -> freshly initialized model (parameters from ``seed``), :func:`entk_al.models.build_model`.
 
     ``spec`` is a built-in name (:data:`entk_al.models.MODELS`) or ``module:Class`` /
     ``path/file.py:Class``; a user class is called as ``Class(input_shape, num_classes)``
     plus ``width=w`` when a width is given.
 
     Raises:
-        ConfigError: unknown name, a class that cannot be loaded, or widths for a class
-            without a ``width`` parameter.
+        ConfigError: unknown name, or a class that cannot be loaded (checked here, before any
+            model is built); a class that fails to build, when the factory is called.
     """
-    if spec in MODELS:
-        return lambda width: build_model(spec, input_shape, num_classes, width, seed=seed)
-    if ":" not in spec:
-        raise ConfigError(f"unknown model {spec!r}; choose from {', '.join(sorted(MODELS))}, "
-                          f"or give module:Class or path/file.py:Class")
-    from .plugins import load_object
-
-    cls = load_object(spec, "model")
-
-    def factory(width):
-        kwargs = {} if width is None else {"width": width}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            try:
-                net = cls(input_shape, num_classes, **kwargs)
-            except TypeError as exc:
-                hint = " (does it take a width= argument? leave --widths unset otherwise)" if kwargs else ""
-                raise ConfigError(f"model {spec!r}: {cls.__name__}{(input_shape, num_classes)} failed: "
-                                  f"{exc}{hint}") from None
-        if not isinstance(net, nn.Module):
-            raise ConfigError(f"model {spec!r} did not build a torch.nn.Module")
-        return net
-
-    return factory
+    if spec not in MODELS:
+        if ":" not in spec:
+            build_model(spec, input_shape, num_classes)  # raises the unknown-name error
+        user_model_class(spec)
+    return lambda width: build_model(spec, input_shape, num_classes, width, seed=seed)
 
 
 def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
