@@ -9,8 +9,8 @@ need penultimate features get them from the input of the model's last ``nn.Linea
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
+import os
 from typing import Callable, Iterator
 
 import torch
@@ -183,19 +183,33 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, width
     return net
 
 
-@functools.lru_cache(maxsize=None)
+#: (spec, file stamp) -> class: a user's file runs once per process unless it changes.
+_USER_CLASSES: dict[tuple, Callable[..., nn.Module]] = {}
+
+
 def user_model_class(spec: str) -> Callable[..., nn.Module]:
-    """The class named by ``module:Class`` / ``path/file.py:Class`` (its file run once per process).
+    """The class named by ``module:Class`` / ``path/file.py:Class``.
+
+    A file is run once per process and again only when it changes (its modification time or
+    size), so building a model every round does not re-run the user's file.
 
     Raises:
         ConfigError: the spec, module, file or attribute cannot be loaded, or is not callable.
     """
     from .plugins import load_object
 
-    cls = load_object(spec, "model")
-    if not callable(cls):
-        raise ConfigError(f"model {spec!r} is a {type(cls).__name__}, not a class")
-    return cls
+    where = spec.rpartition(":")[0]
+    try:
+        st = os.stat(where) if where.endswith(".py") else None
+    except OSError:
+        st = None
+    key = (spec, None if st is None else (st.st_mtime_ns, st.st_size))
+    if key not in _USER_CLASSES:
+        cls = load_object(spec, "model")
+        if not callable(cls):
+            raise ConfigError(f"model {spec!r} is a {type(cls).__name__}, not a class")
+        _USER_CLASSES[key] = cls
+    return _USER_CLASSES[key]
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
