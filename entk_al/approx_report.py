@@ -206,10 +206,11 @@ def tables(result: dict):
     out = [d_t, r_t, *([l_t] if lin_rows else []), c]
     sub_rows = [(r, k) for r in result["records"] for k in r.get("kernel_params", [])]
     if sub_rows:
-        k_t = Table(title=f"pNTK over a parameter subset vs all parameters (distance on N={s['n_points']}; "
-                          f"linearized regression on {s['eval_size']} test points)")
-        for col in ("width", "trained on", "kernel_params", "params %", "‖K_S−K‖/‖K‖", "after scale",
-                    "lin agree %", "acc subset %", "acc all %", "time ratio"):
+        k_t = Table(title=f"pNTK over a parameter subset S vs all: ‖K_S−K‖_F/‖K‖_F on N={s['n_points']} (dist; "
+                          f"scaled: after the best factor), linearized regression on {s['eval_size']} test points "
+                          f"(argmax agreement, accuracy with K_S and K), time of K_S / K")
+        for col in ("width", "trained", "subset", "params %", "dist", "scaled", "agree %", "acc S %", "acc %",
+                    "time"):
             k_t.add_column(col, justify="right")
         for r, k in sub_rows:
             k_t.add_row(width_label(r["width"]), cp(r["checkpoint"]), escape(printable(k["spec"])),

@@ -309,7 +309,7 @@ def test_cli_kernel_params_table_and_errors(tmp_path):
     last, first = rec["kernel_params"]
     assert last["num_params"] == 256 * 10 + 10 and first["num_params"] == 64 * 256 + 256
     assert 0 <= last["rel_distance_scaled"] <= last["rel_distance"] and 0 <= last["agreement"] <= 1
-    assert "parameter subset" in res.stdout
+    assert "parameter subset S vs all" in res.stdout
     _fails([*FAST, "--kernel-params", "nope."], "--kernel-params 'nope.': params ('nope.',) match no parameter",
            tmp_path)
     _fails([*FAST, "--kernel-params", "last:0"], "--kernel-params 'last:0'", tmp_path)
