@@ -7,6 +7,8 @@
   labels, the round, the RNG streams), optionally kept in a run folder in ``entk-al run``'s
   format (``rounds.jsonl``, a safe ``checkpoint.pt``), so ``entk-al plot`` reads it and
   :meth:`ActiveLearner.resume` continues it. You train; entk-al never touches your optimizer.
+  With ``oracle=LabelStudioOracle(...)`` each round's queries become Label Studio tasks and
+  :meth:`ActiveLearner.pull` collects the answers.
 
 Example::
 
