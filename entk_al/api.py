@@ -7,6 +7,8 @@
   labels, the round, the RNG streams), optionally kept in a run folder in ``entk-al run``'s
   format (``rounds.jsonl``, a safe ``checkpoint.pt``), so ``entk-al plot`` reads it and
   :meth:`ActiveLearner.resume` continues it. You train; entk-al never touches your optimizer.
+  With ``oracle=LabelStudioOracle(...)`` each round's queries become Label Studio tasks and
+  :meth:`ActiveLearner.pull` collects the answers.
 
 Example::
 
@@ -38,6 +40,7 @@ from .executor import Executor, make_executor
 from .fileio import write_json, write_jsonl
 from .metrics import aubc
 from .pool import PoolState
+from .run_setup import check_kernel_params
 from .selection import select_round
 
 #: Candidates drawn per round when ``candidates`` is not given (``entk-al run --subset``'s default).
@@ -128,6 +131,13 @@ def _executor(executor: Any, pool: Pool, device: torch.device) -> tuple[Executor
     raise ConfigError(f"executor must be 'local', 'ray' or an Executor, got {executor!r}")
 
 
+def _check_oracle(oracle: Any) -> Any:
+    if oracle is not None and not all(callable(getattr(oracle, m, None)) for m in ("connect", "push", "pull_report")):
+        raise ConfigError(f"oracle must have connect, push and pull_report (e.g. entk_al.labelstudio."
+                          f"LabelStudioOracle), got a {type(oracle).__name__}")
+    return oracle
+
+
 def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, strategy: Any = "lookahead", *,
           options: dict | None = None, seed: int = 0, round: int = 0, candidates: Any = None,
           subset: int = DEFAULT_SUBSET, device: torch.device | str | None = None,
@@ -166,7 +176,8 @@ def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, st
         a :class:`Query`.
 
     Raises:
-        ConfigError: bad ``k``, a model that does not return an (N, O) tensor, a bad strategy spec.
+        ConfigError: bad ``k``, a model that does not return an (N, O) tensor, a bad strategy spec,
+            ``kernel_params`` (a strategy option) that match no parameter of the model.
         LabelError: labeled ids out of range or repeated, labels missing or out of range.
         DataFormatError: pool items that are not tensors/arrays or differ in shape.
         StrategyError: the strategy fails or returns invalid ids.
@@ -188,6 +199,7 @@ def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, st
     elif len(pool) - len(lab) < k:
         raise ConfigError(f"k={k} is more than the {len(pool) - len(lab)} unlabeled ids")
     strat = _strategy(strategy, options)
+    check_kernel_params(strat, model)
     ex, own = _executor(executor, pool, dev)
     devices = [dev] if dev.type == "cuda" else []
     t0 = time.perf_counter()
@@ -227,17 +239,27 @@ class ActiveLearner:
         device: where the model runs (default: the model's device).
         executor: ``"local"``, ``"ray"`` or an :class:`~entk_al.executor.Executor`.
         name: what ``entk-al plot`` calls this run's data (``config.json``'s ``dataset``).
+        oracle: an annotation tool the learner talks to
+            (:class:`entk_al.labelstudio.LabelStudioOracle`, or anything with its ``connect``,
+            ``push`` and ``pull_report``), or None (you call :meth:`add_labels`). With one,
+            :meth:`query` pushes the round's queries as tasks (best first, with the model's
+            class probabilities as pre-annotations and the strategy's scores) and :meth:`pull`
+            adds the labels annotators have finished.
 
     Raises:
         CheckpointError: ``out`` already holds a run (use :meth:`resume`).
         LabelError: bad initial labels.
+        ConfigError: an ``oracle`` without ``connect``/``push``/``pull_report``.
     """
 
     def __init__(self, pool: Any, strategy: Any = "lookahead", *, options: dict | None = None,
                  out: str | Path | None = None, seed: int = 0, subset: int = DEFAULT_SUBSET,
                  labeled_ids: Any = None, labels: Any = None, classes: list[str] | None = None,
-                 device: torch.device | str | None = None, executor: Any = "local", name: str = "custom"):
+                 device: torch.device | str | None = None, executor: Any = "local", name: str = "custom",
+                 oracle: Any = None):
         self.pool = as_pool(pool)
+        self.oracle = _check_oracle(oracle)
+        self._connected = False
         self.strategy_spec = (strategy if isinstance(strategy, str)
                               else getattr(strategy, "name", type(strategy).__name__))
         self.options = dict(options or {})
@@ -300,7 +322,9 @@ class ActiveLearner:
         """Ask the strategy for this round's ``k`` ids (:func:`query`); they stay pending until labeled.
 
         Asking again before they are labeled asks again for the same round (the same ids for
-        the same model).
+        the same model). With the learner's ``oracle``, the ids are pushed to it as tasks, in
+        the strategy's order, with ``model``'s class probabilities and the strategy's scores
+        (:attr:`Query.scores`); collect the answers with :meth:`pull`.
 
         Args:
             model: your network, trained on :attr:`labeled_ids` / :attr:`labels`.
@@ -308,10 +332,10 @@ class ActiveLearner:
             metrics: numbers to log for this round, e.g. ``{"test_accuracy": 0.91}`` (what
                 ``entk-al plot`` draws).
             candidates: (S,) unlabeled ids to choose from (default: a random subset).
-            oracle: for strategies that ask for labels mid-selection.
+            oracle: ``oracle(ids) -> labels``, for strategies that ask for labels mid-selection.
 
         Raises:
-            as :func:`query`.
+            as :func:`query`; LabelStudioError: the learner's oracle cannot be reached or refuses.
         """
         q = query(model, self.pool, self.labeled_ids, self.labels, k, self.strategy, seed=self.seed,
                   round=self.round, candidates=candidates, subset=self.subset, device=self.device,
@@ -333,16 +357,82 @@ class ActiveLearner:
             self.add_labels(q.ids, q.labels)
         else:
             self.save()
+            if self.oracle is not None:
+                score_of = {} if q.score_ids is None else dict(zip(q.score_ids.tolist(), q.scores.tolist()))
+                self._push(model, q.ids, [score_of.get(i) for i in q.ids.tolist()])
         return q
+
+    # -- an annotation tool ------------------------------------------------------------
+    def _connect(self) -> None:
+        if not self._connected:
+            from .labelstudio_tasks import data_kind
+
+            if self.classes is None:
+                raise ConfigError("the oracle needs the class names: pass classes= to ActiveLearner, or query first")
+            self.oracle.connect(self.classes, data_kind(self.pool.input_shape))
+            self._connected = True
+
+    def _push(self, model: nn.Module | None, ids: np.ndarray, scores: list | None) -> None:
+        from .models import predict
+
+        self._connect()
+        x = self.pool.get(ids)
+        probs = None
+        if model is not None:
+            dev = next(model.parameters()).device
+            probs = torch.softmax(predict(model, x, device=dev).double(), dim=1).cpu().numpy()
+        files = getattr(self.pool, "files", None)
+        sources = None if files is None else [str(files[int(i)]) for i in ids]
+        self.oracle.push(ids, round=self.round, inputs=x, probs=probs, scores=scores, sources=sources)
+
+    def pull(self) -> Any:
+        """Add the labels annotators have finished for the pending queries (the learner's ``oracle``).
+
+        A partial pull adds what is finished; the round ends (and :meth:`query` may ask for
+        the next one) once every pending id is labeled. Pending ids without a task (a push
+        that failed, a task deleted in the tool) are pushed again.
+
+        Returns:
+            the oracle's report (:class:`entk_al.labelstudio.PullReport`: ``labels``,
+            ``complete``, ``waiting``, ``skipped``, ``conflicts``, ``missing``, ``summary()``);
+            None when nothing is pending.
+
+        Raises:
+            ConfigError: the learner has no oracle.
+            LabelError: an annotation names no class, or a task is for an id not queried.
+            LabelStudioError: the server cannot be reached or refuses.
+        """
+        if self.oracle is None:
+            raise ConfigError("this ActiveLearner has no oracle; pass oracle=LabelStudioOracle(...) or call "
+                              "add_labels(ids, labels)")
+        if self.pending is None:
+            return None
+        self._connect()
+        asked = self.pending.tolist()  # the whole round: a task for any other id is refused
+        report = self.oracle.pull_report(asked, round=self.round)
+        unlabeled = [i for i in report.missing if not self._state.labeled_mask[i]]
+        if unlabeled:
+            self._push(getattr(self, "_model", None), np.asarray(unlabeled, dtype=np.int64), None)
+            report = self.oracle.pull_report(asked, round=self.round)
+        new = [i for i in asked if i in report.labels and not self._state.labeled_mask[i]]
+        if new:
+            self.add_labels(new, [report.labels[i] for i in new])
+        return report
 
     # -- persistence -------------------------------------------------------------------
     def config(self) -> dict:
         """What ``config.json`` holds: the settings that make this run reproducible."""
         initial = int((self._state.labeled_round == PoolState.INITIAL).sum())
         query_size = len(self.records[-1]["queried"]) if self.records else None
-        return {"strategy": self.strategy_spec, "strategy_options": plain(self.options), "seed": self.seed,
-                "subset": self.subset, "dataset": self.name, "pool_size": len(self.pool), "initial": initial,
-                "query": query_size, "learner": "ActiveLearner"}
+        cfg = {"strategy": self.strategy_spec, "strategy_options": plain(self.options), "seed": self.seed,
+               "subset": self.subset, "dataset": self.name, "pool_size": len(self.pool), "initial": initial,
+               "query": query_size, "learner": "ActiveLearner"}
+        if self.oracle is not None:  # where the tasks went (never a token)
+            cfg["oracle"] = getattr(self.oracle, "name", type(self.oracle).__name__)
+            for key, attr in (("ls_url", "url"), ("ls_project", "project_spec")):
+                if getattr(self.oracle, attr, None) is not None:
+                    cfg[key] = str(getattr(self.oracle, attr))
+        return cfg
 
     def save(self) -> None:
         """Write the run folder (atomically; nothing when ``out`` is None)."""
@@ -362,7 +452,7 @@ class ActiveLearner:
 
     @classmethod
     def resume(cls, out: str | Path, pool: Any, strategy: Any = None, *, device: torch.device | str | None = None,
-               executor: Any = "local") -> "ActiveLearner":
+               executor: Any = "local", oracle: Any = None) -> "ActiveLearner":
         """Continue the learner saved in ``out`` (labeled set, labels, round, log, pending queries).
 
         Args:
@@ -371,6 +461,9 @@ class ActiveLearner:
             strategy: a strategy object to use instead of the saved name (its name must match).
             device: where the model runs.
             executor: as in the constructor.
+            oracle: as in the constructor (the same project, so that :meth:`pull` finds the
+                pending round's tasks; a ``LabelStudioOracle`` with a ``state_file`` in ``out``
+                keeps its task tag there).
 
         Raises:
             CheckpointError: no learner checkpoint in ``out``, or a pool of another size.
@@ -388,6 +481,7 @@ class ActiveLearner:
             raise CheckpointError(f"{out} was made with a pool of {state.pool.size}, this pool has {len(pool)}")
         learner = cls.__new__(cls)
         learner.pool = pool
+        learner.oracle, learner._connected = _check_oracle(oracle), False
         learner.strategy_spec, learner.options = cfg["strategy"], dict(cfg.get("strategy_options") or {})
         learner.strategy = _strategy(strategy if strategy is not None else cfg["strategy"],
                                      None if strategy is not None else learner.options)

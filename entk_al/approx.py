@@ -19,7 +19,13 @@ Measured, per readout width and training checkpoint (at init; after training on 
    (arXiv 2206.12569, authors' code): test accuracy and argmax agreement with pNTK vs eNTK,
    and at init the linearized ("eNTK-predicted") outputs against the real trained network;
 4. cost: time and peak memory of the pNTK and eNTK kernels at several N, and the largest N
-   whose kernel fits a memory budget.
+   whose kernel fits a memory budget;
+5. with ``kernel_params`` (``entk-al approx --kernel-params last:1``): the pNTK over a subset
+   of the parameters (:func:`entk_al.ntk.common.select_params`, the look-ahead's
+   ``-o kernel_params``) against the pNTK over all of them: relative Frobenius distance (raw,
+   and after the best scalar factor, to which the look-ahead is blind since its ridge is
+   relative to trace(K)), the linearized kernel regression's argmax agreement, and the time
+   ratio (:func:`subset_record`).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .lookahead import relative_ridge
-from .models import MODELS, build_model, predict
+from .models import MODELS, build_model, predict, user_model_class
 from .ntk import kernel
 from .seeding import numpy_rng, torch_generator
 from .train import TrainConfig, train_model
@@ -297,6 +303,9 @@ class ApproxSettings:
             the "largest N" figure.
         seed: model init, labeled set, subsets, random logit, mini-batches.
         method: kernel engine (see :func:`entk_al.ntk.kernel`).
+        kernel_params: parameter-subset specs (as the look-ahead's ``-o kernel_params``:
+            ``trainable``, ``all``, ``last:N``, ``prefix,prefix``) compared with the full pNTK
+            (:func:`subset_record`); empty: none.
     """
 
     widths: list
@@ -310,6 +319,7 @@ class ApproxSettings:
     memory_budget_gib: float = 8.0
     seed: int = 0
     method: str = "auto"
+    kernel_params: list[str] = field(default_factory=list)
 
 
 def check_settings(s: ApproxSettings, pool_size: int, test_size: int, num_outputs: int, itemsize: int) -> None:
@@ -339,6 +349,13 @@ def check_settings(s: ApproxSettings, pool_size: int, test_size: int, num_output
         raise ConfigError(f"--cost-sizes must be >= 2, got {s.cost_sizes}")
     if s.ridge_rel < 0:
         raise ConfigError(f"--ridge must be >= 0, got {s.ridge_rel}")
+    from .ntk.common import check_params_spec, parse_params
+
+    for spec in s.kernel_params:
+        try:
+            check_params_spec(parse_params(spec))
+        except ValueError as exc:
+            raise ConfigError(f"--kernel-params {spec!r}: {exc}") from None
     if s.n_points * s.subsets > test_size:
         raise ConfigError(f"--n-points {s.n_points} x --subsets {s.subsets} exceeds the {test_size} test points")
     if s.eval_size > test_size or max(s.cost_sizes) > test_size:
@@ -360,40 +377,36 @@ def check_settings(s: ApproxSettings, pool_size: int, test_size: int, num_output
 
 def make_model_factory(spec: str, input_shape: tuple[int, ...], num_classes: int, seed: int
                        ) -> Callable[[int | None], nn.Module]:
-    """width -> freshly initialized model (parameters from ``seed``).
+    """width -> freshly initialized model (parameters from ``seed``), :func:`entk_al.models.build_model`.
 
     ``spec`` is a built-in name (:data:`entk_al.models.MODELS`) or ``module:Class`` /
     ``path/file.py:Class``; a user class is called as ``Class(input_shape, num_classes)``
     plus ``width=w`` when a width is given.
 
     Raises:
-        ConfigError: unknown name, a class that cannot be loaded, or widths for a class
-            without a ``width`` parameter.
+        ConfigError: unknown name, or a class that cannot be loaded (checked here, before any
+            model is built); a class that fails to build, when the factory is called.
     """
-    if spec in MODELS:
-        return lambda width: build_model(spec, input_shape, num_classes, width, seed=seed)
-    if ":" not in spec:
-        raise ConfigError(f"unknown model {spec!r}; choose from {', '.join(sorted(MODELS))}, "
-                          f"or give module:Class or path/file.py:Class")
-    from .plugins import load_object
+    if spec not in MODELS:
+        if ":" not in spec:
+            build_model(spec, input_shape, num_classes)  # raises the unknown-name error
+        user_model_class(spec)
+    return lambda width: build_model(spec, input_shape, num_classes, width, seed=seed)
 
-    cls = load_object(spec, "model")
 
-    def factory(width):
-        kwargs = {} if width is None else {"width": width}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            try:
-                net = cls(input_shape, num_classes, **kwargs)
-            except TypeError as exc:
-                hint = " (does it take a width= argument? leave --widths unset otherwise)" if kwargs else ""
-                raise ConfigError(f"model {spec!r}: {cls.__name__}{(input_shape, num_classes)} failed: "
-                                  f"{exc}{hint}") from None
-        if not isinstance(net, nn.Module):
-            raise ConfigError(f"model {spec!r} did not build a torch.nn.Module")
-        return net
+def check_kernel_params(model: nn.Module, specs: list[str]) -> None:
+    """Refuse parameter-subset specs that are malformed or select nothing of ``model``.
 
-    return factory
+    Raises:
+        ConfigError: naming the spec (``--kernel-params``) and the reason.
+    """
+    from .ntk.common import parse_params, select_params
+
+    for spec in specs:
+        try:
+            select_params(model, parse_params(spec))
+        except ValueError as exc:
+            raise ConfigError(f"--kernel-params {spec!r}: {exc}") from None
 
 
 def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -424,6 +437,67 @@ def distance_record(model: nn.Module, x: torch.Tensor, logit: int, method: str) 
     out = {f"error_{name}": kernel_distance(theta, k) for name, k in ks.items()}
     out.update(offdiag_share=offdiag_share(theta), entk_seconds=t_entk, pntk_seconds=t_pntk)
     return out
+
+
+def subset_record(model: nn.Module, xs: list[torch.Tensor], x_l, y_l, x_e, y_e, num_classes: int, ridge_rel: float,
+                  method: str, spec: str) -> dict:
+    """How far the pNTK over the parameter subset ``spec`` is from the pNTK over all parameters.
+
+    The NTK is a sum over parameters (Jacot et al. 2018, eq. 3), so the subset kernel K_S
+    drops the terms of the others. Reported:
+
+    - ``rel_distance``: mean over the point sets ``xs`` of ‖K_S − K‖_F / ‖K‖_F;
+    - ``rel_distance_scaled``: the same after the best scalar factor, min_c ‖c·K_S − K‖_F / ‖K‖_F
+      = √(1 − cos²), cos = ⟨K_S, K⟩_F / (‖K_S‖_F ‖K‖_F). The look-ahead and the kernel regression
+      with a ridge relative to trace(K) (arXiv 2206.12569, authors' code) give the same answer
+      for K and c·K, so this is the part of the difference they can see;
+    - the linearized kernel regression (prior = network outputs, :func:`regress`; the
+      look-ahead's posterior mean, arXiv 2206.12569 Eq. 11) from (x_l, y_l) to x_e with K_S vs
+      K: argmax ``agreement``, relative output difference ``rel_diff``, and both accuracies;
+    - ``time_ratio``: seconds of K_S over seconds of K on ``xs`` (same engine, same points),
+      and the parameter counts.
+
+    Args:
+        model: the network.
+        xs: point sets (N, *F) for the distance (the study's test subsets).
+        x_l: (n, *F) labeled inputs; ``y_l``: (n,) int64 labels.
+        x_e: (m, *F) evaluation inputs; ``y_e``: (m,) int64 labels.
+        num_classes: O.
+        ridge_rel: relative ridge (:func:`entk_al.lookahead.relative_ridge`).
+        method: kernel engine (see :func:`entk_al.ntk.kernel`).
+        spec: the subset, as ``-o kernel_params`` takes it (:func:`entk_al.ntk.common.parse_params`).
+
+    Raises:
+        ValueError: ``spec`` is malformed or matches no parameter.
+    """
+    from .ntk.common import parse_params, select_params
+
+    params = parse_params(spec)
+    n_sub, n_all = (sum(p.numel() for p in select_params(model, ps).values()) for ps in (params, "all"))
+    dev = next(model.parameters()).device
+    pk = lambda a, b=None, ps="all": kernel(model, a, b, kind="pntk", method=method, params=ps)  # noqa: E731
+    f_l, f_e = predict(model, x_l, device=dev).double(), predict(model, x_e, device=dev).double()
+    y1 = F.one_hot(y_l.to(dev), num_classes).double()
+    full, _ = regress(pk(x_l), pk(x_e, x_l), y1, f_l, f_e, ridge_rel)
+    sub, _ = regress(pk(x_l, ps=params), pk(x_e, x_l, ps=params), y1, f_l, f_e, ridge_rel)
+    dists, scaled, t_full, t_sub = [], [], 0.0, 0.0
+    for x in xs:
+        k_full, sec_full, _ = timed_kernel(model, x, kind="pntk", method=method)
+        t0 = time.perf_counter()
+        k_sub = kernel(model, x, kind="pntk", method=method, params=params)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t_sub += time.perf_counter() - t0
+        t_full += sec_full
+        a, b = k_sub.double(), k_full.double()
+        dists.append(_rel(a, b))
+        cos = float((a * b).sum() / (a.norm() * b.norm()))
+        scaled.append(math.sqrt(max(0.0, 1.0 - min(1.0, cos) ** 2)))
+    return {"spec": spec, "num_params": n_sub, "num_params_all": n_all,
+            "rel_distance": float(np.mean(dists)), "rel_distance_scaled": float(np.mean(scaled)),
+            "agreement": _agreement(sub, full), "rel_diff": _rel(sub, full),
+            "accuracy_subset": _accuracy(sub, y_e), "accuracy_all": _accuracy(full, y_e),
+            "seconds_subset": t_sub, "seconds_all": t_full, "time_ratio": t_sub / max(t_full, 1e-12)}
 
 
 def regression_record(model: nn.Module, x_l, y_l, x_e, y_e, num_classes: int, ridge_rel: float, method: str,
@@ -543,6 +617,7 @@ def run_approx(factory: Callable[[int | None], nn.Module], data, settings: Appro
         if n_out != o:
             raise ConfigError(f"the model has {n_out} outputs but the dataset has {o} classes")
         n_params = sum(p.numel() for p in net0.parameters() if p.requires_grad)
+        check_kernel_params(net0, s.kernel_params)
         nets, train_info = {0: net0}, {}
         for n in sorted({n for n in [*s.checkpoints, s.kr_labels] if n > 0}):
             net = copy.deepcopy(net0)
@@ -561,6 +636,10 @@ def run_approx(factory: Callable[[int | None], nn.Module], data, settings: Appro
             if n == 0 and s.kr_labels in nets:
                 real = predict(nets[s.kr_labels], x_e, device=device)
             rec.update(regression_record(net, x_kr, y_kr, x_e, y_e, o, s.ridge_rel, s.method, real))
+            if s.kernel_params:
+                xs = [data.x_test[ids].to(device, dtype) for ids in subsets]
+                rec["kernel_params"] = [subset_record(net, xs, x_kr, y_kr, x_e, y_e, o, s.ridge_rel, s.method, spec)
+                                        for spec in s.kernel_params]
             records.append(rec)
             step += 1
             if progress:

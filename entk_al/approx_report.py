@@ -153,7 +153,7 @@ def write_figures(result: dict, out: Path, title: str) -> list[Path]:
 
 def tables(result: dict):
     """rich Tables: kernel distance per width × checkpoint; spectrum and regression; linearized vs
-    trained network (init rows); cost per width.
+    trained network (init rows); cost per width; parameter-subset kernels (``--kernel-params``).
 
     Args:
         result: the dict returned by :func:`entk_al.approx.run_approx`.
@@ -203,7 +203,22 @@ def tables(result: dict):
                       f"{row['entk_seconds']:.3f}",
                       mib(row["pntk_peak_bytes"]), mib(row["entk_peak_bytes"]),
                       str(cost["largest_n_pntk"]), str(cost["largest_n_entk"]))
-    return (d_t, r_t, l_t, c) if lin_rows else (d_t, r_t, c)
+    out = [d_t, r_t, *([l_t] if lin_rows else []), c]
+    sub_rows = [(r, k) for r in result["records"] for k in r.get("kernel_params", [])]
+    if sub_rows:
+        k_t = Table(title=f"pNTK over a parameter subset S vs all: ‖K_S−K‖_F/‖K‖_F on N={s['n_points']} (dist; "
+                          f"scaled: after the best factor), linearized regression on {s['eval_size']} test points "
+                          f"(argmax agreement, accuracy with K_S and K), time of K_S / K")
+        for col in ("width", "trained", "subset", "params %", "dist", "scaled", "agree %", "acc S %", "acc %",
+                    "time"):
+            k_t.add_column(col, justify="right")
+        for r, k in sub_rows:
+            k_t.add_row(width_label(r["width"]), cp(r["checkpoint"]), escape(printable(k["spec"])),
+                        pct(k["num_params"] / k["num_params_all"]), f"{k['rel_distance']:.3f}",
+                        f"{k['rel_distance_scaled']:.3f}", pct(k["agreement"]), pct(k["accuracy_subset"]),
+                        pct(k["accuracy_all"]), f"{k['time_ratio']:.2f}")
+        out.append(k_t)
+    return tuple(out)
 
 
 def slope_line(result: dict) -> str:

@@ -75,7 +75,9 @@ class RunConfig:
         dataset: dataset name, ``numpy:PATH.npz`` or ``folder:PATH``.
         data_dir: folder holding dataset files (None: ``$ENTK_AL_DATA``, then system paths).
         download: allow torchvision downloads.
-        model: ``mlp``, ``cnn``, ``resnet18``, ``wide_resnet`` or ``wide_resnet2``.
+        model: ``mlp``, ``cnn``, ``resnet18``, ``wide_resnet`` or ``wide_resnet2``, or a user's
+            class ``module:Class`` / ``path/file.py:Class``, built as ``Class(input_shape,
+            num_classes)`` (plus ``width=`` when ``width`` is set; :func:`entk_al.models.build_model`).
         width: model width (hidden units / first conv channels); None: the model's default.
         initial: size of the seeded random initial labeled set.
         query: labels queried per round.
@@ -84,6 +86,9 @@ class RunConfig:
         seed: run seed; every random choice derives from (seed, round, component).
         retrain: ``warm`` (continue from the last round's weights) or ``scratch``.
         loss: ``mse`` (one-hot squared loss) or ``ce``.
+        train: a user's training function ``module:function`` / ``path/file.py:function`` that
+            replaces the built-in recipe (:func:`entk_al.run_setup.call_train_fn` documents its
+            signature), or None.
         epochs: epochs over the labeled set per round.
         min_steps: minimum optimizer steps per round.
         batch_size: training batch size.
@@ -130,6 +135,7 @@ class RunConfig:
     seed: int = 0
     retrain: str = "warm"
     loss: str = "mse"
+    train: str | None = None
     epochs: int = 20
     min_steps: int = 200
     batch_size: int = 64

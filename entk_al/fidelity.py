@@ -6,6 +6,13 @@ predicts the retrained outputs on an evaluation set U in closed form. Here the n
 actually retrained on L ∪ {(x_j, y_j)} with the loop's recipe (warm start from θ_L, same
 optimizer, schedule, step count and mini-batch seed), once per candidate, and compared.
 
+The look-ahead's prediction is always that of the linearized network retrained with the
+squared loss on one-hot targets; the real retraining uses the recipe's loss
+(``TrainConfig.loss``). With ``loss="ce"`` this measures how well that MSE-style update
+predicts a cross-entropy-trained network (docs/lookahead.md, "Cross-entropy-trained
+networks"); since cross-entropy acts on the softmax, the changes are also compared in
+probabilities.
+
 Reported (all per candidate j, over U):
 - predicted change  p_j = Σ_i ‖f̂_{L+j}(U_i) − f_L(U_i)‖₂  (the MLMOC score, Eq. 13);
 - real change       r_j = Σ_i ‖f_{L+j}(U_i) − f_L(U_i)‖₂;
@@ -16,6 +23,12 @@ Reported (all per candidate j, over U):
 - top-k overlap |top_k(p) ∩ top_k(r)| / k;
 - mean relative output error mean_j ‖F̂_j − F_j‖_F / ‖F_j‖_F, next to the same error of the
   "nothing changes" guess F_j ≈ f_L(U);
+- the same correlations and top-k overlap for the change in softmax probabilities,
+  Σ_i ‖softmax f̂_{L+j}(U_i) − softmax f_L(U_i)‖₂ (and against the control);
+- the median ratio of real to predicted change (1 when the look-ahead gets the magnitude right);
+- the Spearman correlation of the look-ahead's ``-o reference=base`` score, Σ_i ‖f̂_{L+j}(U_i) −
+  base(U_i)‖₂ (base = the linearized network refit on L alone), with the real change and with
+  the real change against the control;
 - look-ahead time (kernel + factorization + outputs) against retraining time, as a ratio.
 """
 
@@ -41,7 +54,8 @@ def lookahead_eval_outputs(model: nn.Module, kernel_fn: Callable[..., torch.Tens
     """Predicted outputs (C, m, O) float64 on U after adding each candidate, and f_L(U) (m, O).
 
     ``cand`` are positions in ``x_u``; ``y_cand`` (C,) int64 labels; the absolute ridge is
-    ``ridge_rel · trace(K)/n`` as in the strategy. Returns also {ridge, jitter}.
+    ``ridge_rel · trace(K)/n`` as in the strategy. Returns also {ridge, jitter, base}, base (m, O)
+    float64 = f(U) + A(K+λI)⁻¹R, the linearized network refit on L alone (Eq. 11).
 
     Args:
         model: the network trained on (x_l, y_l) (θ_L).
@@ -60,7 +74,7 @@ def lookahead_eval_outputs(model: nn.Module, kernel_fn: Callable[..., torch.Tens
     f_l, f_u = predict(model, x_l, device=dev), predict(model, x_u, device=dev)
     sysm = fit_lookahead(k_ll, k_ul, k_uu, f_l, F.one_hot(y_l.to(dev), num_classes).double(), f_u, ridge=ridge)
     out = sysm.outputs(cand.to(dev), F.one_hot(y_cand.to(dev), num_classes).double())
-    return out, sysm.f_u, {"ridge": ridge, "jitter": sysm.jitter}
+    return out, sysm.f_u, {"ridge": ridge, "jitter": sysm.jitter, "base": sysm.base}
 
 
 def measure_fidelity(model: nn.Module, kernel_fn: Callable[..., torch.Tensor], x_l: torch.Tensor,
@@ -109,6 +123,7 @@ def _measure(model, kernel_fn, x_l, y_l, x_u, cand, train_cfg, make_generator, n
     pred, f_u, meta = lookahead_eval_outputs(model, kernel_fn, x_l, y_l, x_u, torch.from_numpy(cand), y_cand,
                                              ridge_rel, num_classes)
     lookahead_s = time.perf_counter() - t0
+    base = meta.pop("base")
 
     def retrain(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         net = copy.deepcopy(model)
@@ -126,9 +141,11 @@ def _measure(model, kernel_fn, x_l, y_l, x_u, cand, train_cfg, make_generator, n
             progress(j + 1)
     retrain_s = time.perf_counter() - t2
 
-    p_change = (pred - f_u).norm(dim=2).sum(dim=1).cpu().numpy()
-    r_change = (real - f_u).norm(dim=2).sum(dim=1).cpu().numpy()
-    r_ctrl = (real - control).norm(dim=2).sum(dim=1).cpu().numpy()
+    change = lambda a, b: (a - b).norm(dim=2).sum(dim=1).cpu().numpy()  # noqa: E731  (C,) Σ_i ‖a_i − b_i‖₂
+    p_change, r_change, r_ctrl = change(pred, f_u), change(real, f_u), change(real, control)
+    p_from_base = change(pred, base)  # the look-ahead's -o reference=base score
+    sm = lambda t: torch.softmax(t.double(), dim=-1)  # noqa: E731
+    p_prob, r_prob, r_prob_ctrl = change(sm(pred), sm(f_u)), change(sm(real), sm(f_u)), change(sm(real), sm(control))
     real_norm = real.flatten(1).norm(dim=1)
     rel_err = ((pred - real).flatten(1).norm(dim=1) / real_norm).cpu().numpy()
     rel_err_static = ((f_u - real).flatten(1).norm(dim=1) / real_norm).cpu().numpy()
@@ -145,6 +162,14 @@ def _measure(model, kernel_fn, x_l, y_l, x_u, cand, train_cfg, make_generator, n
         "pearson_vs_control": float(pearsonr(p_change, r_ctrl).statistic),
         "top_k": k, "top_k_overlap": len(top(p_change) & top(r_change)) / k,
         "top_k_overlap_vs_control": len(top(p_change) & top(r_ctrl)) / k,
+        "loss": train_cfg.loss,
+        "spearman_probs": float(spearmanr(p_prob, r_prob).statistic),
+        "spearman_probs_vs_control": float(spearmanr(p_prob, r_prob_ctrl).statistic),
+        "top_k_overlap_probs": len(top(p_prob) & top(r_prob)) / k,
+        "spearman_reference_base": float(spearmanr(p_from_base, r_change).statistic),
+        "spearman_reference_base_vs_control": float(spearmanr(p_from_base, r_ctrl).statistic),
+        "change_ratio": float(np.median(r_change / np.maximum(p_change, 1e-300))),
+        "change_ratio_vs_control": float(np.median(r_ctrl / np.maximum(p_change, 1e-300))),
         "mean_relative_error": float(rel_err.mean()),
         "mean_relative_error_no_change": float(rel_err_static.mean()),
         "lookahead_seconds": lookahead_s, "retrain_seconds": retrain_s, "control_retrain_seconds": control_s,
@@ -152,6 +177,9 @@ def _measure(model, kernel_fn, x_l, y_l, x_u, cand, train_cfg, make_generator, n
         "speedup_retrain_over_lookahead": per_cand_rt / max(per_cand_la, 1e-12),
         "predicted_change": p_change.tolist(), "real_change": r_change.tolist(),
         "real_change_vs_control": r_ctrl.tolist(), "relative_error": rel_err.tolist(),
+        "predicted_change_from_base": p_from_base.tolist(),
+        "predicted_change_probs": p_prob.tolist(), "real_change_probs": r_prob.tolist(),
+        "real_change_probs_vs_control": r_prob_ctrl.tolist(),
         "candidate_positions": cand.tolist(), "candidate_labels": y_cand.tolist(),
     }
 

@@ -38,10 +38,9 @@ from .pool import PoolState
 from .progress import NullProgress
 from .run_setup import RunSetup, resolve_device
 from .runlock import run_folder_lock
-from .seeding import int_seed, torch_generator
+from .seeding import int_seed
 from .selection import select_queries
 from .stopping import StopMonitor
-from .train import train_model
 
 #: Labeled inputs above this magnitude are named as the first suspect of a diverged round.
 HUGE_INPUT = 1e4
@@ -288,12 +287,13 @@ class ActiveLearningLoop:
         torch.manual_seed(int_seed(cfg.seed, r, "torch-global"))
         lab = pool.labeled_ids()
         t0 = time.perf_counter()
-        steps = self.train_cfg.steps_for(len(lab))
+        # A user's --train function reports no steps: its bar has no total.
+        steps = self.train_cfg.steps_for(len(lab)) if self.setup.train_fn is None else None
         x_lab = self.data.x_train[lab]
         try:
             with self.progress.task(f"round {r}: training", total=steps) as advance:
-                stats = train_model(model, x_lab, self.data.y_train.new_tensor(pool.labels[lab]),
-                                    self.train_cfg, torch_generator(cfg.seed, r, "train"), on_step=advance)
+                stats = self.setup.train(model, x_lab, self.data.y_train.new_tensor(pool.labels[lab]), r,
+                                         on_step=advance)
         except TrainingDivergedError as exc:
             raise TrainingDivergedError(self.divergence_message(r, str(exc), x_lab)) from None
         train_s = time.perf_counter() - t0
@@ -439,7 +439,9 @@ class ActiveLearningLoop:
         x_max = float(x_labeled.abs().max()) if x_labeled.numel() else 0.0
         big_inputs = not x_max <= HUGE_INPUT  # also NaN
         model_lr = model_default("lr", cfg.model)
-        if cfg.lr > model_lr:  # set above the model's default: suggest that
+        if cfg.train is not None:  # the user's own training: its settings are theirs
+            lr_part = f"the learning rate and loss in --train {cfg.train}"
+        elif cfg.lr > model_lr:  # set above the model's default: suggest that
             lr_part = f"the learning rate (--lr {cfg.lr:g}; try {cfg.model}'s default, --lr {model_lr:g})"
         else:
             lr_part = f"the learning rate (--lr {cfg.lr:g}; try --lr {cfg.lr / 10:.2g})"

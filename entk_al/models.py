@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from typing import Callable, Iterator
 
 import torch
@@ -137,24 +138,78 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, width: int | None = None,
                 *, seed: int = 0) -> nn.Module:
-    """Build the registered model ``name`` with parameters initialized from ``seed``.
+    """Build the model ``name`` with parameters initialized from ``seed``.
+
+    ``name`` is a key of :data:`MODELS` or a user's class, ``package.module:Class`` or
+    ``path/file.py:Class`` (loaded as strategies are, :func:`entk_al.plugins.load_object`),
+    called as ``Class(input_shape, num_classes)``, plus ``width=width`` only when a width is
+    given. The class must build an ``nn.Module`` mapping (N, *input_shape) inputs to (N,
+    num_classes) logits; its parameters are initialized from the global torch RNG, seeded here.
 
     Args:
-        name: a key of :data:`MODELS`.
+        name: a key of :data:`MODELS`, or ``module:Class`` / ``path/file.py:Class``.
         input_shape: one input's shape, (D,) or (C, H, W).
         num_classes: O, the number of outputs.
         width: the model's width (hidden units / first conv channels); None: its default.
         seed: initialization seed.
 
     Raises:
-        ConfigError: unknown model name, or an input shape the model cannot take.
+        ConfigError: unknown model name, a class that cannot be loaded or fails to build
+            (e.g. a width for a class without a ``width`` parameter), something other than an
+            ``nn.Module``, or an input shape a built-in model cannot take.
     """
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
+    if name not in MODELS and ":" not in name:
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}, "
+                          f"or give module:Class or path/file.py:Class")
+    build = MODELS.get(name) or user_model_class(name)
+    kwargs = {} if width is None or name in MODELS else {"width": width}
     # fork_rng keeps the global torch RNG untouched: initialization depends on `seed` only.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODELS[name](input_shape, num_classes, width)
+        if name in MODELS:
+            return build(input_shape, num_classes, width)
+        try:
+            net = build(input_shape, num_classes, **kwargs)
+        except ConfigError:
+            raise
+        except Exception as exc:  # the user's constructor: one line, naming the spec
+            hint = " (does it take a width= argument? leave --width unset otherwise)" if kwargs else ""
+            raise ConfigError(f"model {name!r}: {build.__name__}{(tuple(input_shape), num_classes)} failed: "
+                              f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}{hint}") from None
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"model {name!r} built a {type(net).__name__}, not a torch.nn.Module")
+    if not any(True for _ in net.parameters()):
+        raise ConfigError(f"model {name!r} has no parameters; the kernels and the training need some")
+    return net
+
+
+#: (spec, file stamp) -> class: a user's file runs once per process unless it changes.
+_USER_CLASSES: dict[tuple, Callable[..., nn.Module]] = {}
+
+
+def user_model_class(spec: str) -> Callable[..., nn.Module]:
+    """The class named by ``module:Class`` / ``path/file.py:Class``.
+
+    A file is run once per process and again only when it changes (its modification time or
+    size), so building a model every round does not re-run the user's file.
+
+    Raises:
+        ConfigError: the spec, module, file or attribute cannot be loaded, or is not callable.
+    """
+    from .plugins import load_object
+
+    where = spec.rpartition(":")[0]
+    try:
+        st = os.stat(where) if where.endswith(".py") else None
+    except OSError:
+        st = None
+    key = (spec, None if st is None else (st.st_mtime_ns, st.st_size))
+    if key not in _USER_CLASSES:
+        cls = load_object(spec, "model")
+        if not callable(cls):
+            raise ConfigError(f"model {spec!r} is a {type(cls).__name__}, not a class")
+        _USER_CLASSES[key] = cls
+    return _USER_CLASSES[key]
 
 
 def last_linear(model: nn.Module) -> nn.Linear:

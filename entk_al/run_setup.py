@@ -6,7 +6,8 @@ kernel function; the loop and ``entk-al fidelity`` both build one, and neither n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -15,12 +16,12 @@ import torch
 from .config import RunConfig
 from .data import ALDataset, load_dataset
 from .data.pool import Pool, TensorPool
-from .errors import ConfigError
-from .models import build_model
+from .errors import ConfigError, EntkAlError, TrainingDivergedError
+from .models import build_model, eval_mode
 from .ntk import PNTK
-from .plugins import load_strategy
+from .plugins import load_object, load_strategy
 from .seeding import int_seed, numpy_rng
-from .train import TrainConfig
+from .train import TrainConfig, train_model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,6 +35,119 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine")
     return torch.device(name)
+
+
+#: Keyword arguments a ``--train`` function may declare (each is passed only when declared).
+TRAIN_FN_KEYWORDS = ("round", "generator", "config", "device")
+
+
+def load_train_fn(spec: str) -> Callable[..., Any]:
+    """The user's training function named by ``module:function`` / ``path/file.py:function``.
+
+    Raises:
+        ConfigError: the spec, module, file or attribute cannot be loaded, or is not callable.
+    """
+    fn = load_object(spec, "training function")
+    if not callable(fn):
+        raise ConfigError(f"--train {spec!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def call_train_fn(fn: Callable[..., Any], spec: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                  round: int, generator: torch.Generator, config: TrainConfig,
+                  device: torch.device) -> torch.nn.Module:
+    """Run a user's training step (``entk-al run --train SPEC``) and check what it returns.
+
+    The function's contract::
+
+        def train(model, x, y, *, round, generator, config, device) -> nn.Module
+
+    - ``model``: the run's network, on ``device``, warm-started from the last round (or freshly
+      initialized with ``--retrain scratch``); train it as you like (cross-entropy,
+      augmentation, your own optimizer and schedule).
+    - ``x``: (n, *input_shape) float32 CPU tensor, the labeled inputs; ``y``: (n,) int64 CPU
+      tensor, their labels in [0, O).
+    - keyword arguments, each passed only if the function declares it (or ``**kwargs``):
+      ``round`` (int, 0-based), ``generator`` (a CPU ``torch.Generator`` seeded from
+      (seed, round, "train"): draw mini-batches and augmentations from it and the run is
+      reproducible), ``config`` (the run's :class:`~entk_al.train.TrainConfig`: ``--epochs``,
+      ``--batch-size``, ``--lr``, ``--loss``, ...), ``device`` (``torch.device``).
+    - returns the trained model: ``model`` itself, or a module with the same parameters and
+      buffers (its state is copied into the run's model).
+
+    The global torch RNG is seeded per round before the call, so ``torch.randn`` without a
+    generator is reproducible too.
+
+    Args:
+        fn: the function (:func:`load_train_fn`).
+        spec: its spec, for the messages.
+        model: the network to train.
+        x: (n, *input_shape) labeled inputs.
+        y: (n,) int64 labels.
+        round: round index.
+        generator: the round's training generator.
+        config: the run's training settings.
+        device: where the model is.
+
+    Returns:
+        ``model``, trained (in eval mode).
+
+    Raises:
+        ConfigError: the function raises, returns nothing or something other than an
+            ``nn.Module``, or returns a module whose state does not fit the run's model.
+        TrainingDivergedError: the trained weights or buffers are not finite.
+    """
+    offered = {"round": round, "generator": generator, "config": config, "device": device}
+    try:
+        sig = inspect.signature(fn).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values())
+        kwargs = offered if takes_all else {k: v for k, v in offered.items() if k in sig}
+    except (TypeError, ValueError):
+        kwargs = offered
+    try:
+        got = fn(model, x, y, **kwargs)
+    except EntkAlError:
+        raise
+    except Exception as exc:  # the user's code: one line, naming it and the round
+        raise ConfigError(f"--train {spec!r} failed in round {round}: {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:300]}") from None
+    if got is None:
+        raise ConfigError(f"--train {spec!r} returned nothing in round {round}; it must return the trained "
+                          f"model (end it with 'return model')")
+    if not isinstance(got, torch.nn.Module):
+        raise ConfigError(f"--train {spec!r} returned a {type(got).__name__} in round {round}; it must return "
+                          f"the trained model (a torch.nn.Module)")
+    if got is not model:
+        try:
+            model.load_state_dict(got.state_dict())
+        except RuntimeError as exc:
+            raise ConfigError(f"--train {spec!r} returned another model whose parameters do not fit the run's "
+                              f"{type(model).__name__} ({' '.join(str(exc).split())[:200]}); return the model "
+                              f"it was given") from None
+    model.eval()
+    state = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if not all(bool(torch.isfinite(t).all()) for t in state):
+        raise TrainingDivergedError(f"training diverged: weights or BatchNorm statistics became NaN or infinite "
+                                    f"in --train {spec!r}")
+    return model
+
+
+def check_kernel_params(strategy: Any, model: torch.nn.Module) -> None:
+    """Fail before any work if the strategy's ``kernel_params`` select no parameter of ``model``.
+
+    Raises:
+        ConfigError: naming the strategy, its spec and some of the model's parameter names.
+    """
+    params = getattr(strategy, "kernel_params", None)
+    if params is None or params == "trainable":
+        return
+    from .ntk.common import select_params
+
+    try:
+        select_params(model, params)
+    except ValueError as exc:
+        spec = params if isinstance(params, str) else ",".join(params)
+        raise ConfigError(f"strategy {getattr(strategy, 'name', '?')!r}: kernel_params={spec!r}: {exc}") from None
 
 
 #: The run's kernel: the sum-of-logits pNTK, as a feature kernel so that the shards compute
@@ -54,6 +168,7 @@ class RunSetup:
         strategy: the strategy object, or None.
         train_cfg: training recipe derived from ``cfg``.
         kernel_fn: ``kernel_fn(model, x1, x2=None) -> (N1, N2)`` pNTK handed to strategies.
+        train_fn: the user's training function (``cfg.train``), or None for the built-in recipe.
     """
 
     cfg: RunConfig
@@ -62,6 +177,7 @@ class RunSetup:
     strategy: Any
     train_cfg: TrainConfig
     kernel_fn: Callable[..., torch.Tensor]
+    train_fn: Callable[..., Any] | None = field(default=None)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, *, strategy: Any = None, dataset: ALDataset | None = None,
@@ -76,11 +192,12 @@ class RunSetup:
         cfg = cfg.validate()
         if strategy is None and with_strategy:
             strategy = load_strategy(cfg.strategy, cfg.strategy_options)
+        train_fn = load_train_fn(cfg.train) if cfg.train is not None else None
         device = resolve_device(cfg.device)
         data = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
         train_cfg = TrainConfig(loss=cfg.loss, epochs=cfg.epochs, min_steps=cfg.min_steps, batch_size=cfg.batch_size,
                                 lr=cfg.lr, weight_decay=cfg.weight_decay, threads=cfg.threads)
-        return cls(cfg, device, data, strategy, train_cfg, kernel_fn or _default_kernel)
+        return cls(cfg, device, data, strategy, train_cfg, kernel_fn or _default_kernel, train_fn)
 
     @property
     def pool(self) -> Pool:
@@ -103,28 +220,61 @@ class RunSetup:
                             seed=int_seed(self.cfg.seed, init_round, "init"))
         return model.to(self.device)
 
-    def check_model(self, model: torch.nn.Module) -> None:
-        """Fail fast, before any file is written, if the model cannot take the dataset's inputs.
+    def train(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, round_idx: int,
+              on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Train ``model`` in place on (x, y) for round ``round_idx``: the built-in recipe
+        (:func:`entk_al.train.train_model`) or the user's ``--train`` function (:func:`call_train_fn`).
+
+        Args:
+            model: the network (on the device).
+            x: (n, *input_shape) labeled inputs.
+            y: (n,) int64 labels.
+            round_idx: round index (keys the (seed, round, "train") generator).
+            on_step: progress callback of the built-in recipe (called with 1 per step).
+
+        Returns:
+            ``{"steps": int | None, "final_loss": float | None}`` (None for a user's function).
 
         Raises:
-            ConfigError: the forward pass fails, returns no tensor, or not (N, num_classes) outputs.
+            TrainingDivergedError: the loss or weights became NaN or infinite.
+            ConfigError: the user's function fails or returns no model.
         """
-        from .models import eval_mode
+        from .seeding import torch_generator
 
+        gen = torch_generator(self.cfg.seed, round_idx, "train")
+        if self.train_fn is None:
+            return train_model(model, x, y, self.train_cfg, gen, on_step=on_step)
+        call_train_fn(self.train_fn, self.cfg.train, model, x, y, round=round_idx, generator=gen,
+                      config=self.train_cfg, device=self.device)
+        return {"steps": None, "final_loss": None}
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Fail fast, before any file is written, if the model cannot take the dataset's inputs
+        or the strategy's ``kernel_params`` select none of its parameters.
+
+        Raises:
+            ConfigError: the forward pass fails, returns no tensor (a tuple, ...), or not
+                (N, num_classes) outputs; ``kernel_params`` that match no parameter.
+        """
         x = self.data.x_train[:2]
         dtype = next(model.parameters()).dtype
         try:
             with torch.no_grad(), eval_mode(model):
                 out = model(x.to(device=self.device, dtype=dtype))
-        except RuntimeError as exc:
+        except EntkAlError:
+            raise
+        except Exception as exc:  # a user's model may raise anything
             raise ConfigError(f"model {self.cfg.model!r} cannot take {self.cfg.dataset} inputs of shape "
-                              f"{tuple(self.data.input_shape)} ({' '.join(str(exc).split())[:200]})") from None
+                              f"{tuple(self.data.input_shape)} ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]})") from None
         if not isinstance(out, torch.Tensor):
-            raise ConfigError(f"model {self.cfg.model!r}: model must return an (N, O) tensor, "
-                              f"got a {type(out).__name__}")
+            raise ConfigError(f"model {self.cfg.model!r}: model must return an (N, O) tensor of logits, "
+                              f"got a {type(out).__name__}; make forward return the logits only")
         if tuple(out.shape) != (len(x), self.data.num_classes):
             raise ConfigError(f"model {self.cfg.model!r} gives outputs of shape {tuple(out.shape[1:])}, "
                               f"expected ({self.data.num_classes},) for {self.cfg.dataset}")
+        if self.strategy is not None:
+            check_kernel_params(self.strategy, model)
 
     def check_sizes(self) -> None:
         """Check the strategy's options against the run's sizes, before any training.

@@ -250,3 +250,66 @@ def test_cli_user_model_end_to_end(tmp_path):
     # a class without a width parameter cannot vary width: one line, exit 2
     net.write_text(net.read_text().replace(", width=8", "").replace("width)", "8)").replace("(width,", "(8,"))
     _fails(["--model", f"{net}:Net", "--widths", "4", *FAST], "width", tmp_path)
+
+
+def test_subset_record_against_brute_force_jacobians():
+    """--kernel-params: the subset pNTK from the Jacobian columns of the chosen parameters, its
+    distances to the full pNTK, and the linearized regression with each, all recomputed directly."""
+    from entk_al.approx import subset_record
+
+    model = tiny_net(width=6, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    xs = [torch.randn(7, 3, generator=gen, dtype=torch.float64) for _ in range(2)]
+    x_l, x_e = torch.randn(9, 3, generator=gen, dtype=torch.float64), torch.randn(11, 3, generator=gen,
+                                                                                   dtype=torch.float64)
+    y_l, y_e = torch.randint(N_OUT, (9,), generator=gen), torch.randint(N_OUT, (11,), generator=gen)
+    sizes = [p.numel() for p in model.parameters()]
+    last = slice(sum(sizes[:-2]), sum(sizes))  # last:1 = the readout's weight and bias
+
+    def pntk_cols(a, b, cols):
+        ja, jb = jacobian(model, a)[:, :, cols], jacobian(model, b)[:, :, cols]
+        return ja.sum(1) @ jb.sum(1).T / N_OUT
+
+    rec = subset_record(model, xs, x_l, y_l, x_e, y_e, N_OUT, 1e-2, "auto", "last:1")
+    assert rec["num_params"] == sizes[-1] + sizes[-2] and rec["num_params_all"] == sum(sizes)
+    dists, scaled = [], []
+    for x in xs:
+        k_all, k_sub = pntk_cols(x, x, slice(None)), pntk_cols(x, x, last)
+        dists.append(float(torch.linalg.norm(k_sub - k_all) / torch.linalg.norm(k_all)))
+        c = float((k_sub * k_all).sum() / (k_sub * k_sub).sum())  # least-squares scale
+        scaled.append(float(torch.linalg.norm(c * k_sub - k_all) / torch.linalg.norm(k_all)))
+    assert rec["rel_distance"] == pytest.approx(np.mean(dists), rel=1e-9)
+    assert rec["rel_distance_scaled"] == pytest.approx(np.mean(scaled), rel=1e-6)
+    assert 0 < rec["rel_distance_scaled"] < rec["rel_distance"] < 1
+    with torch.no_grad():
+        f_l, f_e = model(x_l), model(x_e)
+    y1 = torch.nn.functional.one_hot(y_l, N_OUT).double()
+    pred = {}
+    for name, cols in (("all", slice(None)), ("subset", last)):
+        k_ll, k_el = pntk_cols(x_l, x_l, cols), pntk_cols(x_e, x_l, cols)
+        lam = 1e-2 * float(k_ll.trace()) / len(k_ll)
+        pred[name] = f_e + k_el @ torch.linalg.solve(k_ll + lam * torch.eye(9, dtype=torch.float64), y1 - f_l)
+        assert rec[f"accuracy_{name}"] == pytest.approx(float((pred[name].argmax(1) == y_e).double().mean()))
+    assert rec["agreement"] == pytest.approx(float((pred["all"].argmax(1) == pred["subset"].argmax(1)).double().mean()))
+    assert rec["rel_diff"] == pytest.approx(float(torch.linalg.norm(pred["subset"] - pred["all"])
+                                                  / torch.linalg.norm(pred["all"])), rel=1e-6)
+    assert rec["time_ratio"] > 0
+    # the full set as a "subset" is the full kernel
+    same = subset_record(model, xs, x_l, y_l, x_e, y_e, N_OUT, 1e-2, "auto", "all")
+    assert same["rel_distance"] < 1e-12 and same["agreement"] == 1.0
+
+
+def test_cli_kernel_params_table_and_errors(tmp_path):
+    out = tmp_path / "kp"
+    res = runner.invoke(app, ["approx", *FAST, "--checkpoints", "init", "--kernel-params", "last:1",
+                              "--kernel-params", "1.", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rec = json.loads((out / "approx.json").read_text())["records"][0]
+    assert [k["spec"] for k in rec["kernel_params"]] == ["last:1", "1."]
+    last, first = rec["kernel_params"]
+    assert last["num_params"] == 256 * 10 + 10 and first["num_params"] == 64 * 256 + 256
+    assert 0 <= last["rel_distance_scaled"] <= last["rel_distance"] and 0 <= last["agreement"] <= 1
+    assert "parameter subset S vs all" in res.stdout
+    _fails([*FAST, "--kernel-params", "nope."], "--kernel-params 'nope.': params ('nope.',) match no parameter",
+           tmp_path)
+    _fails([*FAST, "--kernel-params", "last:0"], "--kernel-params 'last:0'", tmp_path)

@@ -317,3 +317,60 @@ def test_python_oracle_text_tasks_and_a_server_that_goes_away(server, admin, tmp
     assert state.read_bytes() == before               # nothing half-done
     flaky.fail = 0                                    # back: the same call goes on
     assert oracle.pull(ids, round=0) == {i: int(x[i].sum() > 0) for i in (1, 3, 4)}
+
+
+def test_active_learner_pushes_its_queries_and_pulls_partial_labels(server, admin, tmp_path, digits):
+    """ActiveLearner(..., oracle=LabelStudioOracle(...)): query() pushes the round's ids best
+    first with the model's guesses and the strategy's scores; pull() adds what annotators
+    finished, the round ends only when all are labeled, and a resumed learner pulls the rest."""
+    import entk_al
+    from entk_al.labelstudio import LabelStudioOracle
+
+    truth = digits.y_train.numpy()
+    pool = digits.x_train[:400]
+    first = np.arange(0, 400, 20)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):  # the user's own cross-entropy training
+        loss = torch.nn.functional.cross_entropy(model(pool[first]), torch.as_tensor(truth[first]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    run = tmp_path / "learner"
+    project = f"learner {tmp_path.name}"
+
+    def oracle():
+        return LabelStudioOracle(server.url, project, server.token, state_file=run / ls.STATE_FILE)
+
+    learner = entk_al.ActiveLearner(pool, "margin", out=run, labeled_ids=first, labels=truth[first],
+                                    classes=list(digits.classes), oracle=oracle())
+    q = learner.query(model, 5)
+    tasks = run_tasks(admin, run, 0)
+    assert [t.data["entk_al_id"] for t in tasks] == q.ids.tolist()  # imported best first
+    score_of = dict(zip(q.score_ids.tolist(), q.scores.tolist()))
+    assert [t.data["acquisition_score"] for t in tasks] == pytest.approx([score_of[i] for i in q.ids.tolist()])
+    with torch.no_grad():
+        guess = model(pool[torch.from_numpy(q.ids)]).argmax(1).tolist()
+    assert [t.predictions[0].result[0]["value"]["choices"][0] for t in tasks] == [digits.classes[c] for c in guess]
+    config = json.loads((run / "config.json").read_text())
+    assert config["oracle"] == "label-studio" and config["ls_url"] == server.url and server.token not in str(config)
+
+    for t in tasks[:3]:
+        annotate(admin, t, digits.classes[truth[t.data["entk_al_id"]]])
+    report = learner.pull()
+    assert not report.complete and sorted(report.labels) == sorted(q.ids[:3].tolist())
+    assert len(learner.labeled_ids) == 23 and learner.round == 0 and learner.pending is not None
+    assert learner.pull().labels.keys() == report.labels.keys()  # pulling again adds nothing twice
+
+    again = entk_al.ActiveLearner.resume(run, pool, oracle=oracle())  # e.g. the next morning
+    assert again.round == 0 and again.pending.tolist() == q.ids.tolist()
+    for t in tasks[3:]:
+        annotate(admin, t, digits.classes[truth[t.data["entk_al_id"]]])
+    assert again.pull().complete
+    assert again.round == 1 and again.pending is None
+    assert np.array_equal(again.labels, truth[again.labeled_ids]) and len(again.labeled_ids) == 25
+    q1 = again.query(model, 5)
+    assert [t.data["entk_al_id"] for t in run_tasks(admin, run, 1)] == q1.ids.tolist()
+    assert not np.isin(q1.ids, q.ids).any()

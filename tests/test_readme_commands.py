@@ -40,6 +40,7 @@ def test_the_readme_has_the_commands_this_test_runs():
 
 def test_readme_run_commands_in_order(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").symlink_to(README.parent / "examples")  # commands name files from the repository root
     folders: list[Path] = []
     ran = 0
     skipped: set[str] = set()  # run folders of skipped commands: their --resume / label are skipped too
@@ -96,6 +97,8 @@ def _config(args: list[str]) -> RunConfig:
     (["--dataset", "numpy:a/d.npz"], ["--dataset", "numpy:b/d.npz"]),
     ([], ["--seed", "1"]),
     ([], ["--model", "cnn"]),
+    (["--model", "a/net.py:Net"], ["--model", "b/net.py:Net"]),
+    ([], ["--train", "my_train.py:fit"]),
     ([], ["--rounds", "20"]),
     ([], ["--oracle", "files"]),
 ])

@@ -81,6 +81,11 @@ def approx(
         help="Kernel engine: auto (= gram), gram or jacobian (per-sample gradients; faster for eNTKs of "
              "wide CNNs, where the gram engine pays per pair of positions and outputs).")] = "auto",
     ridge_rel: Annotated[float, typer.Option(help="Ridge relative to trace(K)/dim(K), as in the look-ahead.")] = 1e-3,
+    kernel_params: Annotated[Optional[list[str]], typer.Option(
+        "--kernel-params",
+        help="Also compare the pNTK over a parameter subset with the full pNTK (repeatable): trainable, all, "
+             "last:N (the last N modules with parameters) or name prefixes 'fc.,layer4.', as the look-ahead's "
+             "-o kernel_params. Reports the relative distance, kernel-regression agreement and time ratio.")] = None,
     memory_gib: Annotated[Optional[float], typer.Option(
         help="Memory budget (GiB) for eNTKs and for 'largest N' (default: half the device memory).")] = None,
     seed: Annotated[int, typer.Option(help="Seed (init, labeled set, subsets, mini-batches).")] = 0,
@@ -111,7 +116,8 @@ def approx(
 
 
 def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, eval_size, cost_sizes, method, ridge_rel,
-            memory_gib, seed, epochs, min_steps, batch_size, lr, loss, device, threads, float64, data_dir, out, quiet):
+            kernel_params, memory_gib, seed, epochs, min_steps, batch_size, lr, loss, device, threads, float64,
+            data_dir, out, quiet):
     check_out_dir(out)
     width_list = parse_int_list(widths, "--widths") if widths is not None else [None]
     cps = parse_int_list(checkpoints, "--checkpoints", allow_init=True)
@@ -144,7 +150,7 @@ def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, e
         widths=width_list, checkpoints=cps, n_points=n_points, subsets=subsets, kr_labels=kr_labels,
         eval_size=eval_size if eval_size is not None else min(1000, len(data.x_test)), cost_sizes=sizes,
         ridge_rel=ridge_rel, memory_budget_gib=memory_gib if memory_gib is not None else default_memory_gib(dev),
-        seed=seed, method=method)
+        seed=seed, method=method, kernel_params=list(dict.fromkeys(kernel_params or [])))
     train_cfg = TrainConfig(loss=loss, epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr,
                             weight_decay=cfg.weight_decay, threads=cfg.threads)
     dtype = torch.float64 if float64 else torch.float32

@@ -19,7 +19,8 @@ DEFAULT_DEVICE = default("device")
 
 def fidelity(
     dataset: str = typer.Option(default("dataset"), help="Dataset name."),
-    model: str = typer.Option(default("model"), help="Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2."),
+    model: str = typer.Option(default("model"), help="Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2, or "
+                                                       "module:Class / file.py:Class (as entk-al run --model)."),
     width: Optional[int] = typer.Option(None, help="Model width."),
     initial: int = typer.Option(default("initial"),
                                 help="Size of the seeded random labeled set L the model is trained on."),
@@ -33,7 +34,10 @@ def fidelity(
                                   help="Minimum optimizer steps per (re)training (the run's default)."),
     batch_size: int = typer.Option(default("batch_size"), help="Batch size."),
     lr: Optional[float] = typer.Option(None, help=f"OneCycle max learning rate (default: {lr_default_text()})."),
-    loss: str = typer.Option(default("loss"), help="mse or ce."),
+    loss: str = typer.Option(default("loss"), help="Loss of the training and of every retraining: mse or ce "
+                                                     "(the look-ahead's prediction is the squared-loss one either "
+                                                     "way; ce measures how well it predicts a cross-entropy-trained "
+                                                     "network)."),
     device: PlainDevice = DEFAULT_DEVICE,
     data_dir: PlainDataDir = None,
     out: Path = typer.Option(Path("runs/fidelity"), help="Output folder for fidelity.json and fidelity.png."),
@@ -103,10 +107,13 @@ def _fidelity(dataset, model, width, initial, candidates, eval_size, seed, ridge
     result.update(dataset=dataset, model=model, seed=seed, eval_ids=eval_ids.tolist(),
                   candidate_ids=eval_ids[cand].tolist(), labeled_ids=lab.tolist(), device=str(setup.device))
     write_json(out / "fidelity.json", result)
-    plot_fidelity(result, out / "fidelity.png", title=f"look-ahead fidelity: {model} on {dataset}, "
+    plot_fidelity(result, out / "fidelity.png", title=f"look-ahead fidelity: {model} on {dataset} ({loss}), "
                   f"n={len(lab)}, {candidates} candidates, |U|={eval_size}")
-    echo(f"Spearman {result['spearman']:.3f} (vs control {result['spearman_vs_control']:.3f}), "
-               f"Pearson {result['pearson']:.3f}, top-{result['top_k']} overlap {result['top_k_overlap']:.2f}, "
-               f"mean rel. error {result['mean_relative_error']:.4f} (no-change guess "
-               f"{result['mean_relative_error_no_change']:.4f}), retrain/look-ahead time "
-               f"{result['speedup_retrain_over_lookahead']:.0f}x; wrote {out}/fidelity.json and fidelity.png")
+    echo(f"{loss}: Spearman {result['spearman']:.3f} (vs control {result['spearman_vs_control']:.3f}), "
+         f"Pearson {result['pearson']:.3f}, top-{result['top_k']} overlap {result['top_k_overlap']:.2f}, "
+         f"mean rel. error {result['mean_relative_error']:.4f} (no-change guess "
+         f"{result['mean_relative_error_no_change']:.4f}), real/predicted change {result['change_ratio']:.2f}x; "
+         f"in probabilities: Spearman {result['spearman_probs']:.3f} (vs control "
+         f"{result['spearman_probs_vs_control']:.3f}); reference=base: Spearman vs control "
+         f"{result['spearman_reference_base_vs_control']:.3f}; retrain/look-ahead time "
+         f"{result['speedup_retrain_over_lookahead']:.0f}x; wrote {out}/fidelity.json and fidelity.png")

@@ -73,7 +73,9 @@ def run(
         help=f"Strategy name, module:Class or file.py:Class (default: {default('strategy')})."),
     dataset: Optional[str] = typer.Option(None, help=f"Dataset name (default: {default('dataset')})."),
     model: Optional[str] = typer.Option(
-        None, help=f"Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2 (default: {default('model')})."),
+        None, help=f"Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2, or your class as module:Class or "
+                   f"file.py:Class, built as Class(input_shape, num_classes) (+ width= when --width is given) "
+                   f"(default: {default('model')})."),
     width: Optional[int] = typer.Option(None, help="Model width (hidden units / first conv channels)."),
     initial: Optional[int] = typer.Option(
         None, help=f"Size of the seeded random initial labeled set (default: {default('initial')})."),
@@ -88,6 +90,10 @@ def run(
     retrain: Optional[str] = typer.Option(
         None, help=f"warm (continue from last round) or scratch (default: {default('retrain')})."),
     loss: Optional[str] = typer.Option(None, help=f"mse (one-hot squared loss) or ce (default: {default('loss')})."),
+    train: Optional[str] = typer.Option(
+        None, "--train", help="Your training step as module:function or file.py:function, called each round as "
+                              "fn(model, x, y, *, round, generator, config, device) -> the trained model "
+                              "(docs/api.md); replaces the built-in SGD recipe."),
     epochs: Optional[int] = typer.Option(
         None, help=f"Epochs over the labeled set per round (default: {default('epochs')})."),
     min_steps: Optional[int] = typer.Option(
@@ -138,7 +144,7 @@ def run(
     from ..config import parse_options, resolve_config
 
     flags = dict(strategy=strategy, dataset=dataset, model=model, width=width, initial=initial, query=query,
-                 rounds=rounds, subset=subset, seed=seed, retrain=retrain, loss=loss, epochs=epochs,
+                 rounds=rounds, subset=subset, seed=seed, retrain=retrain, loss=loss, train=train, epochs=epochs,
                  min_steps=min_steps, batch_size=batch_size, lr=lr, device=device, threads=threads, data_dir=data_dir,
                  download=download, oracle=oracle, ls_url=ls_url, ls_project=ls_project, executor=executor,
                  address=address, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,

@@ -29,6 +29,9 @@ import torch
 
 from ..errors import DataFormatError, DataNotFoundError
 
+#: NumPy dtype kinds a pool's inputs may have: bool, signed and unsigned integers, floats.
+NUMERIC_KINDS = "biuf"
+
 
 def _check_ids(ids: Any, size: int) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -75,14 +78,22 @@ class TensorPool(Pool):
     """An in-memory pool.
 
     Args:
-        x: (N, *input_shape) inputs (a tensor, or an array converted to one); ``get`` returns
-            rows in their dtype (float64 stays float64, token ids stay integers).
+        x: (N, *input_shape) inputs (a tensor, or an array of numbers converted to one); ``get``
+            returns rows in their dtype (float64 stays float64, token ids stay integers).
         labels: optional (N,) labels.
         offset: global id of ``x[0]`` (a shard's slice of a larger pool).
+
+    Raises:
+        DataFormatError: an array that is not of numbers (object, strings), or fewer than 2 dimensions.
     """
 
     def __init__(self, x: Any, labels: Any = None, offset: int = 0):
-        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        if not isinstance(x, torch.Tensor):
+            x = np.asarray(x)
+            if x.dtype.kind not in NUMERIC_KINDS:
+                raise DataFormatError(f"pool inputs must be numbers, got an array of dtype {x.dtype}; "
+                                      f"convert them to float32 (or give a Dataset)")
+        x = torch.as_tensor(x)
         if x.dim() < 2:
             raise DataFormatError(f"pool inputs must be (N, *input_shape), got shape {tuple(x.shape)}")
         self.x = x
@@ -112,6 +123,9 @@ def _as_array(item: Any, pos: int) -> np.ndarray:
     if isinstance(item, torch.Tensor):
         return item.detach().cpu().numpy()
     if isinstance(item, np.ndarray):
+        if item.dtype.kind not in NUMERIC_KINDS:
+            raise DataFormatError(f"dataset item {pos} is an array of dtype {item.dtype}, not of numbers; "
+                                  f"convert it to float32")
         return item
     raise DataFormatError(f"dataset item {pos} is a {type(item).__name__}, not a tensor or an array; "
                           f"add a transform that returns one (e.g. torchvision's ToTensor)")
