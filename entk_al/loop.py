@@ -287,9 +287,6 @@ class ActiveLearningLoop:
                                   "kernel_seconds": 0.0, "score_seconds": 0.0}
         return record
 
-    #: the former name of :meth:`train_and_evaluate`.
-    run_round = train_and_evaluate
-
     def query_round(self, state: LoopState, record: dict, model: torch.nn.Module) -> bool:
         """Select this round's queries and label them; True if the run now waits for a human.
 

@@ -18,6 +18,8 @@ so updating D² for one new center costs O(N·(O + H)) in chunks, and the memory
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -81,19 +83,20 @@ class BadgeSampling:
     :func:`kmeanspp_factorized` with the D² draw walking per-tile running sums).
 
     Args:
-        chunk_size: kept for compatibility (the executor's tiles bound the memory).
+        chunk_size: deprecated and ignored (removed in 0.3; a FutureWarning when given): the
+            executor's tiles bound the memory.
     """
 
     name = "badge"
     description = "k-means++ on last-layer gradient embeddings (BADGE, Ash et al. 2020)"
 
-    def __init__(self, chunk_size: int = 8192):
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.chunk_size = int(chunk_size)
+    def __init__(self, chunk_size: int | None = None):
+        if chunk_size is not None:
+            warnings.warn("badge option 'chunk_size' is ignored (the executor's tiles bound the memory) and will "
+                          "be removed in 0.3", FutureWarning, stacklevel=2)
 
     def select(self, ctx: RoundContext, k: int) -> np.ndarray:
         return badge_kmeanspp(ctx.executor, ctx.candidate_ids, k, ctx.rng)
 
     def __repr__(self) -> str:
-        return f"BadgeSampling(chunk_size={self.chunk_size})"
+        return "BadgeSampling()"

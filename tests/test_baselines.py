@@ -81,6 +81,18 @@ def test_badge_known_answer_duplicates_then_the_odd_one():
     assert BadgeSampling().select(ctx, 2).tolist() == [0, 3]
 
 
+def test_ignored_chunk_size_options_warn_and_change_nothing():
+    """badge's and bald's chunk_size are accepted for old configs, ignored, and slated for removal."""
+    probs = [[0.2, 0.8], [0.2, 0.8], [0.2, 0.8], [0.9, 0.1]]
+    feats = [[3.0, 0.0], [3.0, 0.0], [3.0, 0.0], [0.0, 1.0]]
+    with pytest.warns(FutureWarning, match="badge option 'chunk_size'.*removed in 0.3"):
+        badge = BadgeSampling(chunk_size=7)
+    assert badge.select(fake_ctx([0, 1, 2, 3], probs=probs, feats=feats), 2).tolist() == [0, 3]
+    with pytest.warns(FutureWarning, match="bald option 'chunk_size'.*removed in 0.3"):
+        bald = BALDSampling(samples=5, chunk_size=7)
+    assert vars(bald) == vars(BALDSampling(samples=5))
+
+
 def test_badge_gradient_embedding_norm_picks_first():
     # ‖g‖ = ‖p − e_ŷ‖·‖h‖: row 1 is the least confident with the same h, so it comes first.
     probs = [[0.99, 0.01], [0.55, 0.45], [0.8, 0.2]]
