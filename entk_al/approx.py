@@ -132,9 +132,9 @@ def regress(k_ll: torch.Tensor, k_el: torch.Tensor, targets: torch.Tensor, prior
         k, a, r = flatten_entk(k_ll).double(), flatten_entk(k_el).double(), r.reshape(-1, 1)
     else:
         k, a = k_ll.double(), k_el.double()
-    lam = relative_ridge(k, ridge_rel)
-    k = 0.5 * (k + k.T) + lam * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
-    return prior_e.double() + (a @ torch.linalg.solve(k, r)).reshape(m, o), lam
+    ridge = relative_ridge(k, ridge_rel)
+    k = 0.5 * (k + k.T) + ridge * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
+    return prior_e.double() + (a @ torch.linalg.solve(k, r)).reshape(m, o), ridge
 
 
 def fit_slope(widths, values) -> dict:
@@ -338,7 +338,7 @@ def check_settings(s: ApproxSettings, pool_size: int, test_size: int, num_output
     if any(n < 2 for n in s.cost_sizes):
         raise ConfigError(f"--cost-sizes must be >= 2, got {s.cost_sizes}")
     if s.ridge_rel < 0:
-        raise ConfigError(f"--ridge must be >= 0, got {s.ridge_rel}")
+        raise ConfigError(f"--ridge-rel must be >= 0, got {s.ridge_rel}")
     if s.n_points * s.subsets > test_size:
         raise ConfigError(f"--n-points {s.n_points} x --subsets {s.subsets} exceeds the {test_size} test points")
     if s.eval_size > test_size or max(s.cost_sizes) > test_size:
@@ -456,11 +456,11 @@ def regression_record(model: nn.Module, x_l, y_l, x_e, y_e, num_classes: int, ri
            "network_accuracy": _accuracy(f_e, y_e)}
     for name, (pl, pe) in {"kernel_regression": (torch.zeros_like(f_l), torch.zeros_like(f_e)),
                            "linearized": (f_l, f_e)}.items():
-        pred_e, lam_e = regress(t_ll, t_el, y1, pl, pe, ridge_rel)
-        pred_p, lam_p = regress(p_ll, p_el, y1, pl, pe, ridge_rel)
+        pred_e, ridge_e = regress(t_ll, t_el, y1, pl, pe, ridge_rel)
+        pred_p, ridge_p = regress(p_ll, p_el, y1, pl, pe, ridge_rel)
         rec = {"accuracy_entk": _accuracy(pred_e, y_e), "accuracy_pntk": _accuracy(pred_p, y_e),
                "agreement": _agreement(pred_p, pred_e), "rel_diff": _rel(pred_p, pred_e),
-               "ridge_entk": lam_e, "ridge_pntk": lam_p}
+               "ridge_entk": ridge_e, "ridge_pntk": ridge_p}
         if name == "linearized" and real_e is not None:
             real = real_e.double()
             rec.update(real_accuracy=_accuracy(real, y_e),

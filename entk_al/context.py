@@ -354,7 +354,7 @@ class RoundContext:
                 t0 = time.perf_counter()
                 post, bad = fit_on_shards(self.executor, fn, u_ids=u, cand_pos=cand_pos,
                                           x_lab=x_lab, x_cand=self.pool.get(cand), chol=chol,
-                                          alpha=alpha, ridge=ridge + jitter, jitter=jitter,
+                                          alpha=alpha, ridge_eff=ridge + jitter, jitter=jitter,
                                           dense=len(u) + len(lab) <= dense_max, reference=reference,
                                           lab_ids=lab, cand_ids=cand, probe=self.kernel_probe())
                 self.kernel_seconds += time.perf_counter() - t0

@@ -63,7 +63,7 @@ def measure(ex, x: torch.Tensor, model: nn.Module, args) -> dict:
     def lookahead():
         fresh()
         post, _ = fit_on_shards(ex, pntk, u_ids=u, cand_pos=np.arange(len(u)), x_lab=x[lab], x_cand=x[u], chol=chol,
-                                alpha=alpha, ridge=1e-3, jitter=0.0, dense=True)
+                                alpha=alpha, ridge_eff=1e-3, jitter=0.0, dense=True)
         post.scores(torch.arange(len(u)))
 
     def empty():
