@@ -41,7 +41,7 @@ from .errors import ConfigError
 from .lookahead import relative_ridge
 from .models import MODELS, build_model, predict
 from .ntk import kernel
-from .seeding import numpy_rng, torch_generator
+from .seeding import APPROX_EVAL, APPROX_LABELED, APPROX_RANDOM_LOGIT, APPROX_TEST, TRAIN, numpy_rng, torch_generator
 from .train import TrainConfig, train_model
 
 STANDINS = ("pntk", "first_logit", "trace", "random_logit")
@@ -527,11 +527,11 @@ def run_approx(factory: Callable[[int | None], nn.Module], data, settings: Appro
     o = data.num_classes
     itemsize = torch.empty(0, dtype=dtype).element_size()
     check_settings(s, data.pool_size, len(data.x_test), o, itemsize)
-    labeled = numpy_rng(s.seed, -1, "approx-labeled").permutation(data.pool_size)[:max([s.kr_labels, *s.checkpoints])]
-    perm = numpy_rng(s.seed, -1, "approx-test").permutation(len(data.x_test))
+    labeled = numpy_rng(s.seed, -1, APPROX_LABELED).permutation(data.pool_size)[:max([s.kr_labels, *s.checkpoints])]
+    perm = numpy_rng(s.seed, -1, APPROX_TEST).permutation(len(data.x_test))
     subsets = [np.sort(perm[i * s.n_points:(i + 1) * s.n_points]) for i in range(s.subsets)]
-    eval_ids = np.sort(numpy_rng(s.seed, -1, "approx-eval").permutation(len(data.x_test))[:s.eval_size])
-    logit = int(numpy_rng(s.seed, -1, "approx-random-logit").integers(o))
+    eval_ids = np.sort(numpy_rng(s.seed, -1, APPROX_EVAL).permutation(len(data.x_test))[:s.eval_size])
+    logit = int(numpy_rng(s.seed, -1, APPROX_RANDOM_LOGIT).integers(o))
     x_e, y_e = data.x_test[eval_ids].to(device, dtype), data.y_test[eval_ids]
     kr = labeled[:s.kr_labels]
     x_kr, y_kr = data.x_train[kr].to(device, dtype), data.y_train[kr]
@@ -548,7 +548,7 @@ def run_approx(factory: Callable[[int | None], nn.Module], data, settings: Appro
             net = copy.deepcopy(net0)
             ids = labeled[:n]
             train_info[n] = train_model(net, data.x_train[ids], data.y_train[ids], train_cfg,
-                                        torch_generator(s.seed, 0, "train"))
+                                        torch_generator(s.seed, 0, TRAIN))
             nets[n] = net
         for n in s.checkpoints:
             net = nets[n]

@@ -20,7 +20,7 @@ from torch import nn
 
 from .data.pool import Pool, as_pool
 from .errors import StrategyError
-from .executor import LocalExecutor
+from .executor import make_executor
 from .executor.kernel_rows import kernel_rows
 from .executor.scan import predict
 from .executor.sharded_posterior import fit_on_shards
@@ -28,11 +28,8 @@ from .lookahead import cholesky_with_jitter, relative_ridge
 from .ntk import PNTK, FeatureKernel
 from .ntk.common import parse_params
 from .progress import NullProgress
-from .seeding import numpy_rng
+from .seeding import STRATEGY, numpy_rng
 from .seeding import torch_generator as make_torch_generator
-
-#: The (seed, round, component) stream of a strategy's own randomness.
-STRATEGY_STREAM = "strategy"
 
 
 def _no_oracle(ids: np.ndarray) -> np.ndarray:
@@ -79,8 +76,9 @@ class RoundContext:
             :data:`entk_al.ntk.PNTK`, a feature kernel, with which :meth:`kernel` and
             :meth:`posterior` compute each input's features once per round and shard.
         progress: the run's progress reporter (default: none).
-        executor: where pool scans run (:mod:`entk_al.executor`), its round begun with
-            ``model``; default: a :class:`~entk_al.executor.LocalExecutor` over ``pool``.
+        executor: where pool scans run (:mod:`entk_al.executor`); default: a ``local`` one over
+            ``pool`` (:func:`~entk_al.executor.make_executor`). Its round is begun here, with
+            ``model``, ``round`` and ``seed``: the one place a round's seed reaches the executor.
         x_pool: deprecated name of ``pool`` (a tensor); removed in 0.3.
 
     Attributes:
@@ -125,9 +123,9 @@ class RoundContext:
             unlabeled_ids = np.flatnonzero(mask)
         self.unlabeled_ids = np.asarray(unlabeled_ids, dtype=np.int64)
         self.candidate_ids = self.unlabeled_ids if candidate_ids is None else np.asarray(candidate_ids, dtype=np.int64)
-        self.rng = rng if rng is not None else numpy_rng(self.seed, self.round, STRATEGY_STREAM)
+        self.rng = rng if rng is not None else numpy_rng(self.seed, self.round, STRATEGY)
         self.torch_generator = (torch_generator if torch_generator is not None
-                                else make_torch_generator(self.seed, self.round, STRATEGY_STREAM))
+                                else make_torch_generator(self.seed, self.round, STRATEGY))
         self.oracle = oracle if oracle is not None else _no_oracle
         self.info: dict[str, Any] = {} if info is None else info
         self.progress = progress or NullProgress()
@@ -148,10 +146,8 @@ class RoundContext:
 
         self.kernel_fn = timed_kernel
         self._raw_kernel_fn = raw
-        if executor is None:
-            executor = LocalExecutor(self.pool, self.device)
-            executor.begin_round(self.round, self.seed, self.model)
-        self.executor = executor
+        self.executor = executor if executor is not None else make_executor("local", self.pool, self.device)
+        self.executor.begin_round(self.round, self.seed, self.model)
 
     @property
     def x_pool(self) -> torch.Tensor:

@@ -38,9 +38,7 @@ from .pool import PoolState
 from .progress import NullProgress
 from .run_setup import RunSetup, resolve_device
 from .runlock import run_folder_lock
-from .seeding import int_seed, torch_generator
 from .selection import select_queries
-from .train import train_model
 
 #: Labeled inputs above this magnitude are named as the first suspect of a diverged round.
 HUGE_INPUT = 1e4
@@ -266,17 +264,15 @@ class ActiveLearningLoop:
             TrainingDivergedError: the training loss or weights became NaN or infinite; the
                 message names the round and the suspects (``--lr``, the inputs' magnitude).
         """
-        cfg = self.cfg
-        # Global torch RNG (dropout, user code) is re-seeded per round for resumability.
-        torch.manual_seed(int_seed(cfg.seed, r, "torch-global"))
+        # The global torch RNG (dropout, user code) is re-seeded per round in train_round, for resumability.
         lab = pool.labeled_ids()
         t0 = time.perf_counter()
         steps = self.train_cfg.steps_for(len(lab))
         x_lab = self.data.x_train[lab]
         try:
             with self.progress.task(f"round {r}: training", total=steps) as advance:
-                stats = train_model(model, x_lab, self.data.y_train.new_tensor(pool.labels[lab]),
-                                    self.train_cfg, torch_generator(cfg.seed, r, "train"), on_step=advance)
+                stats = self.setup.train_round(model, r, x_lab, self.data.y_train.new_tensor(pool.labels[lab]),
+                                               on_step=advance)
         except TrainingDivergedError as exc:
             raise TrainingDivergedError(self.divergence_message(r, str(exc), x_lab)) from None
         train_s = time.perf_counter() - t0

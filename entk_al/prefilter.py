@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .models import eval_mode
+from .seeding import direction_seed
 
 #: Pools up to this size get an exact IndexFlatL2; larger ones an IVF index.
 EXACT_MAX = 100_000
@@ -149,7 +150,7 @@ def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, s
         x: (N, *input_shape) inputs (any device; moved to the model's).
         model: the network, (N, *F) -> (N, O).
         dim: number of random directions.
-        seed: direction t is drawn from seed ``seed * 1_000_003 + t``.
+        seed: direction t is drawn from seed :func:`entk_al.seeding.direction_seed` (seed, t).
         batch_size: samples per JVP batch.
     Returns:
         (N, dim) float32 on the model's device. The model runs in eval mode.
@@ -174,7 +175,7 @@ def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, s
             with torch.no_grad():
                 for t in range(dim):
                     # Direction t is regenerated from (seed, t) for each batch: no (dim × P) store.
-                    gen.manual_seed(seed * 1_000_003 + t)
+                    gen.manual_seed(direction_seed(seed, t))
                     r = {k: torch.randn(v.shape, generator=gen, dtype=dtype).to(dev) for k, v in params.items()}
                     with warnings.catch_warnings():
                         # torch's forward-AD path warns about its own use of torch.jit.script.

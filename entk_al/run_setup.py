@@ -19,8 +19,8 @@ from .errors import ConfigError
 from .models import build_model
 from .ntk import PNTK
 from .plugins import load_strategy
-from .seeding import int_seed, numpy_rng
-from .train import TrainConfig
+from .seeding import INIT, INITIAL, TORCH_GLOBAL, TRAIN, int_seed, numpy_rng, torch_generator
+from .train import TrainConfig, train_model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,8 +91,8 @@ class RunSetup:
 
     def initial_ids(self) -> np.ndarray:
         """The seeded random initial labeled set: (cfg.initial,) int64 sorted global pool ids,
-        drawn from the (seed, -1, "initial") stream."""
-        first = numpy_rng(self.cfg.seed, -1, "initial").choice(self.data.pool_size, self.cfg.initial, replace=False)
+        drawn from the (seed, -1, :data:`~entk_al.seeding.INITIAL`) stream."""
+        first = numpy_rng(self.cfg.seed, -1, INITIAL).choice(self.data.pool_size, self.cfg.initial, replace=False)
         first.sort()
         return first
 
@@ -100,8 +100,41 @@ class RunSetup:
         """The network for ``round_idx`` (seeded init; warm runs share round -1's), on the device."""
         init_round = round_idx if self.cfg.retrain == "scratch" else -1
         model = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes, self.cfg.width,
-                            seed=int_seed(self.cfg.seed, init_round, "init"))
+                            seed=int_seed(self.cfg.seed, init_round, INIT))
         return model.to(self.device)
+
+    def train_generator(self, round_idx: int) -> torch.Generator:
+        """The mini-batch generator of ``round_idx``'s training: the (seed, round,
+        :data:`~entk_al.seeding.TRAIN`) stream.
+
+        Args:
+            round_idx: round index (0-based).
+        """
+        return torch_generator(self.cfg.seed, round_idx, TRAIN)
+
+    def train_round(self, model: torch.nn.Module, round_idx: int, x: torch.Tensor, y: torch.Tensor, *,
+                    on_step: Callable[[int], None] | None = None) -> dict:
+        """Train ``model`` in place as the loop's round ``round_idx`` does: the global torch RNG
+        (dropout, user code) re-seeded from the (seed, round, :data:`~entk_al.seeding.TORCH_GLOBAL`)
+        stream, then :func:`entk_al.train.train_model` with :attr:`train_cfg` and
+        :meth:`train_generator`. ``entk-al fidelity`` trains its θ_L with it, so it linearizes
+        around the model a run's round 0 trains.
+
+        Args:
+            model: the network (on :attr:`device`).
+            round_idx: round index (0-based).
+            x: (n, *input_shape) labeled inputs.
+            y: (n,) int64 their labels.
+            on_step: called with 1 after each optimizer step (progress).
+
+        Returns:
+            ``{"steps": int, "final_loss": float}`` (:func:`entk_al.train.train_model`).
+
+        Raises:
+            TrainingDivergedError: the loss or the weights became non-finite.
+        """
+        torch.manual_seed(int_seed(self.cfg.seed, round_idx, TORCH_GLOBAL))
+        return train_model(model, x, y, self.train_cfg, self.train_generator(round_idx), on_step=on_step)
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Fail fast, before any file is written, if the model cannot take the dataset's inputs.

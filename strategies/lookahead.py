@@ -30,7 +30,7 @@ from entk_al.executor.scan import top_scores
 from entk_al.ntk import FeatureKernel
 from entk_al.ntk.common import parse_params
 from entk_al.prefilter import EXACT_MAX, diverse_subset, eval_set, faiss_build
-from entk_al.seeding import tie_keys
+from entk_al.seeding import child_rng, tie_keys
 from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, select_lookahead
 
 
@@ -176,7 +176,7 @@ class LookaheadSampling:
         centroids = None
         if len(unl) > EXACT_MAX:  # one IVF quantizer, trained here on a seeded sample, serves every tile
             nlist = max(16, int(math.sqrt(len(unl))))
-            sample = np.sort(np.random.default_rng(seed).choice(len(unl), min(len(unl), 64 * nlist), replace=False))
+            sample = np.sort(child_rng(seed).choice(len(unl), min(len(unl), 64 * nlist), replace=False))
             sample_emb = embeddings(ex, unl[sample], spec).numpy()
             centroids = train_quantizer(sample_emb[np.isfinite(sample_emb).all(1)], nlist, seed)
         emb_of = dict(zip(short.tolist(), short_emb))

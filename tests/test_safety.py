@@ -258,12 +258,12 @@ def test_model_returning_tuple_or_dict_gets_one_clear_error(as_dict):
     (["-o", "prefilter=knn", "-o", "shortlist=20", "-o", "num_candidates=50"], "shortlist=20"),
 ])
 def test_strategy_sizes_are_checked_before_training(tmp_path, capsys, monkeypatch, opts, words):
-    import entk_al.loop
+    import entk_al.run_setup
 
     def no_training(*a, **kw):
         raise AssertionError("trained before the size check")
 
-    monkeypatch.setattr(entk_al.loop, "train_model", no_training)
+    monkeypatch.setattr(entk_al.run_setup, "train_model", no_training)
     out = tmp_path / "r"
     code, _, err = cli(capsys, "run", "--query", "10", *opts, "--out", out, "-q")
     assert code == 2 and words in err and "lookahead" in err and err.count("\n") == 1, err

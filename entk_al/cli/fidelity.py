@@ -50,7 +50,6 @@ def fidelity(
 
 def _fidelity(dataset, model, width, initial, candidates, eval_size, seed, ridge_rel, top_k, epochs, min_steps,
               batch_size, lr, loss, device, data_dir, out, quiet) -> None:
-    import torch
 
     from ..config import RunConfig
     from ..fidelity import measure_fidelity, plot_fidelity
@@ -58,8 +57,7 @@ def _fidelity(dataset, model, width, initial, candidates, eval_size, seed, ridge
     from ..oracle import SimulatedOracle
     from ..pool import PoolState
     from ..run_setup import RunSetup
-    from ..seeding import int_seed, numpy_rng, torch_generator
-    from ..train import train_model
+    from ..seeding import FIDELITY_CANDIDATES, FIDELITY_EVAL, numpy_rng
 
     check_finite(ridge_rel, "--ridge-rel")
     if top_k < 1:
@@ -80,15 +78,14 @@ def _fidelity(dataset, model, width, initial, candidates, eval_size, seed, ridge
     unl = pool.unlabeled_ids()
     if eval_size > len(unl):
         raise ConfigError(f"--eval-size {eval_size} exceeds the {len(unl)} unlabeled points")
-    # Same round-0 training as the loop: θ_L is what the look-ahead linearizes around.
+    # The loop's round-0 training (RunSetup.train_round): θ_L is what the look-ahead linearizes around.
     net = setup.new_model(0)
-    torch.manual_seed(int_seed(seed, 0, "torch-global"))
     x_l, y_l = setup.data.x_train[lab], setup.data.y_train[lab]
-    train_model(net, x_l, y_l, setup.train_cfg, torch_generator(seed, 0, "train"))
-    eval_ids = np.sort(numpy_rng(seed, 0, "fidelity-eval").choice(unl, eval_size, replace=False))
-    cand = np.sort(numpy_rng(seed, 0, "fidelity-candidates").choice(eval_size, candidates, replace=False))
+    setup.train_round(net, 0, x_l, y_l)
+    eval_ids = np.sort(numpy_rng(seed, 0, FIDELITY_EVAL).choice(unl, eval_size, replace=False))
+    cand = np.sort(numpy_rng(seed, 0, FIDELITY_CANDIDATES).choice(eval_size, candidates, replace=False))
     x_u = setup.data.x_train[eval_ids]
-    make_gen = lambda: torch_generator(seed, 1, "train")  # noqa: E731  (the loop's round-1 stream)
+    make_gen = lambda: setup.train_generator(1)  # noqa: E731  (the loop's round-1 stream)
 
     def measure(progress=None):
         return measure_fidelity(net, setup.kernel_fn, x_l, y_l, x_u, cand, setup.train_cfg, make_gen,
