@@ -223,7 +223,7 @@ def _rss() -> int | None:
         return None
 
 
-def timed_kernel(model: nn.Module, x1, x2=None, *, kind: str, method: str = "auto"):
+def measure_kernel(model: nn.Module, x1, x2=None, *, kind: str, method: str = "auto"):
     """``kernel(model, x1, x2, kind=kind)`` with its wall time (s) and peak memory growth (bytes).
 
     Args:
@@ -417,8 +417,8 @@ def distance_record(model: nn.Module, x: torch.Tensor, logit: int, method: str) 
         logit: class index c of the ``random_logit`` stand-in Θ_cc.
         method: kernel method (see :func:`entk_al.ntk.kernel`).
     """
-    theta, t_entk, _ = timed_kernel(model, x, kind="entk", method=method)
-    kp, t_pntk, _ = timed_kernel(model, x, kind="pntk", method=method)
+    theta, t_entk, _ = measure_kernel(model, x, kind="entk", method=method)
+    kp, t_pntk, _ = measure_kernel(model, x, kind="pntk", method=method)
     ks = {"pntk": kp, "first_logit": kernel(model, x, kind="first_logit", method=method),
           "trace": kernel(model, x, kind="trace", method=method), "random_logit": theta[:, :, logit, logit]}
     out = {f"error_{name}": kernel_distance(theta, k) for name, k in ks.items()}
@@ -486,7 +486,7 @@ def cost_records(model: nn.Module, x_test: torch.Tensor, sizes: list[int], budge
         x = x_test[:n]
         row = {"n": n}
         for kind in ("pntk", "entk"):
-            k, sec, peak = timed_kernel(model, x, kind=kind, method=method)
+            k, sec, peak = measure_kernel(model, x, kind=kind, method=method)
             row.update({f"{kind}_seconds": sec, f"{kind}_peak_bytes": peak,
                         f"{kind}_kernel_bytes": k.numel() * k.element_size()})
             del k

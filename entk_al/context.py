@@ -21,8 +21,8 @@ from torch import nn
 from .data.pool import Pool, as_pool
 from .errors import StrategyError
 from .executor import make_executor
-from .executor.kernel_rows import kernel_rows
-from .executor.scan import predict
+from .executor.kernel_rows import kernel_rows, nonfinite_blame
+from .executor.scan import outputs_on_shards
 from .executor.sharded_posterior import fit_on_shards
 from .lookahead import cholesky_with_jitter, relative_ridge
 from .ntk import PNTK, FeatureKernel
@@ -184,7 +184,7 @@ class RoundContext:
         """Compute logits and features for ids not yet cached; return their cache rows.
 
         One copy of each is held on the driver; the forward passes run tile by tile on the
-        executor's shards (:func:`entk_al.executor.scan.predict`).
+        executor's shards (:func:`entk_al.executor.scan.outputs_on_shards`).
         """
         if "row_of" not in self._cache:
             self._cache["row_of"] = np.full(len(self.pool), -1, dtype=np.int64)
@@ -208,7 +208,7 @@ class RoundContext:
     def _predict_into(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """(logits, features, finite mask (len(ids),) bool) for ``ids``, from the executor."""
         with self.progress.task("outputs", total=len(ids)) as advance:
-            logits, feats = predict(self.executor, ids)
+            logits, feats = outputs_on_shards(self.executor, ids)
             advance(len(ids))
         logits, feats = logits.to(self.device), feats.to(self.device)
         finite = (torch.isfinite(logits).all(1) & torch.isfinite(feats).all(1)).cpu().numpy()
@@ -328,7 +328,7 @@ class RoundContext:
             (positions index the returned ``u_ids``), and the ids actually used (non-finite ones removed).
 
         Raises:
-            StrategyError: the labeled set's kernel is not finite.
+            StrategyError: the labeled set's kernel is not finite, or no candidate's is.
         """
         lab = self.labeled_ids
         fn = self.kernel_function(params)
@@ -344,6 +344,9 @@ class RoundContext:
         u, cand = np.asarray(u_ids, dtype=np.int64), np.asarray(cand_ids, dtype=np.int64)
         while True:
             u, cand = u[self.keep_mask(u)], cand[self.keep_mask(cand)]
+            if not len(cand):
+                raise StrategyError("no candidate has a finite kernel (float32 overflow?); "
+                                    "check the inputs for huge values")
             pos_of = {int(i): p for p, i in enumerate(u.tolist())}
             cand_pos = np.fromiter((pos_of[int(i)] for i in cand), dtype=np.int64, count=len(cand))
             with self.progress.task(f"posterior setup, |U| = {len(u)}", total=1) as advance:
@@ -369,14 +372,8 @@ class RoundContext:
         bad = ~torch.isfinite(k)
         if not bool(bad.any()):
             return
-        bad = bad.cpu().numpy()
-        if ids1 is ids2 or (len(ids1) == len(ids2) and np.array_equal(ids1, ids2)):
-            rows = bad.diagonal().copy()
-            cols = rows
-        else:
-            rows, cols = bad.all(1), bad.all(0)
-        rest = bad & ~rows[:, None] & ~cols[None, :]
-        rows = rows | rest.any(1)  # entries bad without a bad row or column: blame the row
+        symmetric = ids1 is ids2 or (len(ids1) == len(ids2) and np.array_equal(ids1, ids2))
+        rows, cols = nonfinite_blame(bad.cpu().numpy(), symmetric)
         for i in np.concatenate([ids1[rows], ids2[cols]]).tolist():
             self.excluded.setdefault(int(i), "kernel")
         self.record_excluded()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .acquisition import label_probabilities, lookahead_scores, project_simplex, pseudo_labels
-from .batch_diversity import SELECTIONS, change_gram, gumbel_top_k, kmeanspp_seeding, top_k
+from .batch_diversity import SELECTIONS, change_gram, gumbel_top_k, kmeanspp_seeding, top_k_positions
 from .lookahead import LookaheadSystem, deprecated_ridge_eff, safe_denominators
 
 #: Selection modes of :func:`select_lookahead`.
@@ -157,7 +157,7 @@ def uncertainty_weights(ref: torch.Tensor) -> torch.Tensor:
 
 
 def _top(scores: torch.Tensor, k: int, keys: np.ndarray | None) -> np.ndarray:
-    return top_k(scores.detach().cpu().numpy(), k, keys)
+    return top_k_positions(scores.detach().cpu().numpy(), k, keys)
 
 
 def _choose(post: Posterior, pos: torch.Tensor, scores: torch.Tensor, y: torch.Tensor, n: int, selection: str,

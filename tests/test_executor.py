@@ -10,10 +10,8 @@ from torch import nn
 from entk_al.executor import LocalExecutor, TilePlan
 from entk_al.executor.base import Executor
 from entk_al.executor.diversity import badge_kmeanspp, k_center
-from entk_al.executor.scan import predict, top_scores
+from entk_al.executor.scan import outputs_on_shards, top_scores
 from entk_al.executor.shard import Shard
-from strategies.badge import kmeanspp_factorized
-from strategies.coreset import k_center_greedy
 
 TILE = 16
 
@@ -85,7 +83,7 @@ def test_scattered_tiles_give_bit_identical_scans(pool):
     ids = np.sort(np.random.default_rng(3).choice(len(x), 200, replace=False))
     results = []
     for ex in _executors(x, model):
-        logits, feats = predict(ex, ids[::-1].copy())
+        logits, feats = outputs_on_shards(ex, ids[::-1].copy())
         scores = {kind: top_scores(ex, kind, ids, 25) for kind in ("entropy", "margin", "least_confidence")}
         scores["bald"] = top_scores(ex, "bald", ids, 25, samples=6, dropout=0.4, model_dropout=False)
         results.append((logits, feats, scores))
@@ -104,27 +102,31 @@ def test_scattered_tiles_give_identical_badge_and_coreset(pool):
     labeled = np.setdiff1d(np.arange(len(x)), ids)[:20]
     picks = []
     for ex in _executors(x, model):
-        centers = predict(ex, labeled)[1]
+        centers = outputs_on_shards(ex, labeled)[1]
         picks.append((badge_kmeanspp(ex, ids, 12, np.random.default_rng(5)).tolist(),
                       k_center(ex, ids, centers, 12).tolist(),
                       k_center(ex, ids, centers[:0], 5).tolist()))
     assert all(p == picks[0] for p in picks[1:])
 
 
-def test_tiled_badge_and_coreset_match_the_one_array_algorithms(pool):
-    # The tiled draws walk per-tile running sums; the one-array versions one running sum.
+def test_tiled_badge_and_coreset_match_the_explicit_algorithms(pool):
+    # The tiled draws walk per-tile running sums; the explicit reference one running sum.
     # Same picks (a boundary falling between the two roundings has probability ~1e-16).
+    from brute_force import k_center_explicit, kmeanspp_explicit
+
     x, model = pool
     ids = np.sort(np.random.default_rng(6).choice(len(x), 120, replace=False))
     labeled = np.setdiff1d(np.arange(len(x)), ids)[:10]
     ex = _executors(x, model)[2]
-    logits, feats = predict(ex, ids)
+    logits, feats = outputs_on_shards(ex, ids)
     p = torch.softmax(logits, dim=1).double()
-    a = p - torch.nn.functional.one_hot(p.argmax(1), p.shape[1]).double()
-    ref = ids[kmeanspp_factorized(a, feats, 15, np.random.default_rng(8))]
+    a = (p - torch.nn.functional.one_hot(p.argmax(1), p.shape[1]).double()).numpy()
+    g = np.einsum("no,nh->noh", a, feats.double().numpy()).reshape(len(ids), -1)
+    ref = ids[kmeanspp_explicit(g, 15, np.random.default_rng(8))]
     assert badge_kmeanspp(ex, ids, 15, np.random.default_rng(8)).tolist() == ref.tolist()
-    centers = predict(ex, labeled)[1]
-    assert k_center(ex, ids, centers, 15).tolist() == ids[k_center_greedy(feats, centers, 15)].tolist()
+    centers = outputs_on_shards(ex, labeled)[1]
+    want = k_center_explicit(feats.double().numpy(), centers.double().numpy(), 15)
+    assert k_center(ex, ids, centers, 15).tolist() == ids[want].tolist()
 
 
 def test_scattered_tiles_give_bit_identical_kernel_rows(pool):

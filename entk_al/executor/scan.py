@@ -89,7 +89,7 @@ def _score(shard: Shard, tile: int, ids: np.ndarray, shared: dict) -> dict:
             "sum": float(s[fin].sum()), "count": int(fin.sum()), "all": (ids[fin], s[fin])}
 
 
-def predict(executor: Any, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def outputs_on_shards(executor: Any, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs and penultimate features at pool ``ids``, computed tile by tile on the shards.
 
     Args:

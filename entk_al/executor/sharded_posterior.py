@@ -31,6 +31,7 @@ from ..lookahead import DEGENERATE_REL, deprecated_ridge_eff, safe_denominators
 from ..sequential import fold_update
 from . import lookahead_tiles  # noqa: F401  (registers the look-ahead tile tasks)
 from .feature_store import is_feature_kernel
+from .kernel_rows import nonfinite_blame
 
 F64 = torch.float64
 
@@ -261,10 +262,9 @@ def fit_on_shards(executor: Any, kernel_fn: Callable[..., torch.Tensor], *, u_id
             bad_b = np.zeros((m, c), dtype=bool) if bad_b is None else bad_b
             bad_b[groups[t]] = got[t]["bad_b"]
     if bad_b is not None:
-        # The context's rule for kernels: a column bad in every row blames the candidate, other bad entries the row.
-        bad_cols = bad_b.all(0)
+        bad_rows, bad_cols = nonfinite_blame(bad_b)  # a column bad in every row blames the candidate
         bad[np.asarray(cand_pos)[bad_cols]] = True
-        bad |= (bad_b & ~bad_cols[None, :]).any(1)
+        bad |= bad_rows
     if bad.any():
         return None, u_ids[bad]
     n_out = got[tiles[0]]["base"].shape[1]
