@@ -119,7 +119,8 @@ def run(
     gpus_per_worker: Optional[float] = typer.Option(
         None, help=f"GPUs per Ray actor (default: {RAY_DEFAULTS['gpus_per_worker']:g})."),
     cpus_per_worker: Optional[float] = typer.Option(
-        None, help=f"CPUs per Ray actor (default: {RAY_DEFAULTS['cpus_per_worker']:g})."),
+        None, help=f"CPUs per Ray actor, also its torch threads (default: {RAY_DEFAULTS['cpus_per_worker']:g}); "
+                   f"under --executor local, the torch threads of the pool scans (default: the process's)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Strategy option key=value (repeatable)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these options."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
