@@ -3,40 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import numpy as np
 import typer
 
-from ..config import check_finite, default, lr_default_text
+from ..config import RunConfig, check_finite, lr_default_text
 from ..errors import ConfigError
 from ..progress import rich_bar
 from .options import PlainDataDir, PlainDevice, Quiet, check_out_dir
 from .output import echo
 
-DEFAULT_DEVICE = default("device")
+#: The run's defaults, which fidelity shares.
+_RUN = RunConfig()
+DEFAULT_DEVICE = _RUN.device
 
 
 def fidelity(
-    dataset: str = typer.Option(default("dataset"), help="Dataset name."),
-    model: str = typer.Option(default("model"), help="Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2."),
-    width: Optional[int] = typer.Option(None, help="Model width."),
-    initial: int = typer.Option(default("initial"),
-                                help="Size of the seeded random labeled set L the model is trained on."),
-    candidates: int = typer.Option(50, help="Candidates retrained one by one (each a full retraining)."),
-    eval_size: int = typer.Option(500, help="Evaluation set U (random unlabeled points; holds the candidates)."),
-    seed: int = typer.Option(default("seed"), help="Seed (initial set, init, candidates, mini-batches)."),
-    ridge_rel: float = typer.Option(1e-3, "--ridge-rel", help="Ridge relative to trace(K)/n (lookahead's ridge_rel)."),
-    top_k: int = typer.Option(10, help="k of the top-k overlap."),
-    epochs: int = typer.Option(default("epochs"), help="Training epochs per (re)training (the run's default)."),
-    min_steps: int = typer.Option(default("min_steps"),
-                                  help="Minimum optimizer steps per (re)training (the run's default)."),
-    batch_size: int = typer.Option(default("batch_size"), help="Batch size."),
-    lr: Optional[float] = typer.Option(None, help=f"OneCycle max learning rate (default: {lr_default_text()})."),
-    loss: str = typer.Option(default("loss"), help="mse or ce."),
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = _RUN.dataset,
+    model: Annotated[str, typer.Option(help="Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2.")] = _RUN.model,
+    width: Annotated[Optional[int], typer.Option(help="Model width.")] = None,
+    initial: Annotated[int, typer.Option(
+        help="Size of the seeded random labeled set L the model is trained on.")] = _RUN.initial,
+    candidates: Annotated[int, typer.Option(help="Candidates retrained one by one (each a full retraining).")] = 50,
+    eval_size: Annotated[int, typer.Option(
+        help="Evaluation set U (random unlabeled points; holds the candidates).")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed (initial set, init, candidates, mini-batches).")] = _RUN.seed,
+    ridge_rel: Annotated[float, typer.Option(
+        "--ridge-rel", help="Ridge relative to trace(K)/n (lookahead's ridge_rel).")] = 1e-3,
+    top_k: Annotated[int, typer.Option(help="k of the top-k overlap.")] = 10,
+    epochs: Annotated[int, typer.Option(help="Training epochs per (re)training (the run's default).")] = _RUN.epochs,
+    min_steps: Annotated[int, typer.Option(
+        help="Minimum optimizer steps per (re)training (the run's default).")] = _RUN.min_steps,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = _RUN.batch_size,
+    lr: Annotated[Optional[float], typer.Option(
+        help=f"OneCycle max learning rate (default: {lr_default_text()}).")] = None,
+    loss: Annotated[str, typer.Option(help="mse or ce.")] = _RUN.loss,
     device: PlainDevice = DEFAULT_DEVICE,
     data_dir: PlainDataDir = None,
-    out: Path = typer.Option(Path("runs/fidelity"), help="Output folder for fidelity.json and fidelity.png."),
+    out: Annotated[Path, typer.Option(
+        help="Output folder for fidelity.json and fidelity.png.")] = Path("runs/fidelity"),
     quiet: Quiet = False,
 ) -> None:
     """Compare look-ahead predictions with real warm-started retraining on L ∪ {(x, ŷ)}."""
@@ -51,7 +57,6 @@ def fidelity(
 def _fidelity(dataset, model, width, initial, candidates, eval_size, seed, ridge_rel, top_k, epochs, min_steps,
               batch_size, lr, loss, device, data_dir, out, quiet) -> None:
 
-    from ..config import RunConfig
     from ..fidelity import measure_fidelity, plot_fidelity
     from ..fileio import write_json
     from ..oracle import SimulatedOracle
