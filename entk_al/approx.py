@@ -47,7 +47,7 @@ from .errors import ConfigError
 from .lookahead import relative_ridge
 from .models import MODELS, build_model, predict, user_model_class
 from .ntk import kernel
-from .seeding import numpy_rng, torch_generator
+from .seeding import APPROX_EVAL, APPROX_LABELED, APPROX_RANDOM_LOGIT, APPROX_TEST, TRAIN, numpy_rng, torch_generator
 from .train import TrainConfig, train_model
 
 STANDINS = ("pntk", "first_logit", "trace", "random_logit")
@@ -138,9 +138,9 @@ def regress(k_ll: torch.Tensor, k_el: torch.Tensor, targets: torch.Tensor, prior
         k, a, r = flatten_entk(k_ll).double(), flatten_entk(k_el).double(), r.reshape(-1, 1)
     else:
         k, a = k_ll.double(), k_el.double()
-    lam = relative_ridge(k, ridge_rel)
-    k = 0.5 * (k + k.T) + lam * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
-    return prior_e.double() + (a @ torch.linalg.solve(k, r)).reshape(m, o), lam
+    ridge = relative_ridge(k, ridge_rel)
+    k = 0.5 * (k + k.T) + ridge * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
+    return prior_e.double() + (a @ torch.linalg.solve(k, r)).reshape(m, o), ridge
 
 
 def fit_slope(widths, values) -> dict:
@@ -229,7 +229,7 @@ def _rss() -> int | None:
         return None
 
 
-def timed_kernel(model: nn.Module, x1, x2=None, *, kind: str, method: str = "auto"):
+def measure_kernel(model: nn.Module, x1, x2=None, *, kind: str, method: str = "auto"):
     """``kernel(model, x1, x2, kind=kind)`` with its wall time (s) and peak memory growth (bytes).
 
     Args:
@@ -348,7 +348,7 @@ def check_settings(s: ApproxSettings, pool_size: int, test_size: int, num_output
     if any(n < 2 for n in s.cost_sizes):
         raise ConfigError(f"--cost-sizes must be >= 2, got {s.cost_sizes}")
     if s.ridge_rel < 0:
-        raise ConfigError(f"--ridge must be >= 0, got {s.ridge_rel}")
+        raise ConfigError(f"--ridge-rel must be >= 0, got {s.ridge_rel}")
     from .ntk.common import check_params_spec, parse_params
 
     for spec in s.kernel_params:
@@ -430,8 +430,8 @@ def distance_record(model: nn.Module, x: torch.Tensor, logit: int, method: str) 
         logit: class index c of the ``random_logit`` stand-in Θ_cc.
         method: kernel method (see :func:`entk_al.ntk.kernel`).
     """
-    theta, t_entk, _ = timed_kernel(model, x, kind="entk", method=method)
-    kp, t_pntk, _ = timed_kernel(model, x, kind="pntk", method=method)
+    theta, t_entk, _ = measure_kernel(model, x, kind="entk", method=method)
+    kp, t_pntk, _ = measure_kernel(model, x, kind="pntk", method=method)
     ks = {"pntk": kp, "first_logit": kernel(model, x, kind="first_logit", method=method),
           "trace": kernel(model, x, kind="trace", method=method), "random_logit": theta[:, :, logit, logit]}
     out = {f"error_{name}": kernel_distance(theta, k) for name, k in ks.items()}
@@ -482,7 +482,7 @@ def subset_record(model: nn.Module, xs: list[torch.Tensor], x_l, y_l, x_e, y_e, 
     sub, _ = regress(pk(x_l, ps=params), pk(x_e, x_l, ps=params), y1, f_l, f_e, ridge_rel)
     dists, scaled, t_full, t_sub = [], [], 0.0, 0.0
     for x in xs:
-        k_full, sec_full, _ = timed_kernel(model, x, kind="pntk", method=method)
+        k_full, sec_full, _ = measure_kernel(model, x, kind="pntk", method=method)
         t0 = time.perf_counter()
         k_sub = kernel(model, x, kind="pntk", method=method, params=params)
         if dev.type == "cuda":
@@ -530,11 +530,11 @@ def regression_record(model: nn.Module, x_l, y_l, x_e, y_e, num_classes: int, ri
            "network_accuracy": _accuracy(f_e, y_e)}
     for name, (pl, pe) in {"kernel_regression": (torch.zeros_like(f_l), torch.zeros_like(f_e)),
                            "linearized": (f_l, f_e)}.items():
-        pred_e, lam_e = regress(t_ll, t_el, y1, pl, pe, ridge_rel)
-        pred_p, lam_p = regress(p_ll, p_el, y1, pl, pe, ridge_rel)
+        pred_e, ridge_e = regress(t_ll, t_el, y1, pl, pe, ridge_rel)
+        pred_p, ridge_p = regress(p_ll, p_el, y1, pl, pe, ridge_rel)
         rec = {"accuracy_entk": _accuracy(pred_e, y_e), "accuracy_pntk": _accuracy(pred_p, y_e),
                "agreement": _agreement(pred_p, pred_e), "rel_diff": _rel(pred_p, pred_e),
-               "ridge_entk": lam_e, "ridge_pntk": lam_p}
+               "ridge_entk": ridge_e, "ridge_pntk": ridge_p}
         if name == "linearized" and real_e is not None:
             real = real_e.double()
             rec.update(real_accuracy=_accuracy(real, y_e),
@@ -560,7 +560,7 @@ def cost_records(model: nn.Module, x_test: torch.Tensor, sizes: list[int], budge
         x = x_test[:n]
         row = {"n": n}
         for kind in ("pntk", "entk"):
-            k, sec, peak = timed_kernel(model, x, kind=kind, method=method)
+            k, sec, peak = measure_kernel(model, x, kind=kind, method=method)
             row.update({f"{kind}_seconds": sec, f"{kind}_peak_bytes": peak,
                         f"{kind}_kernel_bytes": k.numel() * k.element_size()})
             del k
@@ -601,11 +601,11 @@ def run_approx(factory: Callable[[int | None], nn.Module], data, settings: Appro
     o = data.num_classes
     itemsize = torch.empty(0, dtype=dtype).element_size()
     check_settings(s, data.pool_size, len(data.x_test), o, itemsize)
-    labeled = numpy_rng(s.seed, -1, "approx-labeled").permutation(data.pool_size)[:max([s.kr_labels, *s.checkpoints])]
-    perm = numpy_rng(s.seed, -1, "approx-test").permutation(len(data.x_test))
+    labeled = numpy_rng(s.seed, -1, APPROX_LABELED).permutation(data.pool_size)[:max([s.kr_labels, *s.checkpoints])]
+    perm = numpy_rng(s.seed, -1, APPROX_TEST).permutation(len(data.x_test))
     subsets = [np.sort(perm[i * s.n_points:(i + 1) * s.n_points]) for i in range(s.subsets)]
-    eval_ids = np.sort(numpy_rng(s.seed, -1, "approx-eval").permutation(len(data.x_test))[:s.eval_size])
-    logit = int(numpy_rng(s.seed, -1, "approx-random-logit").integers(o))
+    eval_ids = np.sort(numpy_rng(s.seed, -1, APPROX_EVAL).permutation(len(data.x_test))[:s.eval_size])
+    logit = int(numpy_rng(s.seed, -1, APPROX_RANDOM_LOGIT).integers(o))
     x_e, y_e = data.x_test[eval_ids].to(device, dtype), data.y_test[eval_ids]
     kr = labeled[:s.kr_labels]
     x_kr, y_kr = data.x_train[kr].to(device, dtype), data.y_train[kr]
@@ -623,7 +623,7 @@ def run_approx(factory: Callable[[int | None], nn.Module], data, settings: Appro
             net = copy.deepcopy(net0)
             ids = labeled[:n]
             train_info[n] = train_model(net, data.x_train[ids], data.y_train[ids], train_cfg,
-                                        torch_generator(s.seed, 0, "train"))
+                                        torch_generator(s.seed, 0, TRAIN))
             nets[n] = net
         for n in s.checkpoints:
             net = nets[n]

@@ -27,6 +27,8 @@ The change vectors are never formed: their Gram matrix is
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 import torch
 
@@ -36,7 +38,7 @@ from .seeding import rank_descending
 SELECTIONS = ("topk", "gumbel", "kmeanspp")
 
 
-def top_k(scores: np.ndarray, k: int, keys: np.ndarray | None = None) -> np.ndarray:
+def top_k_positions(scores: np.ndarray, k: int, keys: np.ndarray | None = None) -> np.ndarray:
     """Indices of the k largest scores, (k,) int64; NaN last.
 
     Args:
@@ -98,9 +100,77 @@ def change_gram(post, pos: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (coef.T @ coef) * (delta @ delta.T)
 
 
+def inverse_cdf(w: np.ndarray, residual: float) -> int:
+    """The position where the running sum of the weights ``w`` first exceeds ``residual``: a
+    draw with probability w_i / Σw for residual = u·Σw, u ~ U[0, 1). At the top of the running
+    sum (rounding), the last position with weight.
+
+    Args:
+        w: (n,) float64 non-negative weights, not all 0.
+        residual: where the draw falls, in [0, Σw).
+    """
+    pick = int(np.searchsorted(np.cumsum(w), residual, side="right"))
+    if pick >= len(w) or w[pick] == 0.0:
+        pick = int(np.flatnonzero(w)[-1])
+    return pick
+
+
+def kmeanspp_centers(first: Any, k: int, rng: np.random.Generator,
+                     update: Callable[[Any], dict[int, tuple[float, tuple[int, int] | None]]],
+                     draw: Callable[[int, float], Any], take: Callable[[int, int], Any]) -> list:
+    """k-means++ seeding (Arthur & Vassilvitskii, SODA 2007; BADGE, Ash et al., ICLR 2020) over
+    points held in parts: the one k-means++ of entk-al, for one array (:func:`kmeanspp_seeding`)
+    and for the tiles of an executor (:func:`entk_al.executor.diversity.badge_kmeanspp`).
+
+    Each part keeps D², its points' squared distance to the nearest center chosen so far, and
+    the running sum of D² over its unchosen points. Per center after the first: ``u =
+    rng.random()``; the part whose share of the total (summed in part order) holds u·total
+    draws the point where its running sum passes the rest (:func:`inverse_cdf`), so a point is
+    drawn with probability D²/total. When every remaining D² is 0 (duplicates), the unchosen
+    point with the lowest (tie-break key, id) is taken.
+
+    Args:
+        first: the first center (the caller's choice: BADGE the largest gradient norm, the
+            look-ahead's rule the top score).
+        k: number of centers (a list of ``first`` alone when k <= 1).
+        rng: generator; one ``rng.random()`` per center after the first.
+        update: ``update(center) -> {part: (mass, fallback)}``: every part folds the new center
+            into its D² and returns the running sum of D² over its unchosen points, and the
+            (key, id) of its unchosen point with the lowest key (then id), or None when none is left.
+        draw: ``draw(part, residual) -> center``: the part's point where its running sum first
+            exceeds ``residual``.
+        take: ``take(part, id) -> center``: the part's point ``id`` (the zero-D² fallback).
+
+    Returns:
+        the centers in pick order, ``first`` first.
+    """
+    centers = [first]
+    while len(centers) < k:
+        res = update(centers[-1])
+        parts = sorted(res)
+        total = 0.0
+        for t in parts:  # in part order, so the total does not depend on where parts ran
+            total += res[t][0]
+        u = rng.random()
+        if not np.isfinite(total) or total <= 0.0:
+            t = min((t for t in parts if res[t][1] is not None), key=lambda t: res[t][1])
+            centers.append(take(t, res[t][1][1]))
+            continue
+        target, before, part = u * total, 0.0, None
+        for t in parts:
+            if res[t][0] > 0.0:
+                part = t
+                if before + res[t][0] > target:
+                    break
+                before += res[t][0]
+        centers.append(draw(part, target - before))
+    return centers
+
+
 def kmeanspp_seeding(gram: np.ndarray, k: int, first: int, rng: np.random.Generator,
                      keys: np.ndarray | None = None) -> np.ndarray:
-    """k-means++ seeding from a Gram matrix (Arthur & Vassilvitskii 2007; BADGE, Ash et al. 2020).
+    """k-means++ seeding from a Gram matrix (Arthur & Vassilvitskii 2007; BADGE, Ash et al. 2020),
+    by :func:`kmeanspp_centers` with the whole array as one part.
 
     Args:
         gram: (P, P) symmetric PSD Gram matrix of the points.
@@ -121,24 +191,24 @@ def kmeanspp_seeding(gram: np.ndarray, k: int, first: int, rng: np.random.Genera
     if k > p:
         raise ValueError(f"cannot seed {k} centers from {p} points")
     if not 0 <= first < p:
-        raise ValueError(f"first must be in [0, {p}), got {first}")
+        raise ValueError(f"first must be in [0, {p})")
     sq = np.diag(gram).copy()
-    chosen = [int(first)]
-    # Squared distance to the nearest center; clamped at 0 against round-off.
-    d2 = np.maximum(sq + sq[first] - 2.0 * gram[:, first], 0.0)
-    d2[first] = 0.0
-    while len(chosen) < k:
-        total = d2.sum()
-        u = rng.random()
-        if total > 0:
-            nxt = int(np.searchsorted(np.cumsum(d2), u * total, side="right"))
-            nxt = min(nxt, p - 1)
-            while d2[nxt] == 0.0:  # u·total on a boundary: step to the next point with mass
-                nxt -= 1
-        else:
-            free = np.setdiff1d(np.arange(p), chosen)
-            nxt = int(free[0] if keys is None else free[np.lexsort((free, np.asarray(keys)[free]))[0]])
-        chosen.append(nxt)
-        d2 = np.minimum(d2, np.maximum(sq + sq[nxt] - 2.0 * gram[:, nxt], 0.0))
-        d2[chosen] = 0.0
-    return np.asarray(chosen, dtype=np.int64)
+    key_of = np.zeros(p, dtype=np.uint64) if keys is None else np.asarray(keys)
+    d2 = np.full(p, np.inf)
+    taken = np.zeros(p, dtype=bool)
+    weights: list[np.ndarray] = []
+
+    def update(c: int) -> dict[int, tuple[float, tuple[int, int] | None]]:
+        taken[c] = True
+        # Squared distance to the nearest center; clamped at 0 against round-off.
+        np.minimum(d2, np.maximum(sq + sq[c] - 2.0 * gram[:, c], 0.0), out=d2)
+        weights[:] = [np.where(taken, 0.0, d2)]
+        free = np.flatnonzero(~taken)
+        if not free.size:
+            return {0: (float(weights[0].sum()), None)}
+        low = int(free[np.lexsort((free, key_of[free]))[0]])
+        return {0: (float(weights[0].sum()), (int(key_of[low]), low))}
+
+    centers = kmeanspp_centers(int(first), k, rng, update, lambda _, residual: inverse_cdf(weights[0], residual),
+                               lambda _, i: i)
+    return np.asarray(centers, dtype=np.int64)

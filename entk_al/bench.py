@@ -47,7 +47,7 @@ from .plugins import available_strategies, load_strategy
 from .progress import NullProgress
 from .results import plot_curve
 from .runlock import run_folder_lock
-from .seeding import int_seed
+from .seeding import BENCH, int_seed
 
 PROTOCOL_KEYS = {"name", "description", "strategies", "seeds", "base_seed", "queries", "run", "strategy_options",
                  "variants"}
@@ -61,7 +61,7 @@ def derive_seed(base_seed: int, index: int) -> int:
     Every strategy gets the same seed at the same index, so runs are paired: the same initial
     labeled set, model initialization and candidate draws before the first query.
     """
-    return int_seed(base_seed, index, "bench") & 0x7FFFFFFF
+    return int_seed(base_seed, index, BENCH) & 0x7FFFFFFF
 
 
 @dataclass

@@ -110,15 +110,17 @@ class RunConfig:
         address: Ray cluster, ``auto`` or ``HOST:PORT``; None starts a private local cluster.
         workers: Ray shard actors.
         gpus_per_worker: GPUs per Ray actor (0: CPU shards).
-        cpus_per_worker: CPUs per Ray actor (its torch threads, at least 1).
-
-    The four Ray options are None under ``executor="local"``, which does not use them (so
-    config.json does not record workers that never ran); under ``ray`` the unset ones take
-    :data:`RAY_DEFAULTS`.
+        cpus_per_worker: CPUs per worker: per Ray actor (also its torch threads, at least 1);
+            under ``local``, when given, the torch threads of its tile tasks, as an actor's.
         stop: stop rules, ``NAME[:THRESHOLD[:WINDOW]]`` comma-separated (``kappa``,
             ``change``; :mod:`entk_al.stopping`), or None / ``none`` for none.
         stop_set: size of the fixed seeded unlabeled stop set the rules are measured on.
         stop_action: ``stop`` (end the run when a rule fires) or ``log`` (only log the rules).
+
+    ``address``, ``workers`` and ``gpus_per_worker`` are None under ``executor="local"``, which
+    does not use them (so config.json does not record workers that never ran), and so is
+    ``cpus_per_worker`` unless given (the local executor then keeps the process's threads);
+    under ``ray`` the unset ones take :data:`RAY_DEFAULTS`.
     """
 
     strategy: str = "lookahead"
@@ -166,7 +168,7 @@ class RunConfig:
         for name, value in RAY_DEFAULTS.items():
             if self.executor == "ray" and getattr(self, name) is None:
                 setattr(self, name, value)
-            elif self.executor == "local":
+            elif self.executor == "local" and name != "cpus_per_worker":
                 setattr(self, name, None)
         if self.executor == "local":
             self.address = None
@@ -228,12 +230,13 @@ class RunConfig:
     def _validate_executor(self) -> None:
         if self.executor not in ("local", "ray"):
             raise ConfigError(f"--executor must be 'local' or 'ray', got {self.executor!r}")
+        if self.cpus_per_worker is not None:
+            check_finite(self.cpus_per_worker, "--cpus-per-worker", strict=True)
         if self.executor == "local":
             return
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         check_finite(self.gpus_per_worker, "--gpus-per-worker")
-        check_finite(self.cpus_per_worker, "--cpus-per-worker", strict=True)
         if self.address is not None and self.address != "auto":
             host, _, port = self.address.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:

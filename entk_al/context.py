@@ -20,19 +20,16 @@ from torch import nn
 
 from .data.pool import Pool, as_pool
 from .errors import StrategyError
-from .executor import LocalExecutor
-from .executor.kernel_rows import kernel_rows
-from .executor.scan import predict
+from .executor import make_executor
+from .executor.kernel_rows import kernel_rows, nonfinite_blame
+from .executor.scan import outputs_on_shards
 from .executor.sharded_posterior import fit_on_shards
 from .lookahead import cholesky_with_jitter, relative_ridge
 from .ntk import PNTK, FeatureKernel
 from .ntk.common import parse_params
 from .progress import NullProgress
-from .seeding import numpy_rng
+from .seeding import STRATEGY, numpy_rng
 from .seeding import torch_generator as make_torch_generator
-
-#: The (seed, round, component) stream of a strategy's own randomness.
-STRATEGY_STREAM = "strategy"
 
 
 def _no_oracle(ids: np.ndarray) -> np.ndarray:
@@ -79,8 +76,9 @@ class RoundContext:
             :data:`entk_al.ntk.PNTK`, a feature kernel, with which :meth:`kernel` and
             :meth:`posterior` compute each input's features once per round and shard.
         progress: the run's progress reporter (default: none).
-        executor: where pool scans run (:mod:`entk_al.executor`), its round begun with
-            ``model``; default: a :class:`~entk_al.executor.LocalExecutor` over ``pool``.
+        executor: where pool scans run (:mod:`entk_al.executor`); default: a ``local`` one over
+            ``pool`` (:func:`~entk_al.executor.make_executor`). Its round is begun here, with
+            ``model``, ``round`` and ``seed``: the one place a round's seed reaches the executor.
         x_pool: deprecated name of ``pool`` (a tensor); removed in 0.3.
 
     Attributes:
@@ -125,9 +123,9 @@ class RoundContext:
             unlabeled_ids = np.flatnonzero(mask)
         self.unlabeled_ids = np.asarray(unlabeled_ids, dtype=np.int64)
         self.candidate_ids = self.unlabeled_ids if candidate_ids is None else np.asarray(candidate_ids, dtype=np.int64)
-        self.rng = rng if rng is not None else numpy_rng(self.seed, self.round, STRATEGY_STREAM)
+        self.rng = rng if rng is not None else numpy_rng(self.seed, self.round, STRATEGY)
         self.torch_generator = (torch_generator if torch_generator is not None
-                                else make_torch_generator(self.seed, self.round, STRATEGY_STREAM))
+                                else make_torch_generator(self.seed, self.round, STRATEGY))
         self.oracle = oracle if oracle is not None else _no_oracle
         self.info: dict[str, Any] = {} if info is None else info
         self.progress = progress or NullProgress()
@@ -148,10 +146,8 @@ class RoundContext:
 
         self.kernel_fn = timed_kernel
         self._raw_kernel_fn = raw
-        if executor is None:
-            executor = LocalExecutor(self.pool, self.device)
-            executor.begin_round(self.round, self.seed, self.model)
-        self.executor = executor
+        self.executor = executor if executor is not None else make_executor("local", self.pool, self.device)
+        self.executor.begin_round(self.round, self.seed, self.model)
 
     @property
     def x_pool(self) -> torch.Tensor:
@@ -188,7 +184,7 @@ class RoundContext:
         """Compute logits and features for ids not yet cached; return their cache rows.
 
         One copy of each is held on the driver; the forward passes run tile by tile on the
-        executor's shards (:func:`entk_al.executor.scan.predict`).
+        executor's shards (:func:`entk_al.executor.scan.outputs_on_shards`).
         """
         if "row_of" not in self._cache:
             self._cache["row_of"] = np.full(len(self.pool), -1, dtype=np.int64)
@@ -212,7 +208,7 @@ class RoundContext:
     def _predict_into(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """(logits, features, finite mask (len(ids),) bool) for ``ids``, from the executor."""
         with self.progress.task("outputs", total=len(ids)) as advance:
-            logits, feats = predict(self.executor, ids)
+            logits, feats = outputs_on_shards(self.executor, ids)
             advance(len(ids))
         logits, feats = logits.to(self.device), feats.to(self.device)
         finite = (torch.isfinite(logits).all(1) & torch.isfinite(feats).all(1)).cpu().numpy()
@@ -332,7 +328,7 @@ class RoundContext:
             (positions index the returned ``u_ids``), and the ids actually used (non-finite ones removed).
 
         Raises:
-            StrategyError: the labeled set's kernel is not finite.
+            StrategyError: the labeled set's kernel is not finite, or no candidate's is.
         """
         lab = self.labeled_ids
         fn = self.kernel_function(params)
@@ -348,13 +344,16 @@ class RoundContext:
         u, cand = np.asarray(u_ids, dtype=np.int64), np.asarray(cand_ids, dtype=np.int64)
         while True:
             u, cand = u[self.keep_mask(u)], cand[self.keep_mask(cand)]
+            if not len(cand):
+                raise StrategyError("no candidate has a finite kernel (float32 overflow?); "
+                                    "check the inputs for huge values")
             pos_of = {int(i): p for p, i in enumerate(u.tolist())}
             cand_pos = np.fromiter((pos_of[int(i)] for i in cand), dtype=np.int64, count=len(cand))
             with self.progress.task(f"posterior setup, |U| = {len(u)}", total=1) as advance:
                 t0 = time.perf_counter()
                 post, bad = fit_on_shards(self.executor, fn, u_ids=u, cand_pos=cand_pos,
                                           x_lab=x_lab, x_cand=self.pool.get(cand), chol=chol,
-                                          alpha=alpha, ridge=ridge + jitter, jitter=jitter,
+                                          alpha=alpha, ridge_eff=ridge + jitter, jitter=jitter,
                                           dense=len(u) + len(lab) <= dense_max, reference=reference,
                                           lab_ids=lab, cand_ids=cand, probe=self.kernel_probe())
                 self.kernel_seconds += time.perf_counter() - t0
@@ -373,14 +372,8 @@ class RoundContext:
         bad = ~torch.isfinite(k)
         if not bool(bad.any()):
             return
-        bad = bad.cpu().numpy()
-        if ids1 is ids2 or (len(ids1) == len(ids2) and np.array_equal(ids1, ids2)):
-            rows = bad.diagonal().copy()
-            cols = rows
-        else:
-            rows, cols = bad.all(1), bad.all(0)
-        rest = bad & ~rows[:, None] & ~cols[None, :]
-        rows = rows | rest.any(1)  # entries bad without a bad row or column: blame the row
+        symmetric = ids1 is ids2 or (len(ids1) == len(ids2) and np.array_equal(ids1, ids2))
+        rows, cols = nonfinite_blame(bad.cpu().numpy(), symmetric)
         for i in np.concatenate([ids1[rows], ids2[cols]]).tolist():
             self.excluded.setdefault(int(i), "kernel")
         self.record_excluded()

@@ -14,10 +14,17 @@ Adding candidate j (a position in U) with target y gives, for every i in U,
     f_{L+j}(U_i) = base_i + M_ij / (M_jj + λ) · (y − base_j)           (block inverse, Eq. 12)
 which equals the direct kernel regression f(U) + k(U, X⁺)(k(X⁺, X⁺) + λI)⁻¹(Y⁺ − f(X⁺)),
 X⁺ = X_L ∪ {U_j}. One Cholesky of K + λI serves every candidate.
+
+Names of the ridge, the same along the whole path (strategy option → :func:`relative_ridge` →
+:func:`cholesky_with_jitter` → :class:`LookaheadSystem` → the posteriors): ``ridge_rel`` is λ
+relative to the kernel scale trace(K)/n; ``ridge`` is the absolute λ; ``jitter`` the diagonal
+added when K + λI does not factor; ``ridge_eff`` = λ + jitter, the ridge the system was solved
+with and every denominator M_jj + λ uses.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +86,7 @@ class LookaheadSystem:
         k_uu: (m, m) B, or None when only columns are supplied later.
         w: (n, m) (K + λI)⁻¹ Aᵀ.
         m_diag: (m,) diagonal of M.
-        ridge: λ.
+        ridge_eff: λ + jitter, the ridge of the factored (and augmented) system.
         jitter: extra diagonal added to make K + λI factor (0 when none was needed).
         tol: denominators M_jj + λ at or below it count as degenerate (duplicates of labeled
             points); their update is 0 (:meth:`denominators`).
@@ -91,13 +98,18 @@ class LookaheadSystem:
     k_uu: torch.Tensor | None
     w: torch.Tensor
     m_diag: torch.Tensor
-    ridge: float
+    ridge_eff: float
     jitter: float
     tol: float = 0.0
 
     @property
     def num_eval(self) -> int:
         return self.base.shape[0]
+
+    @property
+    def ridge(self) -> float:
+        """Deprecated (removed in 0.3): λ + jitter; use :attr:`ridge_eff` (``ridge`` names the absolute λ)."""
+        return deprecated_ridge_eff(self)
 
     @property
     def ref(self) -> torch.Tensor:
@@ -138,7 +150,19 @@ class LookaheadSystem:
         labeled point with no ridge) gets +inf, so its predicted change is 0 rather than
         noise divided by noise.
         """
-        return safe_denominators(self.m_diag[cols] + self.ridge, self.tol)
+        return safe_denominators(self.m_diag[cols] + self.ridge_eff, self.tol)
+
+
+def deprecated_ridge_eff(obj) -> float:
+    """``obj.ridge_eff`` with a FutureWarning: the old ``ridge`` attribute of the look-ahead's
+    systems and posteriors, which held λ + jitter.
+
+    Args:
+        obj: a :class:`LookaheadSystem` or a posterior (anything with ``ridge_eff``).
+    """
+    warnings.warn(f"{type(obj).__name__}.ridge is deprecated and will be removed in 0.3: it is λ + jitter, "
+                  f"use .ridge_eff", FutureWarning, stacklevel=3)
+    return obj.ridge_eff
 
 
 #: Denominators at or below this fraction of the mean diagonal of B are round-off.
@@ -150,16 +174,26 @@ def safe_denominators(den: torch.Tensor, tol: float) -> torch.Tensor:
     return torch.where(den > tol, den, torch.full_like(den, float("inf")))
 
 
-def relative_ridge(k_ll: torch.Tensor, rel: float) -> float:
-    """Absolute ridge λ = rel · trace(K)/n, the authors' kernel-scaled regularization
+def relative_ridge(k_ll: torch.Tensor, ridge_rel: float | None = None, *, rel: float | None = None) -> float:
+    """Absolute ridge λ = ridge_rel · trace(K)/n, the authors' kernel-scaled regularization
     (arXiv 2206.12569, code); 0 for an empty labeled set.
 
     Args:
         k_ll: (n, n) labeled-set Gram matrix K.
-        rel: relative ridge (``ridge_rel``), >= 0.
+        ridge_rel: relative ridge, >= 0.
+        rel: deprecated name of ``ridge_rel`` (a FutureWarning; removed in 0.3).
+
+    Raises:
+        TypeError: neither ``ridge_rel`` nor ``rel`` given.
     """
+    if rel is not None:
+        warnings.warn("relative_ridge(rel=...) is deprecated and will be removed in 0.3; pass ridge_rel=",
+                      FutureWarning, stacklevel=2)
+        ridge_rel = rel if ridge_rel is None else ridge_rel
+    if ridge_rel is None:
+        raise TypeError("relative_ridge() needs ridge_rel")
     n = k_ll.shape[0]
-    return rel * float(k_ll.diagonal().double().sum()) / n if n else 0.0
+    return ridge_rel * float(k_ll.diagonal().double().sum()) / n if n else 0.0
 
 
 def fit_lookahead(k_ll: torch.Tensor, k_ul: torch.Tensor, k_uu: torch.Tensor | None, f_l: torch.Tensor,
@@ -212,7 +246,7 @@ def fit_lookahead(k_ll: torch.Tensor, k_ul: torch.Tensor, k_uu: torch.Tensor | N
     m_diag = (diag_b - (a * w.T).sum(dim=1)).clamp_min_(0.0)
     tol = DEGENERATE_REL * float(diag_b.abs().mean()) if m else 0.0
     return LookaheadSystem(base=base, f_u=f_u64, k_ul=a, k_uu=k_uu, w=w, m_diag=m_diag,
-                           ridge=float(ridge) + jitter, jitter=jitter, tol=tol)
+                           ridge_eff=float(ridge) + jitter, jitter=jitter, tol=tol)
 
 
 def lookahead_outputs(k_ll: torch.Tensor, k_ul: torch.Tensor, k_uu: torch.Tensor, f_l: torch.Tensor,

@@ -38,7 +38,6 @@ from .pool import PoolState
 from .progress import NullProgress
 from .run_setup import RunSetup, resolve_device
 from .runlock import run_folder_lock
-from .seeding import int_seed
 from .selection import select_queries
 from .stopping import StopMonitor
 
@@ -282,9 +281,7 @@ class ActiveLearningLoop:
             TrainingDivergedError: the training loss or weights became NaN or infinite; the
                 message names the round and the suspects (``--lr``, the inputs' magnitude).
         """
-        cfg = self.cfg
-        # Global torch RNG (dropout, user code) is re-seeded per round for resumability.
-        torch.manual_seed(int_seed(cfg.seed, r, "torch-global"))
+        # The global torch RNG (dropout, user code) is re-seeded per round in train_round, for resumability.
         lab = pool.labeled_ids()
         t0 = time.perf_counter()
         # A user's --train function reports no steps: its bar has no total.
@@ -292,8 +289,8 @@ class ActiveLearningLoop:
         x_lab = self.data.x_train[lab]
         try:
             with self.progress.task(f"round {r}: training", total=steps) as advance:
-                stats = self.setup.train(model, x_lab, self.data.y_train.new_tensor(pool.labels[lab]), r,
-                                         on_step=advance)
+                stats = self.setup.train_round(model, r, x_lab, self.data.y_train.new_tensor(pool.labels[lab]),
+                                               on_step=advance)
         except TrainingDivergedError as exc:
             raise TrainingDivergedError(self.divergence_message(r, str(exc), x_lab)) from None
         train_s = time.perf_counter() - t0
@@ -303,9 +300,6 @@ class ActiveLearningLoop:
                                   "train_loss": stats["final_loss"], "queried": [], "select_seconds": 0.0,
                                   "kernel_seconds": 0.0, "score_seconds": 0.0}
         return record
-
-    #: the former name of :meth:`train_and_evaluate`.
-    run_round = train_and_evaluate
 
     def query_round(self, state: LoopState, record: dict, model: torch.nn.Module) -> bool:
         """Select this round's queries and label them; True if the run now waits for a human.

@@ -10,8 +10,9 @@ than the paper's random 4000-point subset (arXiv 2206.12569, Sec. 5) we choose i
    pool, since kernel influence M_ij is largest near the candidate.
 
 Embeddings are penultimate features or random projections of pNTK features
-(:func:`pntk_random_features`). Indexes: exact ``IndexFlatL2`` up to ``exact_max`` points,
-``IndexIVFFlat`` above; moved to the GPU when faiss-gpu is installed and asked for.
+(:func:`pntk_random_features`). The searches of step 3 run per tile of the executor's plan
+(:mod:`entk_al.executor.knn_tiles`): an exact ``IndexFlatL2`` per tile up to
+:data:`EXACT_MAX` unlabeled points, ``IndexIVFFlat`` cells of one shared quantizer above.
 All faiss k-means runs take an explicit seed, so the prefilter is reproducible.
 """
 
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from .models import eval_mode
+from .seeding import direction_seed
 
 #: Pools up to this size get an exact IndexFlatL2; larger ones an IVF index.
 EXACT_MAX = 100_000
@@ -64,67 +66,6 @@ def faiss_build() -> str:
                       f"faiss-cpu)", RuntimeWarning, stacklevel=2)
     kind = "GPU" if hasattr(faiss, "StandardGpuResources") else "CPU"
     return f"faiss {getattr(faiss, '__version__', '?')}, {kind} build ({', '.join(installed) or 'not from PyPI'})"
-
-
-def _gpu_ok(use_gpu: bool | str) -> bool:
-    if use_gpu == "auto":
-        return hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available()
-    return bool(use_gpu)
-
-
-def build_index(emb: np.ndarray, *, exact_max: int = EXACT_MAX, nlist: int | None = None, nprobe: int = 16,
-                use_gpu: bool | str = False, seed: int = 0, add_chunk: int = 262_144) -> faiss.Index:
-    """An L2 faiss index over ``emb`` (N, d) float32 (row r of ``emb`` = index label r).
-
-    Exact ``IndexFlatL2`` when N ≤ ``exact_max``; else ``IndexIVFFlat`` with ``nlist`` cells
-    (default ≈ √N, trained on a seeded sample of 64·nlist rows) searched with ``nprobe``.
-
-    Args:
-        emb: (N, d) float32 embeddings.
-        exact_max: largest N indexed exactly.
-        nlist: IVF cells, or None for about √N.
-        nprobe: cells searched per query.
-        use_gpu: False, True, or ``auto`` (GPU when faiss-gpu is installed).
-        seed: seed of the IVF training sample and k-means.
-        add_chunk: rows added per ``index.add`` call (bounds the temporary memory of IVF
-            assignment).
-
-    Raises:
-        ValueError: ``emb`` is not 2-D, or ``use_gpu=True`` without faiss-gpu.
-    """
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
-    if emb.ndim != 2:
-        raise ValueError(f"embeddings must be (N, d), got shape {emb.shape}")
-    n, d = emb.shape
-    if n <= exact_max:
-        index: faiss.Index = faiss.IndexFlatL2(d)
-    else:
-        nlist = nlist or max(16, int(math.sqrt(n)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
-        index.cp.seed = seed
-        sample = np.random.default_rng(seed).choice(n, min(n, 64 * nlist), replace=False)
-        sample.sort()
-        index.train(emb[sample])
-        index.nprobe = nprobe
-    if use_gpu is True and not hasattr(faiss, "StandardGpuResources"):
-        raise ValueError("use_gpu=True but faiss-gpu is not installed")
-    if _gpu_ok(use_gpu):
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    for s in range(0, n, add_chunk):  # chunks bound the temporary memory of IVF assignment
-        index.add(emb[s:s + add_chunk])
-    return index
-
-
-def knn(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(distances² (Q, k) float32, rows (Q, k) int64) of the k nearest indexed rows; −1 = none.
-
-    Args:
-        index: a faiss index from :func:`build_index`.
-        queries: (Q, d) float32 query vectors.
-        k: neighbours per query.
-    """
-    k = min(k, index.ntotal)
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
 def diverse_subset(emb: np.ndarray, n_keep: int, *, seed: int = 0, niter: int = 15,
@@ -173,48 +114,6 @@ def diverse_subset(emb: np.ndarray, n_keep: int, *, seed: int = 0, niter: int = 
     return np.asarray(out[:n_keep], dtype=np.int64)
 
 
-def prefilter_knn(emb: np.ndarray, ids: np.ndarray, scores: np.ndarray, *, num_candidates: int,
-                  shortlist: int | None = None, eval_size: int = 4000, neighbours: int = 10, seed: int = 0,
-                  index: faiss.Index | None = None, use_gpu: bool | str = False,
-                  exact_max: int = EXACT_MAX) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates and evaluation set for the look-ahead on a large unlabeled pool.
-
-    Args:
-        emb: (N_u, d) embeddings of the unlabeled pool, row r ↔ ``ids[r]``.
-        ids: (N_u,) int64 global ids of the unlabeled pool (the only ids ever returned).
-        scores: (N_u,) cheap score, higher = more interesting (e.g. 1 − margin).
-        num_candidates: candidates to keep.
-        shortlist: top-score rows clustered for diversity (default 4 × num_candidates).
-        eval_size: cap on |U|; U holds the candidates first, then neighbours nearest-first.
-        neighbours: faiss neighbours per candidate added to U.
-        index: a prebuilt index over ``emb`` (built here otherwise).
-        seed: seed of the index training and the k-means diversity step.
-        use_gpu: faiss on the GPU: False, True, or ``auto``.
-        exact_max: largest pool indexed exactly (:func:`build_index`).
-
-    Returns:
-        (candidate ids (C,), eval ids (m,)) int64, eval ids starting with the candidates.
-
-    Raises:
-        ValueError: inconsistent lengths.
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    scores = np.asarray(scores, dtype=np.float64)
-    if not (len(emb) == len(ids) == len(scores)):
-        raise ValueError(f"emb, ids and scores differ in length: {len(emb)}, {len(ids)}, {len(scores)}")
-    num_candidates = min(num_candidates, len(ids))
-    shortlist = min(len(ids), shortlist or 4 * num_candidates)
-    # Stable top by score: ties go to the smaller row, so the result is reproducible.
-    top = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:shortlist]
-    keep = top[diverse_subset(emb[top], num_candidates, seed=seed)]
-    nbr = np.zeros((len(keep), 0), dtype=np.int64)
-    if eval_size > len(keep) and neighbours > 0:
-        index = index if index is not None else build_index(emb, use_gpu=use_gpu, seed=seed, exact_max=exact_max)
-        _, rows = knn(index, emb[keep], neighbours + 1)
-        nbr = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
-    return ids[keep], eval_set(ids[keep], nbr, eval_size)
-
-
 def eval_set(cand_ids: np.ndarray, nbr_ids: np.ndarray, eval_size: int) -> np.ndarray:
     """The look-ahead's evaluation set: the candidates, then their neighbours nearest-first.
 
@@ -239,17 +138,6 @@ def eval_set(cand_ids: np.ndarray, nbr_ids: np.ndarray, eval_size: int) -> np.nd
     return np.asarray(out[:max(eval_size, len(cand_ids))], dtype=np.int64)
 
 
-def random_projection_matrix(dim_in: int, dim_out: int, seed: int) -> np.ndarray:
-    """(dim_in, dim_out) Gaussian JL projection scaled by 1/√dim_out (inner products kept in expectation).
-
-    Args:
-        dim_in: input dimension.
-        dim_out: projected dimension.
-        seed: seed of the Gaussian draw.
-    """
-    return (np.random.default_rng(seed).standard_normal((dim_in, dim_out)) / math.sqrt(dim_out)).astype(np.float32)
-
-
 def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, seed: int = 0,
                          batch_size: int = 1024) -> torch.Tensor:
     """Random projection of pNTK features: z(x)_t = ⟨∇θ s(x), r_t⟩/√dim, r_t ∼ N(0, I_P).
@@ -262,7 +150,7 @@ def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, s
         x: (N, *input_shape) inputs (any device; moved to the model's).
         model: the network, (N, *F) -> (N, O).
         dim: number of random directions.
-        seed: direction t is drawn from seed ``seed * 1_000_003 + t``.
+        seed: direction t is drawn from seed :func:`entk_al.seeding.direction_seed` (seed, t).
         batch_size: samples per JVP batch.
     Returns:
         (N, dim) float32 on the model's device. The model runs in eval mode.
@@ -287,7 +175,7 @@ def pntk_random_features(model: nn.Module, x: torch.Tensor, dim: int = 128, *, s
             with torch.no_grad():
                 for t in range(dim):
                     # Direction t is regenerated from (seed, t) for each batch: no (dim × P) store.
-                    gen.manual_seed(seed * 1_000_003 + t)
+                    gen.manual_seed(direction_seed(seed, t))
                     r = {k: torch.randn(v.shape, generator=gen, dtype=dtype).to(dev) for k, v in params.items()}
                     with warnings.catch_warnings():
                         # torch's forward-AD path warns about its own use of torch.jit.script.

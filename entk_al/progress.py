@@ -148,12 +148,6 @@ class RichProgress(NullProgress):
     def note(self, text: str) -> None:
         self._progress.console.print(printable(text), highlight=False, markup=False)
 
-    def describe(self, description: str) -> None:
-        """Rename the outermost task (e.g. to show the latest accuracy)."""
-        tasks = self._progress.task_ids
-        if tasks:
-            self._progress.update(tasks[0], description=printable(description))
-
     def close(self) -> None:
         self._progress.stop()
 

@@ -20,7 +20,7 @@ from .errors import ConfigError, EntkAlError, TrainingDivergedError
 from .models import build_model, eval_mode
 from .ntk import PNTK
 from .plugins import load_object, load_strategy
-from .seeding import int_seed, numpy_rng
+from .seeding import INIT, INITIAL, TORCH_GLOBAL, TRAIN, int_seed, numpy_rng, torch_generator
 from .train import TrainConfig, train_model
 
 
@@ -208,8 +208,8 @@ class RunSetup:
 
     def initial_ids(self) -> np.ndarray:
         """The seeded random initial labeled set: (cfg.initial,) int64 sorted global pool ids,
-        drawn from the (seed, -1, "initial") stream."""
-        first = numpy_rng(self.cfg.seed, -1, "initial").choice(self.data.pool_size, self.cfg.initial, replace=False)
+        drawn from the (seed, -1, :data:`~entk_al.seeding.INITIAL`) stream."""
+        first = numpy_rng(self.cfg.seed, -1, INITIAL).choice(self.data.pool_size, self.cfg.initial, replace=False)
         first.sort()
         return first
 
@@ -217,31 +217,43 @@ class RunSetup:
         """The network for ``round_idx`` (seeded init; warm runs share round -1's), on the device."""
         init_round = round_idx if self.cfg.retrain == "scratch" else -1
         model = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes, self.cfg.width,
-                            seed=int_seed(self.cfg.seed, init_round, "init"))
+                            seed=int_seed(self.cfg.seed, init_round, INIT))
         return model.to(self.device)
 
-    def train(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, round_idx: int,
-              on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """Train ``model`` in place on (x, y) for round ``round_idx``: the built-in recipe
-        (:func:`entk_al.train.train_model`) or the user's ``--train`` function (:func:`call_train_fn`).
+    def train_generator(self, round_idx: int) -> torch.Generator:
+        """The mini-batch generator of ``round_idx``'s training: the (seed, round,
+        :data:`~entk_al.seeding.TRAIN`) stream.
 
         Args:
-            model: the network (on the device).
+            round_idx: round index (0-based).
+        """
+        return torch_generator(self.cfg.seed, round_idx, TRAIN)
+
+    def train_round(self, model: torch.nn.Module, round_idx: int, x: torch.Tensor, y: torch.Tensor, *,
+                    on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Train ``model`` in place as the loop's round ``round_idx`` does: the global torch RNG
+        (dropout, user code) re-seeded from the (seed, round, :data:`~entk_al.seeding.TORCH_GLOBAL`)
+        stream, then the built-in recipe (:func:`entk_al.train.train_model` with :attr:`train_cfg`)
+        or the user's ``--train`` function (:func:`call_train_fn`), either given
+        :meth:`train_generator`. ``entk-al fidelity`` trains its θ_L with it, so it linearizes
+        around the model a run's round 0 trains.
+
+        Args:
+            model: the network (on :attr:`device`).
+            round_idx: round index (0-based).
             x: (n, *input_shape) labeled inputs.
-            y: (n,) int64 labels.
-            round_idx: round index (keys the (seed, round, "train") generator).
-            on_step: progress callback of the built-in recipe (called with 1 per step).
+            y: (n,) int64 their labels.
+            on_step: called with 1 after each optimizer step of the built-in recipe (progress).
 
         Returns:
             ``{"steps": int | None, "final_loss": float | None}`` (None for a user's function).
 
         Raises:
-            TrainingDivergedError: the loss or weights became NaN or infinite.
+            TrainingDivergedError: the loss or the weights became non-finite.
             ConfigError: the user's function fails or returns no model.
         """
-        from .seeding import torch_generator
-
-        gen = torch_generator(self.cfg.seed, round_idx, "train")
+        torch.manual_seed(int_seed(self.cfg.seed, round_idx, TORCH_GLOBAL))
+        gen = self.train_generator(round_idx)
         if self.train_fn is None:
             return train_model(model, x, y, self.train_cfg, gen, on_step=on_step)
         call_train_fn(self.train_fn, self.cfg.train, model, x, y, round=round_idx, generator=gen,

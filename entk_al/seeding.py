@@ -3,6 +3,45 @@
 No code in entk-al draws from a global RNG: each random choice asks for a generator
 keyed by the run seed, the round index and a component name, so that runs are
 reproducible and resuming from a checkpoint gives the same draws as an uninterrupted run.
+
+Every component name is a constant of this module, used by name at every call site (a new
+stream is a new constant and a new line here). The streams, as constant = component (rounds):
+what draws from it. Round -1 is "before round 0".
+
+- ``INITIAL = "initial"`` (-1): the initial labeled set
+  (:meth:`entk_al.run_setup.RunSetup.initial_ids`).
+- ``INIT = "init"`` (-1 for warm runs, r for ``--retrain scratch``): the network's
+  initialization (:meth:`entk_al.run_setup.RunSetup.new_model`).
+- ``TORCH_GLOBAL = "torch-global"`` (r): the global torch RNG, re-seeded before the round's
+  training (dropout, user code; :meth:`entk_al.run_setup.RunSetup.train_round`).
+- ``TRAIN = "train"`` (r): the round's mini-batch order
+  (:meth:`entk_al.run_setup.RunSetup.train_generator`; ``entk-al approx`` trains with round 0's).
+- ``SUBSET = "subset"`` (r): the round's random candidate subset
+  (:func:`entk_al.selection.candidate_subset`).
+- ``TORCH_SELECT = "torch-select"`` (r): the global torch RNG, re-seeded before the round's
+  selection (:func:`entk_al.selection.select_round`).
+- ``STRATEGY = "strategy"`` (r): a strategy's own draws, ``ctx.rng`` and
+  ``ctx.torch_generator`` (:class:`entk_al.context.RoundContext`); the seeds the look-ahead's
+  prefilter hands to faiss, :func:`child_rng` and the pNTK projection are drawn from it.
+- ``TIE_BREAK = "tie-break"`` (r): the keys ordering equal scores (:func:`tie_keys`).
+- ``BALD_MASKS_TILE = "bald-masks-tile"`` + tile (r): BALD's dropout masks on the penultimate
+  features, one stream per tile (:func:`tile_component`; :mod:`entk_al.executor.scan`).
+- ``BALD_DROPOUT_TILE = "bald-dropout-tile"`` + tile (r): the (forked) global torch RNG of
+  BALD's passes through a model's own dropout layers, one per tile.
+- ``FIDELITY_EVAL = "fidelity-eval"``, ``FIDELITY_CANDIDATES = "fidelity-candidates"`` (0):
+  ``entk-al fidelity``'s evaluation set U and its candidates.
+- ``APPROX_LABELED = "approx-labeled"``, ``APPROX_TEST = "approx-test"``,
+  ``APPROX_EVAL = "approx-eval"``, ``APPROX_RANDOM_LOGIT = "approx-random-logit"`` (-1):
+  ``entk-al approx``'s nested labeled sets, kernel-distance subsets, regression test points
+  and the logit of the first-logit kernel.
+- ``BENCH = "bench"`` (the seed index): ``entk-al bench``'s run seeds from the protocol's base
+  seed (:func:`entk_al.bench.derive_seed`).
+- ``FOLDER_SPLIT = "folder-split"`` (-1, seed :data:`entk_al.data.folder.SPLIT_SEED`): an image
+  folder's train/test split where scikit-learn cannot stratify it.
+
+Seeds handed on from a stream (faiss k-means seeds, the pNTK projection's seed) are drawn
+from it as integers; :func:`child_rng` and :func:`direction_seed` turn them into generators and
+per-direction seeds, so no module builds a generator or combines seeds by itself.
 """
 
 from __future__ import annotations
@@ -14,6 +53,58 @@ import torch
 
 #: Seeds must lie in [0, MAX_SEED): 63 bits, what every consumer (torch, JSON) takes whole.
 MAX_SEED = 2**63
+
+# The streams (see the table above).
+INITIAL = "initial"
+INIT = "init"
+TORCH_GLOBAL = "torch-global"
+TRAIN = "train"
+SUBSET = "subset"
+TORCH_SELECT = "torch-select"
+STRATEGY = "strategy"
+BALD_MASKS_TILE = "bald-masks-tile"
+BALD_DROPOUT_TILE = "bald-dropout-tile"
+FIDELITY_EVAL = "fidelity-eval"
+FIDELITY_CANDIDATES = "fidelity-candidates"
+APPROX_LABELED = "approx-labeled"
+APPROX_TEST = "approx-test"
+APPROX_EVAL = "approx-eval"
+APPROX_RANDOM_LOGIT = "approx-random-logit"
+BENCH = "bench"
+FOLDER_SPLIT = "folder-split"
+
+
+def tile_component(component: str, tile: int) -> str:
+    """The per-tile stream name ``component`` + ``tile`` (e.g. ``bald-masks-tile3``), so that a
+    tile's draws do not depend on which shard runs it.
+
+    Args:
+        component: :data:`BALD_MASKS_TILE` or :data:`BALD_DROPOUT_TILE`.
+        tile: tile index (>= 0).
+    """
+    return f"{component}{int(tile)}"
+
+
+def child_rng(seed: int) -> np.random.Generator:
+    """A NumPy generator for a ``seed`` drawn from a (seed, round, component) stream (e.g.
+    ``int(ctx.rng.integers(2**31))``, handed on to a helper that draws more).
+
+    Args:
+        seed: non-negative integer seed.
+    """
+    return np.random.default_rng(seed)
+
+
+def direction_seed(seed: int, index: int) -> int:
+    """Seed of the ``index``-th random direction of a projection seeded with ``seed``
+    (``seed · 1000003 + index``): direction t is regenerated alone, with no (dims × P) store
+    (:func:`entk_al.prefilter.pntk_random_features`).
+
+    Args:
+        seed: the projection's seed (drawn from a stream).
+        index: direction index (>= 0).
+    """
+    return int(seed) * 1_000_003 + int(index)
 
 
 def _entropy(seed: int, round_idx: int, component: str) -> list[int]:

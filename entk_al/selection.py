@@ -17,15 +17,12 @@ from .executor import Executor
 from .pool import PoolState, validate_selection
 from .progress import NullProgress
 from .run_setup import RunSetup
-from .seeding import int_seed, numpy_rng, torch_generator
-
-#: (seed, round, component) streams of a round's selection.
-SUBSET_STREAM, STRATEGY_STREAM, TORCH_SELECT_STREAM = "subset", "strategy", "torch-select"
+from .seeding import STRATEGY, SUBSET, TORCH_SELECT, int_seed, numpy_rng, torch_generator
 
 
 def candidate_subset(unlabeled_ids: np.ndarray, subset: int, seed: int, round_idx: int) -> np.ndarray:
     """The round's random candidate subset: ``subset`` of the unlabeled ids (all when fewer),
-    sorted, from the (seed, round, "subset") stream (the paper's per-round subset).
+    sorted, from the (seed, round, :data:`~entk_al.seeding.SUBSET`) stream (the paper's per-round subset).
 
     Args:
         unlabeled_ids: (N − n,) int64 increasing unlabeled ids.
@@ -35,7 +32,7 @@ def candidate_subset(unlabeled_ids: np.ndarray, subset: int, seed: int, round_id
     """
     if len(unlabeled_ids) <= subset:
         return unlabeled_ids
-    return np.sort(numpy_rng(seed, round_idx, SUBSET_STREAM).choice(unlabeled_ids, subset, replace=False))
+    return np.sort(numpy_rng(seed, round_idx, SUBSET).choice(unlabeled_ids, subset, replace=False))
 
 
 def select_round(strategy: Any, *, model: torch.nn.Module, pool: Any, labeled_ids: np.ndarray,
@@ -69,8 +66,8 @@ def select_round(strategy: Any, *, model: torch.nn.Module, pool: Any, labeled_id
         deferred: the oracle answers later (``--oracle files``): do not ask it.
         kernel_fn: the kernel (default :data:`entk_al.ntk.PNTK`).
         device: where the model runs (default: its own device).
-        executor: where the round's pool scans run; its round is begun here with ``model``.
-            Default: an in-process local executor.
+        executor: where the round's pool scans run; the round context begins its round with
+            ``model``. Default: an in-process local executor.
         progress: progress reporter handed to the strategy.
         observe: ``observe(ctx, queried)``, called with the round context and the checked
             selection before any label is asked for (the loop's stop rules, :mod:`entk_al.stopping`);
@@ -105,13 +102,11 @@ def select_round(strategy: Any, *, model: torch.nn.Module, pool: Any, labeled_id
 
     # Re-seeded here too, so that a selection resumed on its own (more --rounds) draws
     # the same global numbers as one that followed training in the same process.
-    torch.manual_seed(int_seed(seed, round_idx, TORCH_SELECT_STREAM))
-    if executor is not None:
-        executor.begin_round(round_idx, seed, model)
+    torch.manual_seed(int_seed(seed, round_idx, TORCH_SELECT))
     ctx = RoundContext(round=round_idx, seed=seed, model=model, device=device, pool=pool, num_classes=num_classes,
                        labeled_ids=labeled_ids, labeled_targets=labeled_targets, unlabeled_ids=unl,
-                       candidate_ids=cand, rng=numpy_rng(seed, round_idx, STRATEGY_STREAM),
-                       torch_generator=torch_generator(seed, round_idx, STRATEGY_STREAM), oracle=ask,
+                       candidate_ids=cand, rng=numpy_rng(seed, round_idx, STRATEGY),
+                       torch_generator=torch_generator(seed, round_idx, STRATEGY), oracle=ask,
                        progress=progress, executor=executor, **({} if kernel_fn is None else {"kernel_fn": kernel_fn}))
     model.eval()
     k = min(k, len(unl))

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .acquisition import label_probabilities, lookahead_scores, project_simplex, pseudo_labels
-from .batch_diversity import SELECTIONS, change_gram, gumbel_top_k, kmeanspp_seeding, top_k
-from .lookahead import LookaheadSystem, safe_denominators
+from .batch_diversity import SELECTIONS, change_gram, gumbel_top_k, kmeanspp_seeding, top_k_positions
+from .lookahead import LookaheadSystem, deprecated_ridge_eff, safe_denominators
 
 #: Selection modes of :func:`select_lookahead`.
 MODES = ("batch", "sequential", "hybrid")
@@ -51,6 +51,9 @@ class Posterior:
             ``sysm.k_uu``. Supply it to stream B from a kernel function or features.
         reference: ``network`` (default) | ``base``.
 
+    Attributes:
+        ridge_eff: λ + jitter, the system's ridge (every denominator M'_jj + λ uses it).
+
     Raises:
         ValueError: no ``k_uu_block`` and the system holds no ``k_uu``; unknown reference.
     """
@@ -68,7 +71,7 @@ class Posterior:
         self.base = sysm.base.clone()
         self.ref = (sysm.f_u if reference == "network" else sysm.base).clone()
         self.m_diag = sysm.m_diag.clone()
-        self.ridge = sysm.ridge
+        self.ridge_eff = sysm.ridge_eff
         self._u = torch.zeros(sysm.num_eval, 0, dtype=torch.float64, device=sysm.base.device)
         self.folded: list[int] = []
         self.conditioned: list[int] = []
@@ -76,6 +79,11 @@ class Posterior:
     @property
     def num_eval(self) -> int:
         return self.base.shape[0]
+
+    @property
+    def ridge(self) -> float:
+        """Deprecated (removed in 0.3): λ + jitter; use :attr:`ridge_eff`."""
+        return deprecated_ridge_eff(self)
 
     def m_block(self, rows: slice, cols: torch.Tensor) -> torch.Tensor:
         """Block M'[rows, cols] of the current posterior, (r, c) float64 (a new tensor)."""
@@ -89,7 +97,7 @@ class Posterior:
     def denominators(self, cols: torch.Tensor) -> torch.Tensor:
         """M'_jj + λ for positions ``cols`` (c,); +inf where it is round-off (see
         :meth:`LookaheadSystem.denominators`)."""
-        return safe_denominators(self.m_diag[cols] + self.ridge, self.sysm.tol)
+        return safe_denominators(self.m_diag[cols] + self.ridge_eff, self.sysm.tol)
 
     def scores(self, cand: torch.Tensor, **options) -> torch.Tensor:
         """:func:`entk_al.acquisition.lookahead_scores` of candidates ``cand`` (positions in U)
@@ -187,7 +195,7 @@ def uncertainty_weights(ref: torch.Tensor) -> torch.Tensor:
 
 
 def _top(scores: torch.Tensor, k: int, keys: np.ndarray | None) -> np.ndarray:
-    return top_k(scores.detach().cpu().numpy(), k, keys)
+    return top_k_positions(scores.detach().cpu().numpy(), k, keys)
 
 
 def _choose(post: Posterior, pos: torch.Tensor, scores: torch.Tensor, y: torch.Tensor, n: int, selection: str,

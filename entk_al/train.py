@@ -17,12 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import DEFAULT_LR, default
 from .errors import TrainingDivergedError
 
 
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one round of training.
+
+    The defaults of the options a run sets are the run's (:class:`entk_al.config.RunConfig`,
+    the one source of defaults); ``momentum`` is the recipe's own.
 
     Attributes:
         loss: ``"mse"`` (0.5 * squared error on one-hot targets, summed over classes,
@@ -37,14 +41,14 @@ class TrainConfig:
         threads: CPU threads for training; 0 = :func:`auto_threads`.
     """
 
-    loss: str = "mse"
-    epochs: int = 20
-    min_steps: int = 200
-    batch_size: int = 64
-    lr: float = 0.05
+    loss: str = default("loss")
+    epochs: int = default("epochs")
+    min_steps: int = default("min_steps")
+    batch_size: int = default("batch_size")
+    lr: float = DEFAULT_LR
     momentum: float = 0.9
-    weight_decay: float = 1e-4
-    threads: int = 0
+    weight_decay: float = default("weight_decay")
+    threads: int = default("threads")
 
     def steps_for(self, n: int) -> int:
         return max(self.min_steps, self.epochs * math.ceil(n / self.batch_size))

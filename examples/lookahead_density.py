@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from entk_al.context import RoundContext
-from entk_al.lookahead import fit_lookahead, mlmoc_scores
+from entk_al.lookahead import fit_lookahead, mlmoc_scores, relative_ridge
 from strategies import top_k
 
 
@@ -27,24 +27,24 @@ class LookaheadDensity:
     """Look-ahead MLMOC score times pNTK density to the power ``beta``.
 
     Args:
-        ridge: kernel ridge relative to trace(K)/n, as in the built-in ``lookahead``.
+        ridge_rel: kernel ridge relative to trace(K)/n, as in the built-in ``lookahead``.
         beta: density exponent; 0 gives plain look-ahead.
     """
 
     name = "lookahead_density"
     description = "look-ahead MLMOC score x pNTK density (example plugin)"
 
-    def __init__(self, ridge: float = 1e-3, beta: float = 1.0):
-        if ridge < 0 or beta < 0:
-            raise ValueError("ridge and beta must be >= 0")
-        self.ridge, self.beta = float(ridge), float(beta)
+    def __init__(self, ridge_rel: float = 1e-3, beta: float = 1.0):
+        if ridge_rel < 0 or beta < 0:
+            raise ValueError("ridge_rel and beta must be >= 0")
+        self.ridge_rel, self.beta = float(ridge_rel), float(beta)
 
     def select(self, ctx: RoundContext, k: int) -> np.ndarray:
         u, lab = ctx.candidate_ids, ctx.labeled_ids
         m = len(u)
         kfull = ctx.kernel(np.concatenate([u, lab]))  # (m + n, m + n) pNTK, cached for the round
         k_uu, k_ul, k_ll = kfull[:m, :m], kfull[:m, m:], kfull[m:, m:]
-        ridge = self.ridge * float(k_ll.diagonal().double().sum()) / max(len(lab), 1)
+        ridge = relative_ridge(k_ll, self.ridge_rel)  # the absolute λ
         f_u = ctx.logits(u)
         system = fit_lookahead(k_ll, k_ul, k_uu, ctx.logits(lab), ctx.labeled_onehot(), f_u, ridge=ridge)
         y_guess = F.one_hot(f_u.argmax(dim=1), ctx.num_classes).to(torch.float64)

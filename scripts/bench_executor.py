@@ -4,7 +4,7 @@ Not a test. A synthetic pool (``--pool`` × ``--dim`` float32) and an MLP (``--w
 executor it times, after one warm-up:
 
 - the pool scan: outputs and penultimate features of every pool id
-  (:func:`entk_al.executor.scan.predict`), a fresh round each repetition so nothing is cached;
+  (:func:`entk_al.executor.scan.outputs_on_shards`), a fresh round each repetition so nothing is cached;
 - look-ahead scoring on the shards: the round's setup (A = k(U, L), diag k(U, U) and
   B[U, cand] per row tile, :func:`entk_al.executor.sharded_posterior.fit_on_shards`, dense
   path) and one MLMOC pass over all ``--eval`` candidates (per-tile partials summed on the
@@ -41,7 +41,7 @@ def _best(fn, reps: int) -> float:
 
 
 def measure(ex, x: torch.Tensor, model: nn.Module, args) -> dict:
-    from entk_al.executor.scan import predict
+    from entk_al.executor.scan import outputs_on_shards
     from entk_al.executor.sharded_posterior import fit_on_shards
     from entk_al.ntk import pntk
 
@@ -58,12 +58,12 @@ def measure(ex, x: torch.Tensor, model: nn.Module, args) -> dict:
 
     def scan():
         fresh()
-        predict(ex, ids)
+        outputs_on_shards(ex, ids)
 
     def lookahead():
         fresh()
         post, _ = fit_on_shards(ex, pntk, u_ids=u, cand_pos=np.arange(len(u)), x_lab=x[lab], x_cand=x[u], chol=chol,
-                                alpha=alpha, ridge=1e-3, jitter=0.0, dense=True)
+                                alpha=alpha, ridge_eff=1e-3, jitter=0.0, dense=True)
         post.scores(torch.arange(len(u)))
 
     def empty():

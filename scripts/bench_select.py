@@ -51,9 +51,7 @@ def main() -> None:
     from entk_al.plugins import load_strategy
     from entk_al.pool import PoolState
     from entk_al.run_setup import RunSetup
-    from entk_al.seeding import int_seed, numpy_rng, torch_generator
-    from entk_al.selection import select_queries
-    from entk_al.train import train_model
+    from entk_al.selection import candidate_subset, select_queries
 
     proto = Protocol.from_file(args.protocol)
     spec = next(s for s in proto.grid() if s.seed_index == args.seed_index)
@@ -63,17 +61,14 @@ def main() -> None:
     first = setup.initial_ids()
     pool.add(first, setup.data.y_train.numpy()[first], PoolState.INITIAL)
     model = setup.new_model(0)
-    torch.manual_seed(int_seed(cfg.seed, 0, "torch-global"))
     lab = pool.labeled_ids()
     t0 = time.perf_counter()
-    train_model(model, setup.data.x_train[lab], setup.data.y_train[lab], setup.train_cfg,
-                torch_generator(cfg.seed, 0, "train"))
+    setup.train_round(model, 0, setup.data.x_train[lab], setup.data.y_train[lab])
     print(f"{proto.name}: round 0 trained on {len(lab)} labels in {time.perf_counter() - t0:.1f} s")
     model.eval()
 
     unl = pool.unlabeled_ids()
-    cand = unl if len(unl) <= cfg.subset else np.sort(
-        numpy_rng(cfg.seed, 0, "subset").choice(unl, cfg.subset, replace=False))
+    cand = candidate_subset(unl, cfg.subset, cfg.seed, 0)
     x = setup.data.x_train[torch.from_numpy(np.concatenate([lab, cand]))].to(setup.device)
     direct = []
     for _ in range(args.repeats):

@@ -22,6 +22,8 @@ Scores run tile by tile on the round's executor (:func:`entk_al.executor.scan.to
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from torch import nn
 
@@ -39,21 +41,22 @@ class BALDSampling:
     Args:
         samples: T, the number of MC-dropout samples (≥ 2).
         dropout: p, the dropout rate in [0, 1) used when the model has no dropout layer.
-        chunk_size: kept for compatibility (scores now run per tile of the executor's plan,
-            peak extra memory T·tile·(H + O) floats).
+        chunk_size: deprecated and ignored (removed in 0.3; a FutureWarning when given): scores
+            run per tile of the executor's plan, peak extra memory T·tile·(H + O) floats.
     """
 
     name = "bald"
     description = "BALD mutual information under MC dropout (Gal et al. 2017)"
 
-    def __init__(self, samples: int = 20, dropout: float = 0.5, chunk_size: int = 2048):
+    def __init__(self, samples: int = 20, dropout: float = 0.5, chunk_size: int | None = None):
         if samples < 2:
             raise ValueError(f"samples must be >= 2, got {samples}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.samples, self.dropout, self.chunk_size = int(samples), float(dropout), int(chunk_size)
+        if chunk_size is not None:
+            warnings.warn("bald option 'chunk_size' is ignored (scores run per tile) and will be removed in 0.3",
+                          FutureWarning, stacklevel=2)
+        self.samples, self.dropout = int(samples), float(dropout)
 
     def select(self, ctx: RoundContext, k: int) -> np.ndarray:
         has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in ctx.model.modules())

@@ -30,7 +30,7 @@ from entk_al.executor.scan import top_scores
 from entk_al.ntk import FeatureKernel
 from entk_al.ntk.common import parse_params
 from entk_al.prefilter import EXACT_MAX, diverse_subset, eval_set, faiss_build
-from entk_al.seeding import tie_keys
+from entk_al.seeding import child_rng, tie_keys
 from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, select_lookahead
 
 
@@ -55,7 +55,8 @@ class LookaheadSampling:
             Random rules draw from the round's strategy RNG.
         diversity_pool: top-scored candidates ``kmeanspp`` seeds among (at least the batch).
         gumbel_temperature: τ of ``gumbel``: sampling ∝ score^(1/τ).
-        ridge: deprecated name of ``ridge_rel`` (it was always relative); use ``ridge_rel``.
+        ridge: deprecated name of ``ridge_rel`` (it was always relative; removed in 0.3, a
+            FutureWarning when given); use ``ridge_rel``.
         mode: ``batch`` (default) | ``sequential`` | ``hybrid``.
         hybrid_size: sub-batch size c of ``hybrid`` mode.
         exclude_self: leave each candidate out of its own sum over U.
@@ -68,9 +69,10 @@ class LookaheadSampling:
         neighbours: faiss neighbours per candidate added to U.
         embedding: ``penultimate`` | ``pntk`` (random projection of pNTK features).
         embedding_dim: dimension of the ``pntk`` projection.
-        faiss_gpu: accepted for compatibility and ignored: the prefilter's searches run per tile of
-            the executor's plan on the CPU (:mod:`entk_al.executor.knn_tiles`), where an index holds
-            at most 512 vectors; ``strategy_info["faiss"]`` names the faiss build in use.
+        faiss_gpu: deprecated and ignored (removed in 0.3; a FutureWarning when given): the
+            prefilter's searches run per tile of the executor's plan on the CPU
+            (:mod:`entk_al.executor.knn_tiles`), where an index holds at most 512 vectors;
+            ``strategy_info["faiss"]`` names the faiss build in use.
         dense_max: above this |U| + n, k(U, U) is streamed in column blocks through the
             kernel function instead of being built whole.
         kernel_params: the parameters the pNTK differentiates: ``trainable`` (default: those
@@ -88,14 +90,17 @@ class LookaheadSampling:
                  exclude_self: bool = False, probs: str = "softmax", memory_budget_mb: int = 256,
                  prefilter: str = "random", num_candidates: int = 1000, shortlist: int | None = None,
                  eval_size: int = 4000, neighbours: int = 10, embedding: str = "penultimate",
-                 embedding_dim: int = 128, faiss_gpu: bool | str = "auto", dense_max: int = 8000,
+                 embedding_dim: int = 128, faiss_gpu: bool | str | None = None, dense_max: int = 8000,
                  reference: str = "network", variance_power: float = 0.0, eval_weight: str = "none",
                  selection: str = "topk", diversity_pool: int = 100, gumbel_temperature: float = 1.0,
                  ridge: float | None = None, kernel_params: str = "trainable"):
         if ridge is not None:
-            warnings.warn("lookahead option 'ridge' is deprecated: it is relative, use ridge_rel",
-                          FutureWarning, stacklevel=2)
+            warnings.warn("lookahead option 'ridge' is deprecated and will be removed in 0.3: it is relative, "
+                          "use ridge_rel", FutureWarning, stacklevel=2)
             ridge_rel = ridge
+        if faiss_gpu is not None:
+            warnings.warn("lookahead option 'faiss_gpu' is ignored (the prefilter searches per tile on the CPU) "
+                          "and will be removed in 0.3", FutureWarning, stacklevel=2)
         if ridge_rel < 0:
             raise ValueError(f"ridge_rel must be >= 0, got {ridge_rel}")
         if gumbel_temperature <= 0:
@@ -123,7 +128,7 @@ class LookaheadSampling:
         self.memory_budget_bytes = int(memory_budget_mb) * 2**20
         self.prefilter, self.num_candidates, self.shortlist = prefilter, int(num_candidates), shortlist
         self.eval_size, self.neighbours = int(eval_size), int(neighbours)
-        self.embedding, self.embedding_dim, self.faiss_gpu = embedding, int(embedding_dim), faiss_gpu
+        self.embedding, self.embedding_dim = embedding, int(embedding_dim)
         self.dense_max = int(dense_max)
         self.kernel_params = FeatureKernel(params=parse_params(kernel_params)).params  # checks the spec
 
@@ -163,7 +168,7 @@ class LookaheadSampling:
         finite = np.isfinite(short_emb).all(1)
         ctx.exclude(short[~finite], "embeddings")
         short, short_emb = short[finite], short_emb[finite]
-        # Which faiss ran (a CPU build, per tile; see `faiss_gpu`), and a warning when two are installed.
+        # Which faiss ran (a CPU build, per tile), and a warning when two are installed.
         ctx.info["faiss"] = faiss_build() + "; searches on the CPU, one index per tile"
         keep = short[diverse_subset(short_emb, min(self.num_candidates, len(short)), seed=seed)]
         if self.eval_size <= len(keep) or self.neighbours == 0:
@@ -171,7 +176,7 @@ class LookaheadSampling:
         centroids = None
         if len(unl) > EXACT_MAX:  # one IVF quantizer, trained here on a seeded sample, serves every tile
             nlist = max(16, int(math.sqrt(len(unl))))
-            sample = np.sort(np.random.default_rng(seed).choice(len(unl), min(len(unl), 64 * nlist), replace=False))
+            sample = np.sort(child_rng(seed).choice(len(unl), min(len(unl), 64 * nlist), replace=False))
             sample_emb = embeddings(ex, unl[sample], spec).numpy()
             centroids = train_quantizer(sample_emb[np.isfinite(sample_emb).all(1)], nlist, seed)
         emb_of = dict(zip(short.tolist(), short_emb))

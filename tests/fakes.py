@@ -18,7 +18,7 @@ from entk_al.context import RoundContext
 from entk_al.data import load_dataset
 from entk_al.models import build_model
 from entk_al.ntk import PNTK
-from entk_al.seeding import numpy_rng, torch_generator
+from entk_al.seeding import INITIAL, STRATEGY, TRAIN, numpy_rng, torch_generator
 from entk_al.train import TrainConfig, train_model
 
 
@@ -38,13 +38,11 @@ class DigitsRound:
                 executor=None) -> RoundContext:
         """A fresh context (empty cache) on a copy of the trained model unless ``model`` is given.
 
-        ``kernel_fn`` defaults to the run's (:data:`entk_al.ntk.PNTK`); ``executor`` (round begun
-        here) to the context's own local executor.
+        ``kernel_fn`` defaults to the run's (:data:`entk_al.ntk.PNTK`); ``executor`` (its round
+        begun by the context) to the context's own local executor.
         """
         model = copy.deepcopy(self.model) if model is None else model
         model.eval()
-        if executor is not None:
-            executor.begin_round(round_idx, self.seed, model)
         pool_mask = np.zeros(len(self.x_pool), dtype=bool)
         pool_mask[self.labeled_ids] = True
         unl = np.flatnonzero(~pool_mask)
@@ -58,8 +56,8 @@ class DigitsRound:
         ctx = RoundContext(round=round_idx, seed=self.seed, model=model, device=torch.device("cpu"),
                            pool=self.x_pool, num_classes=self.num_classes, labeled_ids=self.labeled_ids,
                            labeled_targets=y[self.labeled_ids], unlabeled_ids=unl,
-                           candidate_ids=self.candidate_ids, rng=numpy_rng(self.seed, round_idx, "strategy"),
-                           torch_generator=torch_generator(self.seed, round_idx, "strategy"), oracle=oracle,
+                           candidate_ids=self.candidate_ids, rng=numpy_rng(self.seed, round_idx, STRATEGY),
+                           torch_generator=torch_generator(self.seed, round_idx, STRATEGY), oracle=oracle,
                            kernel_fn=kernel_fn, executor=executor)
         ctx.oracle_calls = asked  # test-only record: the ids the strategy asked the oracle for
         return ctx
@@ -73,14 +71,14 @@ def digits_round(seed: int = 0, n_labeled: int = 30, n_candidates: int = 150, wi
     The candidates are ``n_candidates`` random unlabeled ids (sorted), as the loop's subset is.
     """
     data = load_dataset("digits")
-    rng = numpy_rng(seed, -1, "initial")
+    rng = numpy_rng(seed, -1, INITIAL)
     order = rng.permutation(data.pool_size)
     labeled = np.sort(order[:n_labeled])
     candidates = np.sort(order[n_labeled:n_labeled + n_candidates])
     model = build_model("mlp", data.input_shape, data.num_classes, width, seed=seed)
     cfg = TrainConfig(epochs=1, min_steps=steps, batch_size=16, threads=1)
     with torch.random.fork_rng():
-        train_model(model, data.x_train[labeled], data.y_train[labeled], cfg, torch_generator(seed, 0, "train"))
+        train_model(model, data.x_train[labeled], data.y_train[labeled], cfg, torch_generator(seed, 0, TRAIN))
     model.eval()
     return DigitsRound(x_pool=data.x_train, y_pool=data.y_train, num_classes=data.num_classes, model=model,
                        labeled_ids=labeled, candidate_ids=candidates, seed=seed)

@@ -313,3 +313,14 @@ def test_cli_kernel_params_table_and_errors(tmp_path):
     _fails([*FAST, "--kernel-params", "nope."], "--kernel-params 'nope.': params ('nope.',) match no parameter",
            tmp_path)
     _fails([*FAST, "--kernel-params", "last:0"], "--kernel-params 'last:0'", tmp_path)
+
+
+def test_a_negative_ridge_is_named_by_its_flag():
+    """The relative ridge is --ridge-rel on the command line, and the library's check says so."""
+    from entk_al.approx import check_settings
+    from entk_al.errors import ConfigError
+
+    s = ApproxSettings(widths=[4], checkpoints=[0], n_points=4, subsets=1, kr_labels=4, eval_size=4,
+                       cost_sizes=[4], ridge_rel=-1.0)
+    with pytest.raises(ConfigError, match=r"^--ridge-rel must be >= 0, got -1.0$"):
+        check_settings(s, pool_size=100, test_size=50, num_outputs=3, itemsize=4)

@@ -1,5 +1,5 @@
 """BALD, BADGE and Core-Set: known answers on constructed pools, brute-force references,
-chunk-size invariance, and no side effects on the model."""
+tile-size invariance, and no side effects on the model."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from brute_force import k_center_explicit, kmeanspp_explicit
 from torch import nn
 
 from strategies import REGISTRY
-from strategies.badge import BadgeSampling, kmeanspp_factorized
+from strategies.badge import BadgeSampling
 from strategies.bald import BALDSampling, bald_from_samples
-from strategies.coreset import CoresetSampling, k_center_greedy
+from strategies.coreset import CoresetSampling
 
 
 class _Table(nn.Module):
@@ -81,6 +82,18 @@ def test_badge_known_answer_duplicates_then_the_odd_one():
     assert BadgeSampling().select(ctx, 2).tolist() == [0, 3]
 
 
+def test_ignored_chunk_size_options_warn_and_change_nothing():
+    """badge's and bald's chunk_size are accepted for old configs, ignored, and slated for removal."""
+    probs = [[0.2, 0.8], [0.2, 0.8], [0.2, 0.8], [0.9, 0.1]]
+    feats = [[3.0, 0.0], [3.0, 0.0], [3.0, 0.0], [0.0, 1.0]]
+    with pytest.warns(FutureWarning, match="badge option 'chunk_size'.*removed in 0.3"):
+        badge = BadgeSampling(chunk_size=7)
+    assert badge.select(fake_ctx([0, 1, 2, 3], probs=probs, feats=feats), 2).tolist() == [0, 3]
+    with pytest.warns(FutureWarning, match="bald option 'chunk_size'.*removed in 0.3"):
+        bald = BALDSampling(samples=5, chunk_size=7)
+    assert vars(bald) == vars(BALDSampling(samples=5))
+
+
 def test_badge_gradient_embedding_norm_picks_first():
     # ‖g‖ = ‖p − e_ŷ‖·‖h‖: row 1 is the least confident with the same h, so it comes first.
     probs = [[0.99, 0.01], [0.55, 0.45], [0.8, 0.2]]
@@ -88,40 +101,31 @@ def test_badge_gradient_embedding_norm_picks_first():
     assert BadgeSampling().select(fake_ctx([0, 1, 2], probs=probs, feats=feats), 1).tolist() == [1]
 
 
-def _kmeanspp_explicit(g: np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
-    """Brute-force reference: explicit embeddings and the same inverse-CDF D² draws."""
-    chosen = [int(np.argmax((g * g).sum(1)))]
-    d2 = np.full(len(g), np.inf)
-    for _ in range(1, k):
-        d2 = np.minimum(d2, ((g - g[chosen[-1]]) ** 2).sum(1))
-        w = d2.copy()
-        w[chosen] = 0.0
-        u = rng.random()
-        chosen.append(int(np.searchsorted(np.cumsum(w), u * w.sum(), side="right")))
-    return chosen
-
-
-@pytest.mark.parametrize("chunk", [1, 7, 100_000])
-def test_badge_factorized_chunked_matches_explicit_embeddings(chunk):
+@pytest.mark.parametrize("tile", [1, 7, 512])
+def test_badge_on_any_tiles_matches_explicit_embeddings(tile):
+    """The tiled seeding (one tile, tiles of 7, tiles of 1) against k-means++ on the explicit
+    gradient embeddings g = (p − e_ŷ) ⊗ h, with the same generator."""
     gen = np.random.default_rng(3)
     n, o, h = 120, 5, 6
     p = gen.dirichlet(np.ones(o), size=n)
-    a = p - np.eye(o)[p.argmax(1)]
-    feats = gen.normal(size=(n, h))
-    g = np.einsum("no,nh->noh", a, feats).reshape(n, o * h)
-    ref = _kmeanspp_explicit(g, 12, np.random.default_rng(9))
-    got = kmeanspp_factorized(torch.tensor(a), torch.tensor(feats), 12, np.random.default_rng(9), chunk_size=chunk)
-    assert got.tolist() == ref
+    feats = gen.normal(size=(n, h)).astype(np.float32)
+    ctx = fake_ctx(np.arange(n), probs=p, feats=feats, seed=9, tile_size=tile)
+    p32 = torch.softmax(torch.from_numpy(p).log().float(), dim=1).double().numpy()  # what the model outputs
+    a = p32 - np.eye(o)[p32.argmax(1)]
+    g = np.einsum("no,nh->noh", a, feats.astype(np.float64)).reshape(n, o * h)
+    got = BadgeSampling().select(ctx, 12)
+    assert got.tolist() == kmeanspp_explicit(g, 12, np.random.default_rng(9))
     assert len(set(got.tolist())) == 12
 
 
-def test_badge_d2_sampling_frequencies():
-    # Embeddings 4, 3, 2, 1 on a line. The first center is the largest norm (row 0); D² to it
-    # is 1, 4, 9 for rows 1..3, so the second pick is row j with probability D²_j / 14.
-    a = torch.ones(4, 1, dtype=torch.float64)
-    h = torch.tensor([[4.0], [3.0], [2.0], [1.0]], dtype=torch.float64)
+def test_kmeanspp_d2_sampling_frequencies():
+    # Points 4, 3, 2, 1 on a line, the first center row 0: D² to it is 1, 4, 9 for rows 1..3,
+    # so the second pick is row j with probability D²_j / 14 (the seeding BADGE's tiles share).
+    from entk_al.batch_diversity import kmeanspp_seeding
+
+    x = np.array([[4.0], [3.0], [2.0], [1.0]])
     rng = np.random.default_rng(0)
-    picks = [int(kmeanspp_factorized(a, h, 2, rng)[1]) for _ in range(4000)]
+    picks = [int(kmeanspp_seeding(x @ x.T, 2, 0, rng)[1]) for _ in range(4000)]
     freq = np.bincount(picks, minlength=4) / len(picks)
     assert freq[0] == 0
     assert np.allclose(freq[1:], [1 / 14, 4 / 14, 9 / 14], atol=0.025)
@@ -136,28 +140,21 @@ def test_coreset_known_answer_on_a_line():
     assert CoresetSampling().select(ctx, 2).tolist() == [4, 2]
 
 
-def _k_center_explicit(cand: np.ndarray, centers: np.ndarray, k: int) -> list[int]:
-    d = np.sqrt(((cand[:, None] - centers[None]) ** 2).sum(-1)).min(1)
-    chosen = []
-    for _ in range(k):
-        c = int(np.argmax(d))
-        chosen.append(c)
-        d = np.minimum(d, np.sqrt(((cand - cand[c]) ** 2).sum(-1)))
-        d[chosen] = -1
-    return chosen
-
-
-@pytest.mark.parametrize("chunk", [1, 13, 100_000])
-def test_coreset_chunked_matches_explicit_distance_matrix(chunk):
+@pytest.mark.parametrize("chunk,tile", [(1, 512), (13, 7), (100_000, 16)])
+def test_coreset_on_any_tiles_matches_explicit_distance_matrix(chunk, tile):
     gen = np.random.default_rng(5)
-    cand, centers = gen.normal(size=(150, 8)), gen.normal(size=(30, 8))
-    got = k_center_greedy(torch.tensor(cand), torch.tensor(centers), 20, chunk_size=chunk)
-    assert got.tolist() == _k_center_explicit(cand, centers, 20)
+    pool = gen.normal(size=(180, 8)).astype(np.float32)  # rows 0..29: the labeled centers
+    ctx = fake_ctx(np.arange(30, 180), feats=pool, labeled_ids=np.arange(30), tile_size=tile)
+    got = CoresetSampling(chunk_size=chunk).select(ctx, 20)
+    pool = pool.astype(np.float64)
+    assert (got - 30).tolist() == k_center_explicit(pool[30:], pool[:30], 20)
 
 
 def test_coreset_without_labeled_set_starts_far_from_mean():
-    cand = torch.tensor([[0.0], [0.1], [-0.1], [5.0]])
-    assert k_center_greedy(cand, torch.empty(0, 1), 1).tolist() == [3]
+    from entk_al.executor.diversity import k_center
+
+    ctx = fake_ctx([0, 1, 2, 3], feats=[[0.0], [0.1], [-0.1], [5.0]])
+    assert k_center(ctx.executor, ctx.candidate_ids, torch.empty(0, 1), 1).tolist() == [3]
 
 
 # -- BALD ---------------------------------------------------------------------------------------

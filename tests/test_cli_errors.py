@@ -186,6 +186,7 @@ MORE_CASES = {
     "run-lr-inf": lambda t: (["run", "--lr", "inf", "--out", t / "r", *FAST], "--lr"),
     "fidelity-ridge-nan": lambda t: (["fidelity", "--ridge-rel", "nan", "--out", t / "f"], "--ridge-rel"),
     "approx-ridge-nan": lambda t: (["approx", "--ridge-rel", "nan", "--out", t / "a"], "--ridge-rel"),
+    "approx-ridge-negative": lambda t: (["approx", "--ridge-rel", "-1", "--out", t / "a"], "--ridge-rel"),
     "approx-memory-nan": lambda t: (["approx", "--memory-gib", "nan", "--out", t / "a"], "--memory-gib"),
     "strategy-option-inf": lambda t: (["run", "-o", "variance_power=1e999", "--out", t / "r", *FAST], "finite"),
     "plot-corrupt-log": lambda t: (["plot", _grid_with_corrupt_log(t)], "line 2"),

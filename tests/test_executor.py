@@ -10,10 +10,8 @@ from torch import nn
 from entk_al.executor import LocalExecutor, TilePlan
 from entk_al.executor.base import Executor
 from entk_al.executor.diversity import badge_kmeanspp, k_center
-from entk_al.executor.scan import predict, top_scores
+from entk_al.executor.scan import outputs_on_shards, top_scores
 from entk_al.executor.shard import Shard
-from strategies.badge import kmeanspp_factorized
-from strategies.coreset import k_center_greedy
 
 TILE = 16
 
@@ -85,7 +83,7 @@ def test_scattered_tiles_give_bit_identical_scans(pool):
     ids = np.sort(np.random.default_rng(3).choice(len(x), 200, replace=False))
     results = []
     for ex in _executors(x, model):
-        logits, feats = predict(ex, ids[::-1].copy())
+        logits, feats = outputs_on_shards(ex, ids[::-1].copy())
         scores = {kind: top_scores(ex, kind, ids, 25) for kind in ("entropy", "margin", "least_confidence")}
         scores["bald"] = top_scores(ex, "bald", ids, 25, samples=6, dropout=0.4, model_dropout=False)
         results.append((logits, feats, scores))
@@ -104,27 +102,31 @@ def test_scattered_tiles_give_identical_badge_and_coreset(pool):
     labeled = np.setdiff1d(np.arange(len(x)), ids)[:20]
     picks = []
     for ex in _executors(x, model):
-        centers = predict(ex, labeled)[1]
+        centers = outputs_on_shards(ex, labeled)[1]
         picks.append((badge_kmeanspp(ex, ids, 12, np.random.default_rng(5)).tolist(),
                       k_center(ex, ids, centers, 12).tolist(),
                       k_center(ex, ids, centers[:0], 5).tolist()))
     assert all(p == picks[0] for p in picks[1:])
 
 
-def test_tiled_badge_and_coreset_match_the_one_array_algorithms(pool):
-    # The tiled draws walk per-tile running sums; the one-array versions one running sum.
+def test_tiled_badge_and_coreset_match_the_explicit_algorithms(pool):
+    # The tiled draws walk per-tile running sums; the explicit reference one running sum.
     # Same picks (a boundary falling between the two roundings has probability ~1e-16).
+    from brute_force import k_center_explicit, kmeanspp_explicit
+
     x, model = pool
     ids = np.sort(np.random.default_rng(6).choice(len(x), 120, replace=False))
     labeled = np.setdiff1d(np.arange(len(x)), ids)[:10]
     ex = _executors(x, model)[2]
-    logits, feats = predict(ex, ids)
+    logits, feats = outputs_on_shards(ex, ids)
     p = torch.softmax(logits, dim=1).double()
-    a = p - torch.nn.functional.one_hot(p.argmax(1), p.shape[1]).double()
-    ref = ids[kmeanspp_factorized(a, feats, 15, np.random.default_rng(8))]
+    a = (p - torch.nn.functional.one_hot(p.argmax(1), p.shape[1]).double()).numpy()
+    g = np.einsum("no,nh->noh", a, feats.double().numpy()).reshape(len(ids), -1)
+    ref = ids[kmeanspp_explicit(g, 15, np.random.default_rng(8))]
     assert badge_kmeanspp(ex, ids, 15, np.random.default_rng(8)).tolist() == ref.tolist()
-    centers = predict(ex, labeled)[1]
-    assert k_center(ex, ids, centers, 15).tolist() == ids[k_center_greedy(feats, centers, 15)].tolist()
+    centers = outputs_on_shards(ex, labeled)[1]
+    want = k_center_explicit(feats.double().numpy(), centers.double().numpy(), 15)
+    assert k_center(ex, ids, centers, 15).tolist() == ids[want].tolist()
 
 
 def test_scattered_tiles_give_bit_identical_kernel_rows(pool):
@@ -149,21 +151,62 @@ def test_badge_and_kcenter_refuse_bad_k(pool):
         k_center(ex, np.arange(5), torch.zeros(0, 32), 0)
 
 
-def test_local_executor_pins_threads_only_while_its_tasks_run(pool):
+def _numerics():
+    b = torch.backends
+    return (torch.get_num_threads(), b.cudnn.deterministic, b.cudnn.benchmark, b.cuda.matmul.allow_tf32,
+            b.cudnn.allow_tf32)
+
+
+def test_local_executor_pins_the_actors_numerics_only_while_its_tasks_run(pool):
+    """The Ray actor's settings (tile_numerics) hold in every local task and nowhere else."""
     from entk_al.executor.shard import task
 
-    @task("test_threads")
-    def _threads(shard, tile, payload, shared):
-        return torch.get_num_threads()
+    @task("test_numerics")
+    def _in_task(shard, tile, payload, shared):
+        return _numerics()
 
     x, model = pool
-    before = torch.get_num_threads()
+    before = _numerics()
     pinned = LocalExecutor(x, tile_size=TILE, threads=1)
     pinned.begin_round(0, 0, model)
-    assert set(pinned.map("test_threads", {0: None, 3: None}).values()) == {1}
-    assert torch.get_num_threads() == before
+    assert set(pinned.map("test_numerics", {0: None, 3: None}).values()) == {(1, True, False, False, False)}
+    assert _numerics() == before
     default = LocalExecutor(x, tile_size=TILE)
     default.begin_round(0, 0, model)
-    assert default.map("test_threads", {0: None}) == {0: before}
+    assert default.map("test_numerics", {0: None}) == {0: (before[0], True, False, False, False)}
     with pytest.raises(ValueError, match="threads"):
         LocalExecutor(x, threads=0)
+
+
+def test_cpus_per_worker_is_the_local_executors_threads_only_when_given(pool):
+    from entk_al.config import RunConfig
+    from entk_al.errors import ConfigError
+    from entk_al.executor import make_executor
+
+    x, _ = pool
+    assert make_executor("local", x, torch.device("cpu")).shard.threads is None  # the default run: unchanged
+    assert make_executor("local", x, torch.device("cpu"), cpus_per_worker=2.7).shard.threads == 2
+    assert make_executor("local", x, torch.device("cpu"), cpus_per_worker=0.5).shard.threads == 1  # as an actor
+    assert RunConfig().cpus_per_worker is None and RunConfig(cpus_per_worker=3).cpus_per_worker == 3
+    assert RunConfig(workers=4).workers is None  # the other Ray options stay unused under local
+    with pytest.raises(ConfigError, match="--cpus-per-worker"):
+        RunConfig(cpus_per_worker=0).validate()
+
+
+def test_local_shards_hold_a_copy_of_the_model_as_ray_actors_do(pool):
+    x, model = pool
+    ex = LocalExecutor(x, tile_size=TILE)
+    ex.begin_round(0, 0, model)
+    assert ex.shard.model is not model
+    assert all(torch.equal(a, b) for a, b in zip(ex.shard.model.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_gpu_shard_without_cuda_fails_instead_of_falling_back_to_the_cpu(pool):
+    from entk_al.errors import ConfigError
+    from entk_al.executor.ray_actor import ShardHost
+
+    host = ShardHost(pool[0], TILE, 1, use_gpu=True)
+    with pytest.raises(ConfigError, match="--gpus-per-worker: CUDA is not available"):
+        host.ping()
+    assert ShardHost(pool[0], TILE, 1, use_gpu=False).ping() == len(pool[0])

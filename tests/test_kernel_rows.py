@@ -172,3 +172,23 @@ def test_feature_kernel_works_inside_no_grad(setting):
         k = prep.block(f, f)
     assert not k.requires_grad
     assert torch.allclose(k, pntk(model, x[:20], method="jacobian"), rtol=1e-10, atol=1e-10)
+
+
+def test_nonfinite_blame_rule_on_known_blocks():
+    """The one rule of the context's kernels and the look-ahead's B on the shards."""
+    from entk_al.executor.kernel_rows import nonfinite_blame
+
+    sym = np.zeros((3, 3), dtype=bool)
+    sym[1, :] = sym[:, 1] = True  # id 1's features overflow: its row, column and diagonal
+    sym[0, 2] = True  # one stray entry, diagonal fine: its row is blamed
+    rows, cols = nonfinite_blame(sym, symmetric=True)
+    assert rows.tolist() == [True, True, False] and cols.tolist() == [False, True, False]
+    block = np.zeros((3, 4), dtype=bool)
+    block[:, 2] = True  # a column bad in every row: the column's id
+    block[0, 0] = True  # a stray entry: the row's id
+    rows, cols = nonfinite_blame(block)
+    assert rows.tolist() == [True, False, False] and cols.tolist() == [False, False, True, False]
+    rows, cols = nonfinite_blame(np.ones((2, 3), dtype=bool))
+    assert rows.all() and cols.all()
+    rows, cols = nonfinite_blame(np.zeros((2, 0), dtype=bool))
+    assert rows.tolist() == [False, False] and cols.size == 0

@@ -12,7 +12,7 @@ from torch import nn
 
 from entk_al.executor import LocalExecutor
 from entk_al.executor.knn_tiles import embeddings, knn_on_shards, train_quantizer
-from entk_al.executor.scan import predict
+from entk_al.executor.scan import outputs_on_shards
 
 PEN = {"kind": "penultimate"}
 
@@ -36,7 +36,7 @@ def _local(x, model):
 def test_tiled_search_finds_the_exact_nearest_ids(pool):
     x, model, ids = pool
     ex = _local(x, model)
-    emb = predict(ex, ids)[1].double().numpy()
+    emb = outputs_on_shards(ex, ids)[1].double().numpy()
     q = emb[[3, 50, 120]] + 0.01
     dist, nbr, bad = knn_on_shards(ex, ids, q.astype(np.float32), 6, PEN)
     d2 = ((q[:, None, :] - emb[None, :, :]) ** 2).sum(-1)

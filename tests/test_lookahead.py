@@ -107,3 +107,28 @@ def test_duplicate_of_labeled_point_predicts_no_change_without_ridge():
     torch.testing.assert_close(out[1], ref, rtol=1e-8, atol=1e-8)  # ordinary candidates unchanged
     scores = mlmoc_scores(sysm, torch.arange(5), torch.eye(3, dtype=torch.float64)[[0, 1, 2, 0, 1]])
     assert torch.isfinite(scores).all()
+
+
+def test_one_name_per_ridge_and_the_old_names_warn():
+    """ridge_rel (relative) -> ridge (absolute λ) -> ridge_eff (λ + jitter): a singular K needs
+    jitter, and every denominator uses λ + jitter; the old names still work, with a warning."""
+    from entk_al.lookahead import relative_ridge
+    from entk_al.sequential import Posterior
+
+    _, _, k_uu, f_l, y_l, f_u = problem(n=7, p=40)
+    phi_u = torch.linalg.cholesky(k_uu + torch.eye(9, dtype=torch.float64))  # any features of U
+    k_uu = phi_u @ phi_u.T
+    phi_l = torch.zeros(7, 9, dtype=torch.float64)
+    phi_l[:, 0] = 1.0  # seven copies of one point: K = ones, whose Cholesky meets an exact 0 pivot
+    k_ll, k_ul = phi_l @ phi_l.T, phi_u @ phi_l.T
+    assert relative_ridge(k_ll, 0.5) == pytest.approx(0.5 * float(k_ll.diagonal().sum()) / 7)
+    sysm = fit_lookahead(k_ll, k_ul, k_uu, f_l, y_l, f_u, ridge=0.0)
+    assert sysm.jitter > 0 and sysm.ridge_eff == sysm.jitter
+    post = Posterior(sysm)
+    cols = torch.tensor([1, 4])
+    torch.testing.assert_close(post.denominators(cols), sysm.m_diag[cols] + sysm.jitter)
+    for obj in (sysm, post):
+        with pytest.warns(FutureWarning, match=r"\.ridge is deprecated and will be removed in 0\.3.*ridge_eff"):
+            assert obj.ridge == obj.ridge_eff
+    with pytest.warns(FutureWarning, match=r"rel=.*removed in 0\.3.*ridge_rel"):
+        assert relative_ridge(k_ll, rel=0.5) == relative_ridge(k_ll, 0.5)

@@ -206,8 +206,10 @@ def test_strategy_options_reach_the_selection(tmp_path):
 
     default = run({}, tmp_path / "a")
     assert run(dict(ridge_rel=1e-3), tmp_path / "b") == default
-    with pytest.warns(FutureWarning, match="ridge_rel"):
+    with pytest.warns(FutureWarning, match="removed in 0.3.*ridge_rel"):
         assert run(dict(ridge=1e-3), tmp_path / "c") == default
+    with pytest.warns(FutureWarning, match="faiss_gpu.*removed in 0.3"):
+        assert vars(LookaheadSampling(faiss_gpu=True)) == vars(LookaheadSampling())  # accepted, ignored
     gumbel = run(dict(selection="gumbel"), tmp_path / "d")
     assert gumbel == run(dict(selection="gumbel"), tmp_path / "e") and gumbel != default
     for bad in (dict(selection="greedy"), dict(reference="labels"), dict(eval_weight="x"),

@@ -1,4 +1,4 @@
-"""faiss prefilter: only unlabeled ids, exact neighbours on small pools, pNTK projections."""
+"""faiss prefilter: only unlabeled ids and their neighbourhoods, diverse subsets, pNTK projections."""
 
 import faiss
 import numpy as np
@@ -6,55 +6,30 @@ import pytest
 import torch
 
 from entk_al.ntk import pntk
-from entk_al.prefilter import build_index, diverse_subset, knn, pntk_random_features, prefilter_knn
+from entk_al.prefilter import diverse_subset, pntk_random_features
 
 
-def test_flat_index_matches_exact_neighbours():
-    rng = np.random.default_rng(0)
-    emb = rng.standard_normal((300, 8)).astype(np.float32)
-    q = rng.standard_normal((20, 8)).astype(np.float32)
-    d2, rows = knn(build_index(emb), q, 5)
-    exact = ((q[:, None, :].astype(np.float64) - emb[None].astype(np.float64)) ** 2).sum(-1)
-    want = np.argsort(exact, axis=1, kind="stable")[:, :5]
-    np.testing.assert_array_equal(rows, want)
-    np.testing.assert_allclose(d2, np.take_along_axis(exact, want, 1), rtol=1e-4)
+def test_knn_prefilter_keeps_unlabeled_ids_and_their_neighbourhoods():
+    """The look-ahead's knn prefilter (the path a run takes): candidates and U are unlabeled ids,
+    U starts with the candidates and holds only their nearest unlabeled neighbours; reproducible."""
+    from entk_al.executor.knn_tiles import embeddings, knn_on_shards
+    from entk_al.plugins import load_strategy
 
+    from fakes import digits_round
 
-def test_ivf_index_recall_on_clustered_data():
-    rng = np.random.default_rng(1)
-    centres = rng.standard_normal((20, 16)) * 10
-    emb = (centres[rng.integers(0, 20, 3000)] + rng.standard_normal((3000, 16))).astype(np.float32)
-    ivf = build_index(emb, exact_max=1000, nlist=20, nprobe=4)
-    assert ivf.__class__.__name__ == "IndexIVFFlat"
-    _, got = knn(ivf, emb[:50], 5)
-    _, want = knn(build_index(emb), emb[:50], 5)
-    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got, want)])
-    assert recall > 0.9
-
-
-def test_prefilter_returns_only_unlabeled_ids():
-    rng = np.random.default_rng(2)
-    pool = 2000
-    labeled = rng.choice(pool, 300, replace=False)
-    unl = np.setdiff1d(np.arange(pool), labeled)
-    emb = rng.standard_normal((len(unl), 6)).astype(np.float32)
-    scores = rng.random(len(unl))
-    cand, ev = prefilter_knn(emb, unl, scores, num_candidates=40, eval_size=200, neighbours=5, seed=0)
-    assert len(cand) == 40 and len(set(cand)) == 40
-    assert len(ev) == 200 and len(set(ev)) == 200
-    assert np.isin(cand, unl).all() and np.isin(ev, unl).all()
-    assert not np.isin(ev, labeled).any()
-    np.testing.assert_array_equal(ev[:40], cand)
-    # Candidates come from the top-4×40 cheap-score shortlist.
-    short = unl[np.argsort(-scores, kind="stable")[:160]]
-    assert np.isin(cand, short).all()
-    # Every eval point beyond the candidates is among some candidate's 6 nearest unlabeled points.
-    _, nbr = knn(build_index(emb), emb[np.searchsorted(unl, cand)], 6)
-    assert np.isin(ev[40:], unl[nbr.ravel()]).all()
-    # Reproducible.
-    cand2, ev2 = prefilter_knn(emb, unl, scores, num_candidates=40, eval_size=200, neighbours=5, seed=0)
-    np.testing.assert_array_equal(cand, cand2)
-    np.testing.assert_array_equal(ev, ev2)
+    opts = {"prefilter": "knn", "num_candidates": 20, "shortlist": 60, "eval_size": 80, "neighbours": 4}
+    ctx = digits_round().context()
+    cand, u = load_strategy("lookahead", opts).candidates(ctx)
+    unl = ctx.unlabeled_ids
+    assert len(cand) == 20 and len(set(cand.tolist())) == 20 and np.isin(cand, unl).all()
+    assert len(u) == len(set(u.tolist())) and 20 < len(u) <= 80 and np.isin(u, unl).all()
+    np.testing.assert_array_equal(u[:20], cand)
+    pen = {"kind": "penultimate"}
+    emb = embeddings(ctx.executor, cand, pen).numpy()
+    _, nbr, _ = knn_on_shards(ctx.executor, unl, emb, 5, pen)  # each candidate's 5 nearest, itself first
+    assert np.isin(u[20:], nbr).all()
+    again = load_strategy("lookahead", opts).candidates(digits_round().context())
+    assert all(np.array_equal(a, b) for a, b in zip((cand, u), again))
 
 
 def test_diverse_subset_covers_clusters():

@@ -1,7 +1,8 @@
 """The ray executor selects exactly the ids the local executor does, survives a killed shard
 actor, and a run resumed under the other executor ends with the same rounds.jsonl.
 
-One local Ray cluster (``ray.init(num_cpus=2)``) serves the whole module.
+One local Ray cluster (``ray.init(num_cpus=2, num_gpus=1)``: the GPU is only a resource Ray
+hands out, so an actor can be given one on a machine without CUDA) serves the whole module.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from entk_al.loop import ActiveLearningLoop, run_experiment  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -50,6 +51,20 @@ def test_impossible_requests_fail_fast_in_one_line(capsys, tmp_path):
     with pytest.raises(ConfigError, match=f"127.0.0.1:{port}: cannot reach a Ray cluster"):
         _probe(f"127.0.0.1:{port}")
     assert time.perf_counter() - t0 < 30  # the probe's timeout, not Ray's endless retries
+
+
+def test_an_actor_given_a_gpu_without_cuda_stops_like_local(cluster):
+    """No silent fallback to the CPU: the local executor's --device cuda fails on a machine
+    without CUDA, and so does a Ray actor given a GPU where torch has no CUDA."""
+    import torch
+
+    from entk_al.errors import ConfigError
+    from entk_al.executor.ray_executor import RayExecutor
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.raises(ConfigError, match=r"^--gpus-per-worker: CUDA is not available to the shard actor"):
+        RayExecutor(torch.zeros(40, 3), workers=1, gpus_per_worker=1.0)
 
 
 def _cfg(strategy: str, executor: str, rounds: int = 2, **options) -> RunConfig:

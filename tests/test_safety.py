@@ -275,7 +275,6 @@ def test_round_cache_holds_one_copy_and_matches_predict():
     x = torch.randn(300, 4)
     model = _mlp()
     ctx = _ctx(model, x, np.arange(10))
-    ctx.eval_batch_size = 64
     ids = ctx.unlabeled_ids
     emb = ctx.embeddings(ids)
     want_logits, want_emb = predict_with_features(model, x[torch.from_numpy(ids)], 64)

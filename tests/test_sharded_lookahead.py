@@ -57,10 +57,27 @@ def _fit(ex, pr, dense=True, reference="network", kernel="features"):
     cand_ids = pr["u"][pr["cand_pos"]]
     extra = {} if kernel == "per_tile" else dict(lab_ids=lab, cand_ids=cand_ids, probe=x[:4])
     post, bad = fit_on_shards(ex, pntk if kernel == "per_tile" else PNTK, u_ids=pr["u"], cand_pos=pr["cand_pos"],
-                              x_lab=x[lab], x_cand=x[cand_ids], chol=chol, alpha=alpha, ridge=RIDGE + jitter,
+                              x_lab=x[lab], x_cand=x[cand_ids], chol=chol, alpha=alpha, ridge_eff=RIDGE + jitter,
                               jitter=jitter, dense=dense, reference=reference, **extra)
     assert post is not None and bad.size == 0 and jitter == 0.0
     return post
+
+
+def test_fit_on_shards_takes_ridge_eff_and_the_old_keyword_warns(pr_base):
+    pr = pr_base
+    x, lab = pr["x"], pr["lab"]
+    chol, jitter = cholesky_with_jitter(pntk(pr["model"], x[lab]), RIDGE)
+    args = dict(u_ids=pr["u"], cand_pos=pr["cand_pos"], x_lab=x[lab], x_cand=x[pr["u"][pr["cand_pos"]]], chol=chol,
+                alpha=torch.cholesky_solve(pr["y_l"] - pr["f"][lab], chol), jitter=jitter, dense=True)
+    new, _ = fit_on_shards(_local(pr), pntk, ridge_eff=RIDGE + jitter, **args)
+    with pytest.warns(FutureWarning, match=r"ridge=.*removed in 0\.3.*ridge_eff"):
+        old, _ = fit_on_shards(_local(pr), pntk, ridge=RIDGE + jitter, **args)
+    assert old.ridge_eff == new.ridge_eff == RIDGE + jitter
+    torch.testing.assert_close(old.denominators(torch.arange(5)), new.denominators(torch.arange(5)))
+    with pytest.warns(FutureWarning, match="ridge_eff"):
+        assert new.ridge == new.ridge_eff
+    with pytest.raises(TypeError, match="ridge_eff"):
+        fit_on_shards(_local(pr), pntk, **args)
 
 
 def _local(pr, tile_size=TILE):
@@ -183,5 +200,5 @@ def test_nonfinite_rows_are_reported(pr, kernel):
     extra = {} if kernel == "per_tile" else dict(lab_ids=p["lab"], cand_ids=cand_ids, probe=x[:4])
     post, bad = fit_on_shards(ex, pntk if kernel == "per_tile" else PNTK, u_ids=p["u"], cand_pos=p["cand_pos"],
                               x_lab=x[p["lab"]], x_cand=x[cand_ids], chol=chol,
-                              alpha=torch.zeros(len(p["lab"]), N_OUT), ridge=RIDGE, jitter=0.0, dense=True, **extra)
+                              alpha=torch.zeros(len(p["lab"]), N_OUT), ridge_eff=RIDGE, jitter=0.0, dense=True, **extra)
     assert post is None and bad.tolist() == [int(pr["u"][3])]

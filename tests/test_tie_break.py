@@ -12,7 +12,7 @@ import torch
 from test_executor import TILE, ScatteredExecutor
 from torch import nn
 
-from entk_al.batch_diversity import kmeanspp_seeding, top_k
+from entk_al.batch_diversity import kmeanspp_seeding, top_k_positions
 from entk_al.context import RoundContext
 from entk_al.executor import LocalExecutor
 from entk_al.executor.diversity import badge_kmeanspp, k_center
@@ -103,8 +103,8 @@ def test_lookahead_batch_rules_take_keys():
     scores = np.array([0.5, 0.2, 0.5, 0.5, 0.1])
     keys = tie_keys(SEED, ROUND, np.array([40, 41, 42, 43, 44]))
     tied = np.array([0, 2, 3])
-    assert top_k(scores, 2).tolist() == [0, 2]  # no keys: positions (the library's default)
-    assert top_k(scores, 3, keys).tolist() == tied[np.argsort(keys[tied])].tolist()
+    assert top_k_positions(scores, 2).tolist() == [0, 2]  # no keys: positions (the library's default)
+    assert top_k_positions(scores, 3, keys).tolist() == tied[np.argsort(keys[tied])].tolist()
     gram = np.zeros((4, 4))  # every point at distance 0: after the first, the lowest key
     got = kmeanspp_seeding(gram, 3, 0, np.random.default_rng(0), keys[:4])
     rest = np.array([1, 2, 3])

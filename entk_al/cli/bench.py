@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -12,14 +12,14 @@ from .output import echo
 
 
 def bench(
-    protocol: Path = typer.Option(..., "--protocol", "-p", help="Protocol TOML file (see protocols/)."),
-    out: Optional[Path] = typer.Option(None, help="Grid folder (default: runs/<protocol name>)."),
+    protocol: Annotated[Path, typer.Option("--protocol", "-p", help="Protocol TOML file (see protocols/).")],
+    out: Annotated[Optional[Path], typer.Option(help="Grid folder (default: runs/<protocol name>).")] = None,
     device: Device = None,
     data_dir: DataDir = None,
     download: Download = None,
-    plot: bool = typer.Option(
-        True, "--plot/--no-plot",
-        help="Write curves.png, summary.csv, penalty.png, paired.csv and paired.png at the end."),
+    plot: Annotated[bool, typer.Option(
+        "--plot/--no-plot",
+        help="Write curves.png, summary.csv, penalty.png, paired.csv and paired.png at the end.")] = True,
     quiet: Quiet = False,
 ) -> None:
     """Run strategies × seeds × query sizes; finished runs are skipped, partial ones resumed."""
@@ -78,16 +78,16 @@ def _completed_rounds(run_dir: Path) -> int:
 
 
 def plot(
-    runs_dir: Path = typer.Argument(..., help="Grid folder written by `entk-al bench`."),
-    out: Optional[Path] = typer.Option(None, help="Where to write the figures and CSV (default: RUNS_DIR)."),
-    reference: Optional[list[str]] = typer.Option(
-        None, "--reference", help="Reference strategy of paired.csv/paired.png and of the panels and difference "
-                                  "views (repeatable; default: random and margin where present)."),
-    view: list[str] = typer.Option(
-        ["overlay"], "--view", help="Learning curves (repeatable): overlay (curves.png, every strategy in one "
-                                    "panel), panels (curves_panels.png, one panel per strategy, the reference in "
-                                    "gray) or difference (curves_difference.png, accuracy minus the reference's, "
-                                    "paired over seeds)."),
+    runs_dir: Annotated[Path, typer.Argument(help="Grid folder written by `entk-al bench`.")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the figures and CSV (default: RUNS_DIR).")] = None,
+    reference: Annotated[Optional[list[str]], typer.Option(
+        "--reference", help="Reference strategy of paired.csv/paired.png and of the panels and difference "
+                            "views (repeatable; default: random and margin where present).")] = None,
+    view: Annotated[list[str], typer.Option(
+        "--view", help="Learning curves (repeatable): overlay (curves.png, every strategy in one "
+                       "panel), panels (curves_panels.png, one panel per strategy, the reference in "
+                       "gray) or difference (curves_difference.png, accuracy minus the reference's, "
+                       "paired over seeds).")] = ["overlay"],  # noqa: B006  (typer hands each call a new list)
 ) -> None:
     """Write learning curves (mean ± 95% CI), summary.csv (AUBC), penalty.png (pairwise wins) and
     paired.csv / paired.png (paired AUBC differences against the references)."""

@@ -3,44 +3,51 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import numpy as np
 import typer
 
-from ..config import check_finite, default, lr_default_text
+from ..config import RunConfig, check_finite, lr_default_text
 from ..errors import ConfigError
 from ..progress import rich_bar
 from .options import PlainDataDir, PlainDevice, Quiet, check_out_dir
 from .output import echo
 
-DEFAULT_DEVICE = default("device")
+#: The run's defaults, which fidelity shares.
+_RUN = RunConfig()
+DEFAULT_DEVICE = _RUN.device
 
 
 def fidelity(
-    dataset: str = typer.Option(default("dataset"), help="Dataset name."),
-    model: str = typer.Option(default("model"), help="Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2, or "
-                                                       "module:Class / file.py:Class (as entk-al run --model)."),
-    width: Optional[int] = typer.Option(None, help="Model width."),
-    initial: int = typer.Option(default("initial"),
-                                help="Size of the seeded random labeled set L the model is trained on."),
-    candidates: int = typer.Option(50, help="Candidates retrained one by one (each a full retraining)."),
-    eval_size: int = typer.Option(500, help="Evaluation set U (random unlabeled points; holds the candidates)."),
-    seed: int = typer.Option(default("seed"), help="Seed (initial set, init, candidates, mini-batches)."),
-    ridge_rel: float = typer.Option(1e-3, "--ridge-rel", help="Ridge relative to trace(K)/n (lookahead's ridge_rel)."),
-    top_k: int = typer.Option(10, help="k of the top-k overlap."),
-    epochs: int = typer.Option(default("epochs"), help="Training epochs per (re)training (the run's default)."),
-    min_steps: int = typer.Option(default("min_steps"),
-                                  help="Minimum optimizer steps per (re)training (the run's default)."),
-    batch_size: int = typer.Option(default("batch_size"), help="Batch size."),
-    lr: Optional[float] = typer.Option(None, help=f"OneCycle max learning rate (default: {lr_default_text()})."),
-    loss: str = typer.Option(default("loss"), help="Loss of the training and of every retraining: mse or ce "
-                                                     "(the look-ahead's prediction is the squared-loss one either "
-                                                     "way; ce measures how well it predicts a cross-entropy-trained "
-                                                     "network)."),
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = _RUN.dataset,
+    model: Annotated[str, typer.Option(
+        help="Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2, or module:Class / file.py:Class "
+             "(as entk-al run --model).")] = _RUN.model,
+    width: Annotated[Optional[int], typer.Option(help="Model width.")] = None,
+    initial: Annotated[int, typer.Option(
+        help="Size of the seeded random labeled set L the model is trained on.")] = _RUN.initial,
+    candidates: Annotated[int, typer.Option(help="Candidates retrained one by one (each a full retraining).")] = 50,
+    eval_size: Annotated[int, typer.Option(
+        help="Evaluation set U (random unlabeled points; holds the candidates).")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed (initial set, init, candidates, mini-batches).")] = _RUN.seed,
+    ridge_rel: Annotated[float, typer.Option(
+        "--ridge-rel", help="Ridge relative to trace(K)/n (lookahead's ridge_rel).")] = 1e-3,
+    top_k: Annotated[int, typer.Option(help="k of the top-k overlap.")] = 10,
+    epochs: Annotated[int, typer.Option(help="Training epochs per (re)training (the run's default).")] = _RUN.epochs,
+    min_steps: Annotated[int, typer.Option(
+        help="Minimum optimizer steps per (re)training (the run's default).")] = _RUN.min_steps,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = _RUN.batch_size,
+    lr: Annotated[Optional[float], typer.Option(
+        help=f"OneCycle max learning rate (default: {lr_default_text()}).")] = None,
+    loss: Annotated[str, typer.Option(
+        help="Loss of the training and of every retraining: mse or ce (the look-ahead's prediction is the "
+             "squared-loss one either way; ce measures how well it predicts a cross-entropy-trained "
+             "network).")] = _RUN.loss,
     device: PlainDevice = DEFAULT_DEVICE,
     data_dir: PlainDataDir = None,
-    out: Path = typer.Option(Path("runs/fidelity"), help="Output folder for fidelity.json and fidelity.png."),
+    out: Annotated[Path, typer.Option(
+        help="Output folder for fidelity.json and fidelity.png.")] = Path("runs/fidelity"),
     quiet: Quiet = False,
 ) -> None:
     """Compare look-ahead predictions with real warm-started retraining on L ∪ {(x, ŷ)}."""
@@ -54,16 +61,13 @@ def fidelity(
 
 def _fidelity(dataset, model, width, initial, candidates, eval_size, seed, ridge_rel, top_k, epochs, min_steps,
               batch_size, lr, loss, device, data_dir, out, quiet) -> None:
-    import torch
 
-    from ..config import RunConfig
     from ..fidelity import measure_fidelity, plot_fidelity
     from ..fileio import write_json
     from ..oracle import SimulatedOracle
     from ..pool import PoolState
     from ..run_setup import RunSetup
-    from ..seeding import int_seed, numpy_rng, torch_generator
-    from ..train import train_model
+    from ..seeding import FIDELITY_CANDIDATES, FIDELITY_EVAL, numpy_rng
 
     check_finite(ridge_rel, "--ridge-rel")
     if top_k < 1:
@@ -84,15 +88,14 @@ def _fidelity(dataset, model, width, initial, candidates, eval_size, seed, ridge
     unl = pool.unlabeled_ids()
     if eval_size > len(unl):
         raise ConfigError(f"--eval-size {eval_size} exceeds the {len(unl)} unlabeled points")
-    # Same round-0 training as the loop: θ_L is what the look-ahead linearizes around.
+    # The loop's round-0 training (RunSetup.train_round): θ_L is what the look-ahead linearizes around.
     net = setup.new_model(0)
-    torch.manual_seed(int_seed(seed, 0, "torch-global"))
     x_l, y_l = setup.data.x_train[lab], setup.data.y_train[lab]
-    train_model(net, x_l, y_l, setup.train_cfg, torch_generator(seed, 0, "train"))
-    eval_ids = np.sort(numpy_rng(seed, 0, "fidelity-eval").choice(unl, eval_size, replace=False))
-    cand = np.sort(numpy_rng(seed, 0, "fidelity-candidates").choice(eval_size, candidates, replace=False))
+    setup.train_round(net, 0, x_l, y_l)
+    eval_ids = np.sort(numpy_rng(seed, 0, FIDELITY_EVAL).choice(unl, eval_size, replace=False))
+    cand = np.sort(numpy_rng(seed, 0, FIDELITY_CANDIDATES).choice(eval_size, candidates, replace=False))
     x_u = setup.data.x_train[eval_ids]
-    make_gen = lambda: torch_generator(seed, 1, "train")  # noqa: E731  (the loop's round-1 stream)
+    make_gen = lambda: setup.train_generator(1)  # noqa: E731  (the loop's round-1 stream)
 
     def measure(progress=None):
         return measure_fidelity(net, setup.kernel_fn, x_l, y_l, x_u, cand, setup.train_cfg, make_gen,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -45,8 +46,9 @@ def class_counts(labels, classes: list[str]) -> str:
 
 
 def label(
-    run_dir: Path = typer.Argument(..., help="Run directory waiting for labels (made by run --oracle files)."),
-    answers: Path = typer.Option(..., "--from", help="CSV with columns id and label (the filled-in queries file)."),
+    run_dir: Annotated[Path, typer.Argument(help="Run directory waiting for labels (made by run --oracle files).")],
+    answers: Annotated[Path, typer.Option(
+        "--from", help="CSV with columns id and label (the filled-in queries file).")],
 ) -> None:
     """Record labels for the queries a run with --oracle files is waiting for.
 

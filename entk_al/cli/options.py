@@ -1,7 +1,8 @@
 """Options several commands share, declared once as ``Annotated`` aliases.
 
 A command writes ``device: Device = None``; the default stays with the command (None means
-"not given": the run configuration's default, or the protocol's value, applies).
+"not given": the run configuration's default, or the protocol's value, applies). Every option
+of every command is declared this way, ``name: Annotated[type, typer.Option(...)] = default``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -68,76 +68,86 @@ def _readable(text: str) -> str:
 
 
 def run(
-    strategy: Optional[str] = typer.Option(
-        None, "--strategy", "-s",
-        help=f"Strategy name, module:Class or file.py:Class (default: {default('strategy')})."),
-    dataset: Optional[str] = typer.Option(None, help=f"Dataset name (default: {default('dataset')})."),
-    model: Optional[str] = typer.Option(
-        None, help=f"Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2, or your class as module:Class or "
-                   f"file.py:Class, built as Class(input_shape, num_classes) (+ width= when --width is given) "
-                   f"(default: {default('model')})."),
-    width: Optional[int] = typer.Option(None, help="Model width (hidden units / first conv channels)."),
-    initial: Optional[int] = typer.Option(
-        None, help=f"Size of the seeded random initial labeled set (default: {default('initial')})."),
-    query: Optional[int] = typer.Option(None, help=f"Labels queried per round (default: {default('query')})."),
-    rounds: Optional[int] = typer.Option(None, help=f"Number of query rounds (default: {default('rounds')})."),
-    subset: Optional[int] = typer.Option(
-        None, help=f"Random candidate subset of the pool per round (default: {default('subset')})."),
-    seed: Optional[int] = typer.Option(None, help=f"Run seed (default: {default('seed')})."),
-    out: Optional[Path] = typer.Option(
-        None, help="Run directory (default: runs/STRATEGY-DATASET-seedSEED, plus -HASH of the other options "
-                   "when any differs from its default)."),
-    retrain: Optional[str] = typer.Option(
-        None, help=f"warm (continue from last round) or scratch (default: {default('retrain')})."),
-    loss: Optional[str] = typer.Option(None, help=f"mse (one-hot squared loss) or ce (default: {default('loss')})."),
-    train: Optional[str] = typer.Option(
-        None, "--train", help="Your training step as module:function or file.py:function, called each round as "
-                              "fn(model, x, y, *, round, generator, config, device) -> the trained model "
-                              "(docs/api.md); replaces the built-in SGD recipe."),
-    epochs: Optional[int] = typer.Option(
-        None, help=f"Epochs over the labeled set per round (default: {default('epochs')})."),
-    min_steps: Optional[int] = typer.Option(
-        None, help=f"Minimum optimizer steps per round (default: {default('min_steps')})."),
-    batch_size: Optional[int] = typer.Option(None, help=f"Training batch size (default: {default('batch_size')})."),
-    lr: Optional[float] = typer.Option(
-        None, help=f"OneCycle max learning rate (default: {lr_default_text()}; a round whose training diverges "
-                   f"stops the run and names the suspects)."),
+    strategy: Annotated[Optional[str], typer.Option(
+        "--strategy", "-s",
+        help=f"Strategy name, module:Class or file.py:Class (default: {default('strategy')}).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help=f"Dataset name (default: {default('dataset')}).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help=f"Model: mlp, cnn, resnet18, wide_resnet, wide_resnet2, or your class as module:Class or "
+             f"file.py:Class, built as Class(input_shape, num_classes) (+ width= when --width is given) "
+             f"(default: {default('model')}).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Model width (hidden units / first conv channels).")] = None,
+    initial: Annotated[Optional[int], typer.Option(
+        help=f"Size of the seeded random initial labeled set (default: {default('initial')}).")] = None,
+    query: Annotated[Optional[int], typer.Option(
+        help=f"Labels queried per round (default: {default('query')}).")] = None,
+    rounds: Annotated[Optional[int], typer.Option(
+        help=f"Number of query rounds (default: {default('rounds')}).")] = None,
+    subset: Annotated[Optional[int], typer.Option(
+        help=f"Random candidate subset of the pool per round (default: {default('subset')}).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Run seed (default: {default('seed')}).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Run directory (default: runs/STRATEGY-DATASET-seedSEED, plus -HASH of the other options "
+             "when any differs from its default).")] = None,
+    retrain: Annotated[Optional[str], typer.Option(
+        help=f"warm (continue from last round) or scratch (default: {default('retrain')}).")] = None,
+    loss: Annotated[Optional[str], typer.Option(
+        help=f"mse (one-hot squared loss) or ce (default: {default('loss')}).")] = None,
+    train: Annotated[Optional[str], typer.Option(
+        "--train", help="Your training step as module:function or file.py:function, called each round as "
+                        "fn(model, x, y, *, round, generator, config, device) -> the trained model "
+                        "(docs/api.md); replaces the built-in SGD recipe.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        help=f"Epochs over the labeled set per round (default: {default('epochs')}).")] = None,
+    min_steps: Annotated[Optional[int], typer.Option(
+        help=f"Minimum optimizer steps per round (default: {default('min_steps')}).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help=f"Training batch size (default: {default('batch_size')}).")] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        help=f"OneCycle max learning rate (default: {lr_default_text()}; a round whose training diverges "
+             f"stops the run and names the suspects).")] = None,
     device: Device = None,
-    threads: Optional[int] = typer.Option(
-        None, help=f"CPU threads for training; 0 = 1 thread for small models, else all "
-                   f"(default: {default('threads')})."),
+    threads: Annotated[Optional[int], typer.Option(
+        help=f"CPU threads for training; 0 = 1 thread for small models, else all "
+             f"(default: {default('threads')}).")] = None,
     data_dir: DataDir = None,
     download: Download = None,
-    oracle: Optional[str] = typer.Option(
-        None, help=f"simulated (ground truth), files (you label queries/round_XXX.csv) or label-studio "
-                   f"(annotators label tasks in Label Studio; pip install entk-al\\[labelstudio], token in "
-                   f"$LABEL_STUDIO_API_KEY) (default: {default('oracle')})."),
-    ls_url: Optional[str] = typer.Option(
-        None, "--ls-url", help="Label Studio server for --oracle label-studio, e.g. http://localhost:8080."),
-    ls_project: Optional[str] = typer.Option(
-        None, "--ls-project", help="Label Studio project: its ID, or a title (created if not found)."),
-    executor: Optional[str] = typer.Option(
-        None, help=f"Where pool scans run: local or ray (pip install entk-al\\[ray]) "
-                   f"(default: {default('executor')})."),
-    address: Optional[str] = typer.Option(
-        None, help="Ray cluster: auto or HOST:PORT (default: start a private local cluster)."),
-    workers: Optional[int] = typer.Option(None, help=f"Ray shard actors (default: {RAY_DEFAULTS['workers']:g})."),
-    gpus_per_worker: Optional[float] = typer.Option(
-        None, help=f"GPUs per Ray actor (default: {RAY_DEFAULTS['gpus_per_worker']:g})."),
-    cpus_per_worker: Optional[float] = typer.Option(
-        None, help=f"CPUs per Ray actor (default: {RAY_DEFAULTS['cpus_per_worker']:g})."),
-    stop: Optional[str] = typer.Option(
-        None, "--stop",
+    oracle: Annotated[Optional[str], typer.Option(
+        help=f"simulated (ground truth), files (you label queries/round_XXX.csv) or label-studio "
+             f"(annotators label tasks in Label Studio; pip install entk-al\\[labelstudio], token in "
+             f"$LABEL_STUDIO_API_KEY) (default: {default('oracle')}).")] = None,
+    ls_url: Annotated[Optional[str], typer.Option(
+        "--ls-url", help="Label Studio server for --oracle label-studio, e.g. http://localhost:8080.")] = None,
+    ls_project: Annotated[Optional[str], typer.Option(
+        "--ls-project", help="Label Studio project: its ID, or a title (created if not found).")] = None,
+    executor: Annotated[Optional[str], typer.Option(
+        help=f"Where pool scans run: local or ray (pip install entk-al\\[ray]) "
+             f"(default: {default('executor')}).")] = None,
+    address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster: auto or HOST:PORT (default: start a private local cluster).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help=f"Ray shard actors (default: {RAY_DEFAULTS['workers']:g}).")] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option(
+        help=f"GPUs per Ray actor (default: {RAY_DEFAULTS['gpus_per_worker']:g}).")] = None,
+    cpus_per_worker: Annotated[Optional[float], typer.Option(
+        help=f"CPUs per Ray actor, also its torch threads (default: {RAY_DEFAULTS['cpus_per_worker']:g}); "
+             f"under --executor local, the torch threads of the pool scans (default: the process's).")] = None,
+    stop: Annotated[Optional[str], typer.Option(
+        "--stop",
         help="Stop rules NAME[:THRESHOLD[:WINDOW]], comma-separated: kappa (stabilizing predictions, "
-             "default 0.99:3) and change (predicted effect of the next batch, default 0.005:2); none for none."),
-    stop_set: Optional[int] = typer.Option(
-        None, help=f"Size of the fixed unlabeled stop set the rules use (default: {default('stop_set')})."),
-    stop_action: Optional[str] = typer.Option(
-        None, help=f"stop (end the run when a rule fires) or log (only log them) (default: {default('stop_action')})."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Strategy option key=value (repeatable)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these options."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
+             "default 0.99:3) and change (predicted effect of the next batch, default 0.005:2); "
+             "none for none.")] = None,
+    stop_set: Annotated[Optional[int], typer.Option(
+        help=f"Size of the fixed unlabeled stop set the rules use (default: {default('stop_set')}).")] = None,
+    stop_action: Annotated[Optional[str], typer.Option(
+        help=f"stop (end the run when a rule fires) or log (only log them) "
+             f"(default: {default('stop_action')}).")] = None,
+    option: Annotated[list[str], typer.Option(
+        "--option", "-o",
+        help="Strategy option key=value (repeatable).")] = [],  # noqa: B006  (typer hands each call a new list)
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with any of these options.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Run pool-based active learning; writes config.json, rounds.jsonl, curve.png, checkpoint.pt, summary.json."""

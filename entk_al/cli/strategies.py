@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -10,8 +10,8 @@ from .output import echo
 
 
 def strategies(
-    name: Optional[str] = typer.Argument(
-        None, help="Show this strategy's options (a name, module:Class or file.py:Class)."),
+    name: Annotated[Optional[str], typer.Argument(
+        help="Show this strategy's options (a name, module:Class or file.py:Class).")] = None,
 ) -> None:
     """List the registered query strategies with a one-line description each, or one strategy's options."""
     from ..plugins import available_strategies

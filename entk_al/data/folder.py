@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DataFormatError, DataNotFoundError
-from ..seeding import numpy_rng
+from ..seeding import FOLDER_SPLIT, numpy_rng
 from ._common import standardize_images
 from .base import ALDataset
 
@@ -69,7 +69,7 @@ def _split(items: list[tuple[Path, str]]) -> tuple[list[int], list[int]]:
     except ValueError:  # scikit-learn refuses: fewer test (or train) images than classes
         tr, te = None, None
     if te is None or not {labels[i] for i in te} <= {labels[i] for i in tr}:
-        rng = numpy_rng(SPLIT_SEED, -1, "folder-split")
+        rng = numpy_rng(SPLIT_SEED, -1, FOLDER_SPLIT)
         tr, te = [], []
         for c in sorted(set(rest_labels)):
             ids = rest[[lab == c for lab in rest_labels]]

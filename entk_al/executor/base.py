@@ -28,7 +28,8 @@ class Executor(ABC):
 
     @abstractmethod
     def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
-        """Hand every shard this round's model (broadcast once) and clear last round's tile state."""
+        """Hand every shard a copy of this round's model (broadcast once) and clear last round's
+        tile state; the driver's ``model`` is neither moved nor changed."""
 
     @abstractmethod
     def map(self, task: str, jobs: dict[int, Any], shared: Any = None) -> dict[int, Any]:

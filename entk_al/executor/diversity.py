@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..batch_diversity import inverse_cdf, kmeanspp_centers
 from ..seeding import tie_keys
 from .shard import Shard, task
 
@@ -101,11 +102,7 @@ def _badge_update(shard: Shard, tile: int, payload: Any, c: dict) -> tuple[float
 @task("badge_pick")
 def _badge_pick(shard: Shard, tile: int, residual: float, shared: Any) -> dict:
     st = shard.state(tile)["badge"]
-    w = st["w"]
-    pick = int(np.searchsorted(np.cumsum(w), residual, side="right"))
-    if pick >= len(w) or w[pick] == 0.0:  # rounding at the top of the running sum
-        pick = int(np.flatnonzero(w)[-1])
-    return _badge_vector(st, pick)
+    return _badge_vector(st, inverse_cdf(st["w"], residual))
 
 
 def badge_kmeanspp(executor: Any, ids: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -113,8 +110,9 @@ def badge_kmeanspp(executor: Any, ids: np.ndarray, k: int, rng: np.random.Genera
 
     The first center is the largest ‖g‖ (equal norms: the lowest seeded tie-break key,
     :func:`entk_al.seeding.tie_keys`); each next one is drawn with probability ∝ D² (one
-    ``rng.random()`` per center): the driver finds the tile whose running sum passes u·total,
-    that tile the id. When every remaining D² is 0 the unchosen id with the lowest key is taken.
+    ``rng.random()`` per center) by :func:`entk_al.batch_diversity.kmeanspp_centers` with the
+    tiles as parts: the driver finds the tile whose running sum passes u·total, that tile the
+    id. When every remaining D² is 0 the unchosen id with the lowest key is taken.
 
     Args:
         executor: the run's executor (round begun).
@@ -134,30 +132,13 @@ def badge_kmeanspp(executor: Any, ids: np.ndarray, k: int, rng: np.random.Genera
     for t in sorted(init):
         if _better(init[t], None if best is None else init[best]):
             best = t
-    center = executor.map("badge_vector", {best: init[best][2]})[best]
-    chosen = [center["id"]]
     jobs = {t: None for t in groups}
-    while len(chosen) < k:
-        res = executor.map("badge_update", jobs, center)
-        tiles = sorted(res)
-        total = 0.0
-        for t in tiles:
-            total += res[t][0]
-        u = rng.random()
-        if not np.isfinite(total) or total <= 0.0:
-            t = min((t for t in tiles if res[t][1] is not None), key=lambda t: res[t][1])
-            center = executor.map("badge_vector", {t: res[t][1][1]})[t]
-        else:
-            target, before, tile = u * total, 0.0, None
-            for t in tiles:
-                if res[t][0] > 0.0:
-                    tile = t
-                    if before + res[t][0] > target:
-                        break
-                    before += res[t][0]
-            center = executor.map("badge_pick", {tile: target - before})[tile]
-        chosen.append(center["id"])
-    return np.asarray(chosen, dtype=np.int64)
+    centers = kmeanspp_centers(
+        executor.map("badge_vector", {best: init[best][2]})[best], k, rng,
+        update=lambda center: executor.map("badge_update", jobs, center),
+        draw=lambda t, residual: executor.map("badge_pick", {t: residual})[t],
+        take=lambda t, gid: executor.map("badge_vector", {t: gid})[t])
+    return np.asarray([c["id"] for c in centers], dtype=np.int64)
 
 
 # -- Core-Set -------------------------------------------------------------------------------

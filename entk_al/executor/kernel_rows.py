@@ -112,3 +112,30 @@ def _assemble_rows(got: dict, groups: dict, n_rows: int) -> torch.Tensor:
             out = got[t].new_empty((n_rows, got[t].shape[1]))
         out[torch.from_numpy(pos)] = got[t]
     return out
+
+
+def nonfinite_blame(bad: np.ndarray, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows and columns of a kernel block its non-finite entries are blamed on: the one
+    rule for every kernel a round computes (:meth:`entk_al.context.RoundContext.kernel` and the
+    look-ahead's B[U, cand] on the shards, :func:`entk_al.executor.sharded_posterior.fit_on_shards`).
+
+    A symmetric block k(ids, ids) blames the ids whose diagonal entry is bad; otherwise a row
+    (column) bad in every entry blames its row (column) id. Bad entries left without a blamed
+    row or column blame their row. The ids blamed are left out of the round.
+
+    Args:
+        bad: (R, C) bool, True where the kernel entry is not finite.
+        symmetric: the block is k(ids, ids) (rows and columns the same ids in the same order).
+
+    Returns:
+        (rows (R,) bool, columns (C,) bool) to leave out; all False when nothing is bad.
+    """
+    bad = np.asarray(bad, dtype=bool)
+    if not bad.any():
+        return np.zeros(bad.shape[0], dtype=bool), np.zeros(bad.shape[1], dtype=bool)
+    if symmetric:
+        rows = cols = bad.diagonal().copy()
+    else:
+        rows, cols = bad.all(1), bad.all(0)
+    rest = bad & ~rows[:, None] & ~cols[None, :]
+    return rows | rest.any(1), cols

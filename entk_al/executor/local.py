@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -16,12 +17,15 @@ from .shard import Shard
 class LocalExecutor(Executor):
     """Every tile runs in this process, in increasing tile order, on ``device``.
 
-    Numerics: Ray actors pin ``cpus_per_worker`` torch threads; this executor pins ``threads``
-    while a tile task runs, and by default (None) keeps the process's setting, so that the
-    default ``--executor local`` computes what it always did. Tile results equal the actors'
-    bit for bit when the BLAS kernels involved do not depend on the thread count (the case
-    in ``tests/test_ray_executor.py`` on a 2-core CPU); ``threads = cpus_per_worker`` (or
-    ``OMP_NUM_THREADS``) makes them equal by construction.
+    It behaves as a Ray shard actor does: its tasks run under the same numerics
+    (:func:`~entk_al.executor.shard.tile_numerics`: deterministic cuDNN, no TF32, ``threads``
+    torch threads), and each round's model is a private copy (:meth:`begin_round`), never the
+    driver's own object. Threads: ``--cpus-per-worker`` given under ``--executor local`` pins
+    that many (:func:`~entk_al.executor.shard.worker_threads`), as a Ray actor does; by default
+    (None) the process's setting stays, so that the default ``--executor local`` computes what
+    it always did. Tile results equal the actors' bit for bit when the BLAS kernels involved
+    do not depend on the thread count (the case in ``tests/test_ray_executor.py`` on a 2-core
+    CPU); the same ``--cpus-per-worker`` for both makes them equal by construction.
 
     Args:
         pool: the pool (:class:`~entk_al.data.pool.Pool`, or an (N, *input_shape) CPU tensor; not copied).
@@ -44,7 +48,9 @@ class LocalExecutor(Executor):
         self.shard = Shard(pool, 0, tile_size, device, threads=threads)
 
     def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
-        self.shard.begin_round(round_idx, seed, model)
+        # A copy, as a Ray actor gets one: moving it to the shard's device or changing its
+        # modes never touches the driver's model.
+        self.shard.begin_round(round_idx, seed, copy.deepcopy(model))
 
     def map(self, task: str, jobs: dict[int, Any], shared: Any = None) -> dict[int, Any]:
         return dict(self.shard.run(task, sorted(jobs.items()), shared))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from . import diversity, kernel_rows, knn_tiles, lookahead_tiles, scan  # noqa: F401  (registers the tile tasks in this worker)
 from .shard import Shard
 
@@ -14,8 +16,11 @@ from .shard import Shard
 class ShardHost:
     """Holds the :class:`~entk_al.executor.shard.Shard` of one contiguous id range.
 
-    Numerics are pinned here, once per worker: ``threads`` torch intra-op threads,
-    deterministic cuDNN without autotuning, and no TF32.
+    Its tasks run under the numerics of the local executor's
+    (:func:`~entk_al.executor.shard.tile_numerics`: ``threads`` torch intra-op threads,
+    deterministic cuDNN without autotuning, no TF32). An actor given a GPU on a node where
+    torch has no CUDA does not fall back to the CPU: :meth:`ping` raises, as ``--device cuda``
+    does on a machine without CUDA.
 
     Args:
         pool: what the shard reads its ids from (:meth:`entk_al.data.pool.Pool.shard`).
@@ -25,13 +30,12 @@ class ShardHost:
     """
 
     def __init__(self, pool: Any, tile_size: int, threads: int, use_gpu: bool):
-        torch.set_num_threads(max(1, int(threads)))
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.shard = Shard(pool, 0, tile_size, device)
+        self.device_error = None
+        if use_gpu and not torch.cuda.is_available():
+            self.device_error = (f"--gpus-per-worker: CUDA is not available to the shard actor on "
+                                 f"{socket.gethostname()} (torch {torch.__version__}), which Ray gave a GPU")
+        self.shard = Shard(pool, 0, tile_size, "cuda" if use_gpu and self.device_error is None else "cpu",
+                           threads=threads)
 
     def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
         self.shard.begin_round(round_idx, seed, model)
@@ -40,4 +44,11 @@ class ShardHost:
         return self.shard.run(task, jobs, shared)
 
     def ping(self) -> int:
+        """The number of ids the shard reads from (the actor is up).
+
+        Raises:
+            ConfigError: the actor was given a GPU but torch has no CUDA here.
+        """
+        if self.device_error is not None:
+            raise ConfigError(self.device_error)
         return len(self.shard.pool)

@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from .base import Executor
 from .plan import TILE_SIZE, TilePlan
 from .ray_actor import ShardHost
+from .shard import worker_threads
 
 #: Seconds the shard actors may take to start before the run stops with an error (a cluster
 #: whose CPUs or GPUs are all taken would otherwise keep them pending forever).
@@ -66,14 +67,16 @@ class RayExecutor(Executor):
             When Ray is already initialized in this process, that cluster is used and left up.
         workers: shard actors (>= 1).
         gpus_per_worker: GPUs per actor (> 0: the shard runs on its GPU).
-        cpus_per_worker: CPUs per actor; also its torch thread count (at least 1).
+        cpus_per_worker: CPUs per actor; also its torch thread count
+            (:func:`~entk_al.executor.shard.worker_threads`).
         tile_size: ids per tile (the same as the local executor's).
 
     Raises:
         ConfigError: the cluster cannot be reached (``HOST:PORT`` is probed first, so an address
             with nothing listening fails in seconds instead of Ray's endless retries); the
             workers need more CPUs or GPUs than this machine (private cluster) or the cluster
-            has; or the actors do not start within :data:`ACTOR_START_S` seconds.
+            has; the actors do not start within :data:`ACTOR_START_S` seconds; or an actor given
+            a GPU finds no CUDA (no fallback to the CPU).
     """
 
     name = "ray"
@@ -112,7 +115,7 @@ class RayExecutor(Executor):
         self.plan = TilePlan(len(pool), workers, tile_size)
         self._remote = ray.remote(ShardHost).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                       max_restarts=0)
-        self._threads = max(1, int(cpus_per_worker))
+        self._threads = worker_threads(cpus_per_worker)
         self._use_gpu = gpus_per_worker > 0
         self._inputs: dict[int, Any] = {}
         self.actors: dict[int, Any] = {}
@@ -127,6 +130,12 @@ class RayExecutor(Executor):
             self.close()
             raise ConfigError(f"the {len(self.actors)} shard actors did not start within {ACTOR_START_S:g} s "
                               f"(are the cluster's CPUs/GPUs taken by other jobs?)") from None
+        except ray.exceptions.RayTaskError as exc:
+            self.close()
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, ConfigError):  # e.g. a GPU actor without CUDA: the local executor's failure
+                raise ConfigError(str(cause)) from None
+            raise
         self._journal: dict[int, list[tuple[str, tuple]]] = {s: [] for s in self.actors}
         #: test hook: called with the number of map calls made this round, before each one.
         self.before_map: Callable[[int], None] | None = None

@@ -19,7 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import last_linear
-from ..seeding import int_seed, rank_descending, tie_keys, torch_generator
+from ..seeding import (
+    BALD_DROPOUT_TILE,
+    BALD_MASKS_TILE,
+    int_seed,
+    rank_descending,
+    tie_keys,
+    tile_component,
+    torch_generator,
+)
 from ..uncertainty import CHEAP_SCORES, bald_from_samples, cheap_score
 from .shard import Shard, task
 
@@ -37,7 +45,7 @@ def _bald_feature_dropout(shard: Shard, tile: int, ids: np.ndarray, samples: int
     h = shard.outputs(tile, ids)[1].to(w.dtype)
     keep = 1.0 - rate
     # One stream per (seed, round, tile): the masks do not depend on how tiles are spread.
-    gen = torch_generator(shard.seed, shard.round, f"bald-masks-tile{tile}")
+    gen = torch_generator(shard.seed, shard.round, tile_component(BALD_MASKS_TILE, tile))
     u = torch.rand((len(h), samples, h.shape[1]), generator=gen)
     mask = (u < keep).to(device=h.device, dtype=h.dtype) / keep
     logits = F.linear(h.unsqueeze(1) * mask, w, b)  # (n, T, O)
@@ -50,7 +58,7 @@ def _bald_model_dropout(shard: Shard, tile: int, ids: np.ndarray, samples: int) 
     devices = [shard.device] if shard.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int_seed(shard.seed, shard.round, f"bald-dropout-tile{tile}"))
+            torch.manual_seed(int_seed(shard.seed, shard.round, tile_component(BALD_DROPOUT_TILE, tile)))
             model.eval()
             for m in model.modules():
                 if isinstance(m, nn.modules.dropout._DropoutNd):
@@ -81,7 +89,7 @@ def _score(shard: Shard, tile: int, ids: np.ndarray, shared: dict) -> dict:
             "sum": float(s[fin].sum()), "count": int(fin.sum()), "all": (ids[fin], s[fin])}
 
 
-def predict(executor: Any, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def outputs_on_shards(executor: Any, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs and penultimate features at pool ``ids``, computed tile by tile on the shards.
 
     Args:

@@ -52,6 +52,38 @@ def trim_heap() -> None:
 TASKS: dict[str, Callable[["Shard", int, Any, Any], Any]] = {}
 
 
+def worker_threads(cpus_per_worker: float) -> int:
+    """Torch intra-op threads of a worker given ``cpus_per_worker`` CPUs: the whole part, at least 1.
+
+    Args:
+        cpus_per_worker: CPUs per worker (``--cpus-per-worker``), > 0.
+    """
+    return max(1, int(cpus_per_worker))
+
+
+@contextlib.contextmanager
+def tile_numerics(threads: int | None) -> Iterator[None]:
+    """The numerics every tile task runs under, in the driver (``local``) and in each Ray actor
+    alike: ``threads`` torch intra-op threads (None: the process's setting), deterministic
+    cuDNN without autotuning, and no TF32 (cuBLAS matmuls and cuDNN). The previous settings
+    come back afterwards, so the driver's own training is not affected.
+
+    Args:
+        threads: torch intra-op threads (>= 1), or None.
+    """
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (torch.get_num_threads(), cudnn.deterministic, cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    cudnn.deterministic, cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32 = True, False, False, False
+    try:
+        yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(before[0])
+        cudnn.deterministic, cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32 = before[1:]
+
+
 def task(name: str, *, per_shard: bool = False) -> Callable:
     """Register a task function under ``name`` (decorator).
 
@@ -77,7 +109,8 @@ class Shard:
         id_start: global id of a tensor ``pool``'s first row (ignored for a Pool).
         tile_size: ids per tile of the run's :class:`~entk_al.executor.plan.TilePlan`.
         device: where the model runs on this shard.
-        threads: torch intra-op threads while a task runs (None: leave the process's setting).
+        threads: torch intra-op threads while a task runs (None: leave the process's setting);
+            the other numerics of :func:`tile_numerics` hold for every task.
     """
 
     def __init__(self, pool: Pool | torch.Tensor, id_start: int, tile_size: int, device: str | torch.device = "cpu",
@@ -152,7 +185,7 @@ class Shard:
             KeyError: unknown task name.
         """
         fn = TASKS[name]
-        with self._pinned():
+        with tile_numerics(self.threads):
             if getattr(fn, "per_shard", False):
                 out = fn(self, jobs, shared)
                 if TRIM_HEAP:
@@ -164,15 +197,3 @@ class Shard:
                 if TRIM_HEAP:
                     trim_heap()
             return results
-
-    @contextlib.contextmanager
-    def _pinned(self) -> Iterator[None]:
-        if self.threads is None:
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)

@@ -13,6 +13,7 @@ Ray, so both executors score and select alike.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -26,10 +27,11 @@ from ..acquisition import (
     finish_columns,
     flip_fraction,
 )
-from ..lookahead import DEGENERATE_REL, safe_denominators
+from ..lookahead import DEGENERATE_REL, deprecated_ridge_eff, safe_denominators
 from ..sequential import condition_update, fold_update
 from . import lookahead_tiles  # noqa: F401  (registers the look-ahead tile tasks)
 from .feature_store import is_feature_kernel
+from .kernel_rows import nonfinite_blame
 
 F64 = torch.float64
 
@@ -51,27 +53,27 @@ class ShardedPosterior:
         m_diag: (m,) float64 diag(M).
         w_cand: (n, C) float64 W_c = (K + λI)⁻¹A[cand]ᵀ.
         col_of: (m,) int64 column of W_c / the tiles' B for each position in U (−1: not a candidate).
-        ridge: λ + jitter.
-        jitter: the jitter part of the ridge.
+        ridge_eff: λ + jitter.
+        jitter: the jitter part of ``ridge_eff``.
         tol: round-off level of the denominators.
         reference: ``network`` (ref = f(U)) | ``base`` (ref = base).
 
     Attributes:
         tile_pos: {tile: (m_t,) int64 positions in U of the tile's rows}.
         jitter: extra diagonal added to make K + λI factor.
-        ridge: λ + jitter, the ridge of the augmented system.
+        ridge_eff: λ + jitter, the ridge of the augmented system.
         tol: denominators at or below it are round-off (their update is 0).
     """
 
     def __init__(self, executor: Any, tile_pos: dict[int, torch.Tensor], base: torch.Tensor, f_u: torch.Tensor,
-                 m_diag: torch.Tensor, w_cand: torch.Tensor, col_of: torch.Tensor, ridge: float, jitter: float,
+                 m_diag: torch.Tensor, w_cand: torch.Tensor, col_of: torch.Tensor, ridge_eff: float, jitter: float,
                  tol: float, reference: str):
         self.executor, self.tile_pos, self.tiles = executor, tile_pos, sorted(tile_pos)
         self.base = base.clone()
         self.ref = (f_u if reference == "network" else base).clone()
         self.m_diag = m_diag
         self.w_cand, self.col_of = w_cand, col_of
-        self.ridge, self.jitter, self.tol = float(ridge), float(jitter), float(tol)
+        self.ridge_eff, self.jitter, self.tol = float(ridge_eff), float(jitter), float(tol)
         self.u = torch.zeros(len(base), 0, dtype=F64)
         self.folded: list[int] = []
         self.conditioned: list[int] = []
@@ -80,9 +82,14 @@ class ShardedPosterior:
     def num_eval(self) -> int:
         return self.base.shape[0]
 
+    @property
+    def ridge(self) -> float:
+        """Deprecated (removed in 0.3): λ + jitter; use :attr:`ridge_eff`."""
+        return deprecated_ridge_eff(self)
+
     def denominators(self, cols: torch.Tensor) -> torch.Tensor:
         """M'_jj + λ at positions ``cols`` (c,); +inf where it is round-off."""
-        return safe_denominators(self.m_diag[cols] + self.ridge, self.tol)
+        return safe_denominators(self.m_diag[cols] + self.ridge_eff, self.tol)
 
     def _columns(self, pos: torch.Tensor) -> dict:
         """What every tile needs to form M'[its rows, pos]: B column indices, W_c's columns, u."""
@@ -210,10 +217,11 @@ def _complete_symmetric_b(executor: Any, got: dict, groups: dict, u_ids: np.ndar
 
 
 def fit_on_shards(executor: Any, kernel_fn: Callable[..., torch.Tensor], *, u_ids: np.ndarray, cand_pos: np.ndarray,
-                  x_lab: torch.Tensor, x_cand: torch.Tensor, chol: torch.Tensor, alpha: torch.Tensor, ridge: float,
-                  jitter: float, dense: bool, reference: str = "network", lab_ids: np.ndarray | None = None,
-                  cand_ids: np.ndarray | None = None,
-                  probe: torch.Tensor | None = None) -> tuple[ShardedPosterior | None, np.ndarray]:
+                  x_lab: torch.Tensor, x_cand: torch.Tensor, chol: torch.Tensor, alpha: torch.Tensor,
+                  ridge_eff: float | None = None, jitter: float, dense: bool, reference: str = "network",
+                  lab_ids: np.ndarray | None = None, cand_ids: np.ndarray | None = None,
+                  probe: torch.Tensor | None = None,
+                  ridge: float | None = None) -> tuple[ShardedPosterior | None, np.ndarray]:
     """Set the round's look-ahead system up on the shards (one map call).
 
     Each tile of ``u_ids`` computes A_t = k(U_t, X_L) and diag k(U_t, U_t), its rows of
@@ -231,7 +239,7 @@ def fit_on_shards(executor: Any, kernel_fn: Callable[..., torch.Tensor], *, u_id
         chol: (n, n) float64 lower Cholesky factor of K + (λ + jitter)I
             (:func:`entk_al.lookahead.cholesky_with_jitter`).
         alpha: (n, O) float64 (K + λI)⁻¹(Y_L − f(X_L)).
-        ridge: λ + jitter, the augmented system's ridge.
+        ridge_eff: λ + jitter, the augmented system's ridge.
         jitter: the jitter part (reported).
         dense: keep B[U_t, cand] on the shards for the round.
         reference: ``network`` | ``base`` (:class:`entk_al.sequential.Posterior`).
@@ -241,12 +249,22 @@ def fit_on_shards(executor: Any, kernel_fn: Callable[..., torch.Tensor], *, u_id
             (:meth:`entk_al.context.RoundContext.kernel_probe`). With the ids and the probe, a
             feature kernel (:class:`~entk_al.ntk.features.FeatureKernel`) computes the labeled
             set's and the candidates' features once per shard instead of once per tile.
+        ridge: deprecated name of ``ridge_eff`` (a FutureWarning; removed in 0.3).
 
     Returns:
         (posterior, bad): ``bad`` (int64 global ids) lists ids of U with non-finite kernel or
         output values; when it is non-empty the posterior is None and the caller drops them
         and calls again.
+
+    Raises:
+        TypeError: no ``ridge_eff`` given.
     """
+    if ridge is not None:
+        warnings.warn("fit_on_shards(ridge=...) is deprecated and will be removed in 0.3; pass ridge_eff= "
+                      "(λ + jitter)", FutureWarning, stacklevel=2)
+        ridge_eff = ridge if ridge_eff is None else ridge_eff
+    if ridge_eff is None:
+        raise TypeError("fit_on_shards() needs ridge_eff")
     u_ids = np.asarray(u_ids, dtype=np.int64)
     m, c = len(u_ids), len(cand_pos)
     col_of = np.full(m, -1, dtype=np.int64)
@@ -269,10 +287,9 @@ def fit_on_shards(executor: Any, kernel_fn: Callable[..., torch.Tensor], *, u_id
             bad_b = np.zeros((m, c), dtype=bool) if bad_b is None else bad_b
             bad_b[groups[t]] = got[t]["bad_b"]
     if bad_b is not None:
-        # The context's rule for kernels: a column bad in every row blames the candidate, other bad entries the row.
-        bad_cols = bad_b.all(0)
+        bad_rows, bad_cols = nonfinite_blame(bad_b)  # a column bad in every row blames the candidate
         bad[np.asarray(cand_pos)[bad_cols]] = True
-        bad |= (bad_b & ~bad_cols[None, :]).any(1)
+        bad |= bad_rows
     if bad.any():
         return None, u_ids[bad]
     n_out = got[tiles[0]]["base"].shape[1]
@@ -287,5 +304,5 @@ def fit_on_shards(executor: Any, kernel_fn: Callable[..., torch.Tensor], *, u_id
         diag_sum += got[t]["diag_abs_sum"]
     tol = DEGENERATE_REL * diag_sum / m if m else 0.0
     post = ShardedPosterior(executor, {t: torch.from_numpy(groups[t]) for t in tiles}, base, f_u, m_diag, w_cand,
-                            torch.from_numpy(col_of), ridge, jitter, tol, reference)
+                            torch.from_numpy(col_of), ridge_eff, jitter, tol, reference)
     return post, np.zeros(0, dtype=np.int64)

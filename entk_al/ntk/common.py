@@ -251,15 +251,3 @@ def finish(blocks: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "block_diag":
         return blocks.permute(1, 2, 0).contiguous()
     return blocks.mean(0)  # trace: (1/O) sum_k Theta_kk
-
-
-def n_outputs(model: nn.Module, x: torch.Tensor) -> int:
-    """O: the flattened output size of ``model`` on one sample (one no-grad forward).
-
-    Args:
-        model: the network, already on the device of ``x``.
-        x: (N, *F) inputs; only ``x[:1]`` is evaluated.
-    """
-    with torch.no_grad():
-        out = model(x[:1])
-    return out.reshape(1, -1).shape[1]
