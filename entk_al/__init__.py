@@ -3,12 +3,16 @@
 The public surface, importable from here (loaded on first use, so ``import entk_al`` is cheap):
 
 - :func:`query`, :class:`Query`, :class:`ActiveLearner`: entk-al from your own training loop
-  (:mod:`entk_al.api`);
+  (:mod:`entk_al.run.api`);
 - :class:`Pool`, :class:`TensorPool`, :class:`DatasetPool`, :class:`MemmapPool`,
   :class:`FolderPool`, :func:`as_pool`: pools read by id (:mod:`entk_al.data.pool`);
 - :func:`pntk`, :func:`entk`, :func:`kernel`, :class:`FeatureKernel`, :data:`PNTK`: kernels
   (:mod:`entk_al.ntk`);
-- :class:`RoundContext`, :class:`QueryStrategy`: what a strategy receives and implements;
+- :func:`fit_lookahead`, :func:`lookahead_outputs`, :func:`mlmoc_scores`: the look-ahead's
+  closed form on kernels you computed (:mod:`entk_al.lookahead`); :func:`fit_gp`,
+  :class:`GPPosterior`: the linearized network's GP posterior;
+- :class:`RoundContext`, :class:`QueryStrategy`: what a strategy receives and implements
+  (:mod:`entk_al.round.context`);
 - the error classes of :mod:`entk_al.errors`.
 
 Data flows one way: data and pools -> models and training -> kernels -> look-ahead and
@@ -24,11 +28,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "query": "api", "Query": "api", "ActiveLearner": "api",
+    "query": "run.api", "Query": "run.api", "ActiveLearner": "run.api",
     "Pool": "data.pool", "TensorPool": "data.pool", "DatasetPool": "data.pool", "MemmapPool": "data.pool",
     "FolderPool": "data.pool", "as_pool": "data.pool",
     "pntk": "ntk", "entk": "ntk", "kernel": "ntk", "FeatureKernel": "ntk", "PNTK": "ntk",
-    "RoundContext": "context", "QueryStrategy": "context",
+    "RoundContext": "round.context", "QueryStrategy": "round.context",
+    "fit_lookahead": "lookahead", "lookahead_outputs": "lookahead", "mlmoc_scores": "lookahead",
+    "GPPosterior": "lookahead", "fit_gp": "lookahead",
     "EntkAlError": "errors", "ConfigError": "errors", "DataNotFoundError": "errors", "DataFormatError": "errors",
     "StrategyError": "errors", "CheckpointError": "errors", "LabelError": "errors",
 }

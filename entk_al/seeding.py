@@ -9,23 +9,23 @@ stream is a new constant and a new line here). The streams, as constant = compon
 what draws from it. Round -1 is "before round 0".
 
 - ``INITIAL = "initial"`` (-1): the initial labeled set
-  (:meth:`entk_al.run_setup.RunSetup.initial_ids`).
+  (:meth:`entk_al.run.setup.RunSetup.initial_ids`).
 - ``INIT = "init"`` (-1 for warm runs, r for ``--retrain scratch``): the network's
-  initialization (:meth:`entk_al.run_setup.RunSetup.new_model`).
+  initialization (:meth:`entk_al.run.setup.RunSetup.new_model`).
 - ``TORCH_GLOBAL = "torch-global"`` (r): the global torch RNG, re-seeded before the round's
-  training (dropout, user code; :meth:`entk_al.run_setup.RunSetup.train_round`).
+  training (dropout, user code; :meth:`entk_al.run.setup.RunSetup.train_round`).
 - ``TRAIN = "train"`` (r): the round's mini-batch order
-  (:meth:`entk_al.run_setup.RunSetup.train_generator`; ``entk-al approx`` trains with round 0's).
+  (:meth:`entk_al.run.setup.RunSetup.train_generator`; ``entk-al approx`` trains with round 0's).
 - ``SUBSET = "subset"`` (r): the round's random candidate subset
-  (:func:`entk_al.selection.candidate_subset`).
+  (:func:`entk_al.run.query_step.candidate_subset`).
 - ``TORCH_SELECT = "torch-select"`` (r): the global torch RNG, re-seeded before the round's
-  selection (:func:`entk_al.selection.select_round`).
+  selection (:func:`entk_al.run.query_step.select_round`).
 - ``STRATEGY = "strategy"`` (r): a strategy's own draws, ``ctx.rng`` and
-  ``ctx.torch_generator`` (:class:`entk_al.context.RoundContext`); the seeds the look-ahead's
+  ``ctx.torch_generator`` (:class:`entk_al.round.context.RoundContext`); the seeds the look-ahead's
   prefilter hands to faiss, :func:`child_rng` and the pNTK projection are drawn from it.
 - ``TIE_BREAK = "tie-break"`` (r): the keys ordering equal scores (:func:`tie_keys`).
 - ``BALD_MASKS_TILE = "bald-masks-tile"`` + tile (r): BALD's dropout masks on the penultimate
-  features, one stream per tile (:func:`tile_component`; :mod:`entk_al.executor.scan`).
+  features, one stream per tile (:func:`tile_component`; :mod:`entk_al.scans.outputs`).
 - ``BALD_DROPOUT_TILE = "bald-dropout-tile"`` + tile (r): the (forked) global torch RNG of
   BALD's passes through a model's own dropout layers, one per tile.
 - ``FIDELITY_EVAL = "fidelity-eval"``, ``FIDELITY_CANDIDATES = "fidelity-candidates"`` (0):
@@ -35,9 +35,14 @@ what draws from it. Round -1 is "before round 0".
   ``entk-al approx``'s nested labeled sets, kernel-distance subsets, regression test points
   and the logit of the first-logit kernel.
 - ``BENCH = "bench"`` (the seed index): ``entk-al bench``'s run seeds from the protocol's base
-  seed (:func:`entk_al.bench.derive_seed`).
+  seed (:func:`entk_al.report.bench.derive_seed`).
 - ``FOLDER_SPLIT = "folder-split"`` (-1, seed :data:`entk_al.data.folder.SPLIT_SEED`): an image
   folder's train/test split where scikit-learn cannot stratify it.
+- ``POOL_SUBSAMPLE = "pool-subsample"``, ``POOL_MINORITY = "pool-minority"``,
+  ``POOL_IMBALANCE = "pool-imbalance"`` (-1, the transform's ``seed``): a pool transform's
+  subsample, minority classes and the minority items kept (:mod:`entk_al.data.pool_transforms`).
+- ``STOP_SET = "stop-set"`` (-1): the stop rules' fixed unlabeled stop set
+  (:mod:`entk_al.run.stopping`).
 
 Seeds handed on from a stream (faiss k-means seeds, the pNTK projection's seed) are drawn
 from it as integers; :func:`child_rng` and :func:`direction_seed` turn them into generators and
@@ -72,6 +77,10 @@ APPROX_EVAL = "approx-eval"
 APPROX_RANDOM_LOGIT = "approx-random-logit"
 BENCH = "bench"
 FOLDER_SPLIT = "folder-split"
+POOL_SUBSAMPLE = "pool-subsample"
+POOL_MINORITY = "pool-minority"
+POOL_IMBALANCE = "pool-imbalance"
+STOP_SET = "stop-set"
 
 
 def tile_component(component: str, tile: int) -> str:
@@ -98,7 +107,7 @@ def child_rng(seed: int) -> np.random.Generator:
 def direction_seed(seed: int, index: int) -> int:
     """Seed of the ``index``-th random direction of a projection seeded with ``seed``
     (``seed · 1000003 + index``): direction t is regenerated alone, with no (dims × P) store
-    (:func:`entk_al.prefilter.pntk_random_features`).
+    (:func:`entk_al.lookahead.prefilter.pntk_random_features`).
 
     Args:
         seed: the projection's seed (drawn from a stream).

@@ -8,8 +8,8 @@ Look-ahead (MLMOC) alone takes the top-k scores, which can pick near-duplicates.
 each candidate's score by how typical it is of the candidate set (its mean pNTK cosine
 similarity to the others, the "information density" of Settles & Craven 2008, Eq. 4 there)
 favours informative points in dense regions. It reuses the public API: the round's cached
-pNTK (``ctx.kernel``), the look-ahead system (:func:`entk_al.lookahead.fit_lookahead`,
-:func:`entk_al.lookahead.mlmoc_scores`) and :func:`strategies.top_k`.
+pNTK (``ctx.kernel``), the look-ahead system (:func:`entk_al.lookahead.system.fit_lookahead`,
+:func:`entk_al.lookahead.system.mlmoc_scores`) and :func:`strategies.top_k`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from entk_al.context import RoundContext
-from entk_al.lookahead import fit_lookahead, mlmoc_scores, relative_ridge
+from entk_al.lookahead.system import fit_lookahead, mlmoc_scores, relative_ridge
+from entk_al.round.context import RoundContext
 from strategies import top_k
 
 

@@ -45,8 +45,8 @@ def naive_retrain_seconds(n: int, m: int, reps: int = 3) -> float:
     """Seconds per candidate of the loop's recipe: warm-started MLP, 200 steps, predict U."""
     import copy
 
-    from entk_al.models import build_model, predict
-    from entk_al.train import TrainConfig, train_model
+    from entk_al.nets.models import build_model, predict
+    from entk_al.nets.train import TrainConfig, train_model
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n + 1, 64, generator=g)
@@ -63,9 +63,9 @@ def naive_retrain_seconds(n: int, m: int, reps: int = 3) -> float:
 
 
 def run_single(m: int, n: int, p: int, o: int, budget_mb: int) -> dict:
-    from entk_al.acquisition import block_shape, lookahead_scores
-    from entk_al.lookahead import fit_lookahead
-    from entk_al.sequential import Posterior
+    from entk_al.lookahead.acquisition import block_shape, lookahead_scores
+    from entk_al.lookahead.posterior import Posterior
+    from entk_al.lookahead.system import fit_lookahead
 
     g = torch.Generator().manual_seed(0)
     phi_l = torch.randn(n, p, generator=g, dtype=torch.float64) / p**0.5

@@ -63,7 +63,7 @@ def build(name: str):
     import torch
     from torch import nn
 
-    from entk_al import models
+    from entk_al.nets import models
 
     torch.manual_seed(0)
     if name == "mlp":  # 784-512-512-10
@@ -74,9 +74,9 @@ def build(name: str):
                              nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                              nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
                              nn.Linear(128, 10))
-    if name == "cnn_bn":  # entk_al.models.CNN: the same with BatchNorm after each conv
+    if name == "cnn_bn":  # entk_al.nets.models.CNN: the same with BatchNorm after each conv
         return models.CNN((1, 28, 28), 10)
-    if name == "resnet18_cifar":  # 3x3 stride-1 stem, no max-pool (entk_al.models.resnet18_32)
+    if name == "resnet18_cifar":  # 3x3 stride-1 stem, no max-pool (entk_al.nets.models.resnet18_32)
         return models.resnet18_32((3, 32, 32), 10)
     if name == "wrn28_2":  # WRN-28-2: 4 blocks per group, widths 32/64/128
         return models.WideResNet((3, 32, 32), 10, width=128, blocks=4)
@@ -127,7 +127,7 @@ def gram_flops(model, x) -> dict:
     the engine's plan the smaller of 2 N^2 P_layer (materialized) and 2 N^2 T^2 g (d_in + d_out)
     (factored, Novak et al. 2022 Sec. 3), plus 2 N^2 P for the torch.func fallback; and the
     flops of the materialized columns alone as the engine's plan chose them."""
-    from entk_al.models import eval_mode
+    from entk_al.nets.models import eval_mode
     from entk_al.ntk import common, gram
 
     n = len(x)
@@ -148,7 +148,7 @@ def gram_flops(model, x) -> dict:
 def worker_time(name: str, n: int, jac: bool, threads: int, repeat: int, device: str = "cpu") -> dict:
     import torch
 
-    from entk_al.models import eval_mode
+    from entk_al.nets.models import eval_mode
     from entk_al.ntk import pntk
 
     torch.set_num_threads(threads)

@@ -79,7 +79,7 @@ def train(labeled: np.ndarray, pool_path: Path, labels: np.ndarray, out: Path) -
     import torch.nn.functional as F
 
     from entk_al.data.pool import MemmapPool
-    from entk_al.models import build_model
+    from entk_al.nets.models import build_model
 
     model = build_model("cnn", SHAPE, CLASSES, 16, seed=0)
     x = MemmapPool(pool_path).get(labeled)
@@ -118,7 +118,7 @@ def child(stage: str, args: argparse.Namespace) -> dict:
 
     import entk_al
     from entk_al.data.pool import MemmapPool
-    from entk_al.models import build_model
+    from entk_al.nets.models import build_model
 
     torch.set_num_threads(1)
     if stage.endswith("_notrim"):  # the baseline: no heap trimming after each tile

@@ -1,11 +1,11 @@
 """Benchmark: faiss prefilter on a large synthetic pool (default 1,000,000 × 128 float32).
 
 Not a test. Generates clustered embeddings in chunks, a random labeled set and a cheap score,
-then runs the prefilter's steps (shortlist, :func:`entk_al.prefilter.diverse_subset`, neighbours,
-:func:`entk_al.prefilter.eval_set`) against one single-process faiss index (IVF above 100k
+then runs the prefilter's steps (shortlist, :func:`entk_al.lookahead.prefilter.diverse_subset`, neighbours,
+:func:`entk_al.lookahead.prefilter.eval_set`) against one single-process faiss index (IVF above 100k
 points) and reports wall time per stage, peak RSS (ru_maxrss) against the embeddings' own size,
 and the IVF neighbour recall against exact search on a sample of queries. A run searches per
-tile of the executor's plan instead (:mod:`entk_al.executor.knn_tiles`); this measures the
+tile of the executor's plan instead (:mod:`entk_al.scans.knn`); this measures the
 faiss index and the driver's steps, not the tiles.
 
 It also measures the round cache in front of the prefilter (``RoundContext.embeddings`` and
@@ -35,8 +35,8 @@ def _round_cache_peak(pool: int, dim: int, hidden: int, former: bool) -> dict:
     import torch
     from torch import nn
 
-    from entk_al.context import RoundContext
-    from entk_al.models import predict_with_features
+    from entk_al.nets.models import predict_with_features
+    from entk_al.round.context import RoundContext
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -84,7 +84,7 @@ def build_index(emb: np.ndarray, *, seed: int = 0, nprobe: int = 16, add_chunk: 
 
     import faiss
 
-    from entk_al.prefilter import EXACT_MAX
+    from entk_al.lookahead.prefilter import EXACT_MAX
 
     n, d = emb.shape
     if n <= EXACT_MAX:
@@ -107,7 +107,7 @@ def knn(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def prefilter_knn(emb, ids, scores, *, num_candidates: int, eval_size: int, neighbours: int, seed: int, index):
     """The look-ahead's knn prefilter on one index: (candidate ids, eval ids starting with them)."""
-    from entk_al.prefilter import diverse_subset, eval_set
+    from entk_al.lookahead.prefilter import diverse_subset, eval_set
 
     top = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:4 * num_candidates]
     keep = top[diverse_subset(emb[top], num_candidates, seed=seed)]

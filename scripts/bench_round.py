@@ -7,9 +7,9 @@ set U, 1000 queries per round, ResNet-18 (``resnet18``: CIFAR stem) or their Wid
 (3x32x32 standard normal; the time does not depend on the pixels), the model is the seeded
 initialization (a round's cost does not depend on training either).
 
-Each run is a worker process that builds the round as :func:`entk_al.selection.select_queries`
+Each run is a worker process that builds the round as :func:`entk_al.run.query_step.select_queries`
 does (a :class:`~entk_al.executor.LocalExecutor` begun with the model, a
-:class:`~entk_al.context.RoundContext`, ``screen_candidates``) and calls
+:class:`~entk_al.round.context.RoundContext`, ``screen_candidates``) and calls
 :meth:`strategies.lookahead.LookaheadSampling.select` (MLMOC, batch top-k, U = the candidates;
 dense B since |U| + n <= 8000). From wrappers around the functions the strategy calls it reports
     kernel     seconds inside the kernel function (every kernel block the round asks for), split
@@ -83,7 +83,7 @@ def engine_structure(model, x1, x2=None) -> tuple[int, int]:
     the products."""
     import torch
 
-    from entk_al.models import eval_mode
+    from entk_al.nets.models import eval_mode
     from entk_al.ntk import common, gram, tiling
 
     n1, n2 = len(x1), len(x1 if x2 is None else x2)
@@ -112,11 +112,11 @@ def worker(model_name: str, scale: float, precision: str, device: str, threads: 
     import numpy as np
     import torch
 
-    from entk_al.context import RoundContext
     from entk_al.executor import LocalExecutor
-    from entk_al.models import build_model
+    from entk_al.nets.models import build_model
     from entk_al.ntk import gram, pntk
     from entk_al.progress import NullProgress
+    from entk_al.round.context import RoundContext
     from entk_al.seeding import numpy_rng, torch_generator
     from strategies import lookahead as la_mod
     from strategies.lookahead import LookaheadSampling
@@ -184,7 +184,7 @@ def worker(model_name: str, scale: float, precision: str, device: str, threads: 
         torch.cuda.reset_peak_memory_stats()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0, c0 = time.perf_counter(), time.thread_time()
-    # as entk_al.selection.select_queries builds a round (round 0, U = the candidates)
+    # as entk_al.run.query_step.select_queries builds a round (round 0, U = the candidates)
     executor = LocalExecutor(x_pool, device)
     executor.begin_round(0, seed, model)
     ctx = RoundContext(round=0, seed=seed, model=model, device=torch.device(device), x_pool=x_pool,
@@ -227,7 +227,7 @@ def _load(path: str) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet18,wide_resnet",
-                    help="comma list of entk_al.models names (resnet18, wide_resnet, wide_resnet2, ...)")
+                    help="comma list of entk_al.nets.models names (resnet18, wide_resnet, wide_resnet2, ...)")
     ap.add_argument("--scales", default="0.05",
                     help="comma list of size fractions of the paper's 1000 + 6000 (1 = full size)")
     ap.add_argument("--precision", default="full", help="comma list of pntk precisions: full, tf32, bf16")

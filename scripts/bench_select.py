@@ -2,7 +2,7 @@
 
 Not a test. For a protocol's settings (``--protocol``, its first seed) it trains round 0's
 network exactly as ``entk-al run`` does, then for each strategy of ``--strategies`` runs the
-round's selection with :func:`entk_al.selection.select_queries` (candidate subset, round
+round's selection with :func:`entk_al.run.query_step.select_queries` (candidate subset, round
 context, executor, strategy) and records ``select_seconds`` and ``kernel_seconds`` as the run
 would log them. As the baseline it times, in the same process, one direct
 :func:`entk_al.ntk.pntk` call on the same inputs the look-ahead needs: the labeled set and the
@@ -43,15 +43,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from entk_al.bench import Protocol
     from entk_al.executor import make_executor
     from entk_al.fileio import write_json
     from entk_al.ntk import pntk
-    from entk_al.oracle import SimulatedOracle
-    from entk_al.plugins import load_strategy
-    from entk_al.pool import PoolState
-    from entk_al.run_setup import RunSetup
-    from entk_al.selection import candidate_subset, select_queries
+    from entk_al.report.bench import Protocol
+    from entk_al.run.labeled import PoolState
+    from entk_al.run.oracle import SimulatedOracle
+    from entk_al.run.plugins import load_strategy
+    from entk_al.run.query_step import candidate_subset, select_queries
+    from entk_al.run.setup import RunSetup
 
     proto = Protocol.from_file(args.protocol)
     spec = next(s for s in proto.grid() if s.seed_index == args.seed_index)

@@ -2,7 +2,7 @@
 
 Not a test. Runs a protocol's rounds (``--protocol``, seeds ``--seeds``) with a probe strategy
 that queries at random and, every round, builds the GP posterior on the round's candidates
-(:func:`entk_al.gp.fit_gp`), fits σ² by every rule of :data:`entk_al.gp.SCALE_METHODS`, and
+(:func:`entk_al.lookahead.gp.fit_gp`), fits σ² by every rule of :data:`entk_al.lookahead.gp.SCALE_METHODS`, and
 compares each with the σ² the candidates' *true* labels call for (the probe reads them from
 the dataset; a real strategy never can):
 
@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from entk_al.gp import SCALE_METHODS, fit_gp, output_scale
-from entk_al.gp_scores import bald_mc
-from entk_al.lookahead import relative_ridge
+from entk_al.lookahead.gp import SCALE_METHODS, fit_gp, output_scale
+from entk_al.lookahead.gp_scores import bald_mc
+from entk_al.lookahead.system import relative_ridge
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -110,9 +110,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="JSON file for all rows")
     args = ap.parse_args()
 
-    from entk_al.bench import Protocol
     from entk_al.fileio import write_json
-    from entk_al.loop import run_experiment
+    from entk_al.report.bench import Protocol
+    from entk_al.run.loop import run_experiment
 
     proto = Protocol.from_file(args.protocol)
     wanted = {int(s) for s in args.seeds.split(",")}

@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from entk_al.approx import STANDINS, fit_slope
-from entk_al.approx_report import write_figures
 from entk_al.fileio import write_json
+from entk_al.report.approx import STANDINS, fit_slope
+from entk_al.report.approx_report import write_figures
 
 IGNORED = {"widths", "threads"}
 

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from entk_al.approx import GIB, fit_slope, largest_n
+from entk_al.report.approx import GIB, fit_slope, largest_n
 
 
 def cp(n: int) -> str:

@@ -1,11 +1,11 @@
 """Built-in query strategies, written against the same protocol as a user's own.
 
 A strategy is any object with a ``name`` and ``select(ctx, k) -> np.ndarray`` of global pool
-ids (see :class:`entk_al.context.QueryStrategy`). :data:`REGISTRY` maps names to classes; the
+ids (see :class:`entk_al.round.context.QueryStrategy`). :data:`REGISTRY` maps names to classes; the
 same names are registered as entry points of the group ``entk_al.strategies`` in
 ``pyproject.toml`` (``tests/test_strategy_registry.py`` keeps the two equal), so entk-al finds
 built-ins and plugins the same way. entk-al imports this package only when it looks a
-strategy up (:func:`entk_al.plugins.builtin_package`).
+strategy up (:func:`entk_al.run.plugins.builtin_package`).
 """
 
 from __future__ import annotations

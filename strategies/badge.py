@@ -13,7 +13,7 @@ center is the largest ‖g‖ (as in BADGE's code), each next one is drawn with 
 g is never materialized: with a = p − e_ŷ, the factorization used by BADGE's code gives
     ‖g_i‖² = ‖a_i‖²‖h_i‖²,   ⟨g_i, g_j⟩ = ⟨a_i, a_j⟩⟨h_i, h_j⟩,
 so updating D² for one new center costs O(N·(O + H)), tile by tile on the round's executor
-(:func:`entk_al.executor.diversity.badge_kmeanspp`), and the memory is the (N, O + H) inputs
+(:func:`entk_al.scans.diversity.badge_kmeanspp`), and the memory is the (N, O + H) inputs
 plus one (N,) running-minimum vector.
 """
 
@@ -23,14 +23,14 @@ import warnings
 
 import numpy as np
 
-from entk_al.context import RoundContext
-from entk_al.executor.diversity import badge_kmeanspp
+from entk_al.round.context import RoundContext
+from entk_al.scans.diversity import badge_kmeanspp
 
 
 class BadgeSampling:
     """BADGE batch selection over the candidate subset, run tile by tile on the round's
-    executor (:func:`entk_al.executor.diversity.badge_kmeanspp`; the seeding itself is
-    :func:`entk_al.batch_diversity.kmeanspp_centers`, with the D² draw walking per-tile running sums).
+    executor (:func:`entk_al.scans.diversity.badge_kmeanspp`; the seeding itself is
+    :func:`entk_al.lookahead.batch.kmeanspp_centers`, with the D² draw walking per-tile running sums).
 
     Args:
         chunk_size: deprecated and ignored (removed in 0.3; a FutureWarning when given): the

@@ -17,7 +17,7 @@ Where the dropout lives:
   full forward passes per tile under a forked global RNG seeded from (seed, round, tile);
   every module's mode is restored afterwards and no weight is touched.
 
-Scores run tile by tile on the round's executor (:func:`entk_al.executor.scan.top_scores`).
+Scores run tile by tile on the round's executor (:func:`entk_al.scans.outputs.top_scores`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import warnings
 import numpy as np
 from torch import nn
 
-from entk_al.context import RoundContext
-from entk_al.uncertainty import bald_from_samples
+from entk_al.lookahead.uncertainty import bald_from_samples
+from entk_al.round.context import RoundContext
 
 from .scoring import executor_top_k
 

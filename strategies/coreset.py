@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from entk_al.context import RoundContext
-from entk_al.executor.diversity import k_center
+from entk_al.round.context import RoundContext
+from entk_al.scans.diversity import k_center
 
 
 class CoresetSampling:
     """k-center greedy over the candidate subset, with the labeled set as initial centers, run
-    tile by tile on the round's executor (:func:`entk_al.executor.diversity.k_center`).
+    tile by tile on the round's executor (:func:`entk_al.scans.diversity.k_center`).
 
     Args:
         chunk_size: rows per distance tile (memory, not results).

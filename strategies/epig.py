@@ -3,9 +3,9 @@
 EPIG(x) = E_{x* ~ p*}[I(y; y* | x, x*)] (Bickford Smith, Kirsch, Farquhar, Gal, Foster &
 Rainforth, AISTATS 2023, arXiv 2304.08151, Sec. 3): how much labeling x tells about the labels
 of target inputs x*, rather than about the model's parameters (BALD). Here (f_x, f_x*) is
-jointly Gaussian under the GP posterior of :mod:`entk_al.gp` (mean base, covariance σ² M,
+jointly Gaussian under the GP posterior of :mod:`entk_al.lookahead.gp` (mean base, covariance σ² M,
 the look-ahead's matrices, arXiv 2206.12569 Eq. 11–12), so each pair's joint predictive comes
-from one entry of M. Estimators (:mod:`entk_al.gp_scores`): seeded Monte Carlo with a
+from one entry of M. Estimators (:mod:`entk_al.lookahead.gp_scores`): seeded Monte Carlo with a
 softmax or simplex link (``epig_mc``), or the closed form of the GP's own Gaussian label model
 (``epig_gaussian``, −½ log(1 − ρ²) per class). ``batch=greedy`` conditions the covariance on
 each pick (no label) and rescores.
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
-from entk_al.gp import GPPosterior, fit_gp
-from entk_al.gp_scores import LINKS, epig_gaussian, epig_mc
+from entk_al.lookahead.gp import GPPosterior, fit_gp
+from entk_al.lookahead.gp_scores import LINKS, epig_gaussian, epig_mc
+from entk_al.round.context import RoundContext
 
 from .ntk_uncertainty import check_gp_options, select_with_gp
 
@@ -60,7 +60,7 @@ class NTKEPIG:
     Args:
         ridge_rel: λ relative to the kernel scale, λ = ridge_rel · trace(K)/n.
         output_scale: σ²: ``prior`` (default) | ``loo_labels`` | ``ml_labels`` | ``loo`` |
-            ``ml`` (:func:`entk_al.gp.output_scale`), or a fixed number > 0.
+            ``ml`` (:func:`entk_al.lookahead.gp.output_scale`), or a fixed number > 0.
         batch: ``topk`` (default) | ``greedy`` (condition on each pick, no label, rescore).
         targets: ``candidates`` (default: the round's candidate subset) | ``unlabeled`` (the
             unlabeled pool) | a path to a ``.npy`` or text file of pool ids (your test

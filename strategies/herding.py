@@ -2,7 +2,7 @@
 
 Sources: Bae, Noh & Sutherland, ECCV 2024 (arXiv 2407.12212) and Bae, Oliveira & Sutherland,
 ICLR 2025 (arXiv 2412.20644); formulas, the authors' choices and where this differs from them:
-:mod:`entk_al.herding`. The evaluation set U is the round's candidate subset (the authors
+:mod:`entk_al.lookahead.herding`. The evaluation set U is the round's candidate subset (the authors
 evaluate coverage on the labeled set plus a random unlabeled subset; labeled points add no
 gain, since k(l, l) = 1 ≥ k(l, c) for a normalized kernel) and the coverage starts from the
 labeled set, m_u = max_{l∈L} k(u, l).
@@ -11,7 +11,7 @@ Kernels (``kernel`` option), both a function of a cosine between unit-normalized
 
 - ``pntk`` (default): the normalized pNTK k(x, x')/√(k(x, x) k(x', x')) of this round's
   network (sum-of-logits pNTK, Mohamadi, Bae & Sutherland, arXiv 2206.12543), its blocks from
-  :meth:`entk_al.context.RoundContext.kernel` (computed on the executor's shards, each input's
+  :meth:`entk_al.round.context.RoundContext.kernel` (computed on the executor's shards, each input's
   features once per round);
 - ``embedding``: cosines of the penultimate embeddings (:meth:`RoundContext.embeddings`), the
   feature space the authors' kernels act on (they use self-supervised or classifier features).
@@ -30,9 +30,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
-from entk_al.herding import (
+from entk_al.lookahead.herding import (
     UNCERTAINTIES,
     calibrate_temperature,
     cosine_from_kernel,
@@ -42,7 +41,8 @@ from entk_al.herding import (
     similarity_kernel,
     uncertainty_weights,
 )
-from entk_al.lookahead import cholesky_with_jitter, relative_ridge
+from entk_al.lookahead.system import cholesky_with_jitter, relative_ridge
+from entk_al.round.context import RoundContext
 
 KERNELS = ("pntk", "embedding")
 BANDWIDTHS = ("auto", "none", "adaptive")
@@ -229,7 +229,8 @@ class UncertaintyHerdingSampling(_Herding):
         self.uncertainty, self.ridge_rel = uncertainty, float(ridge_rel)
 
     def fitted_temperature(self, ctx: RoundContext) -> float:
-        """T: fixed, or calibrated on the labeled set's leave-one-out outputs (:func:`entk_al.herding.loo_outputs`)."""
+        """T: fixed, or calibrated on the labeled set's leave-one-out outputs
+        (:func:`entk_al.lookahead.herding.loo_outputs`)."""
         if not isinstance(self.temperature, str):
             return self.temperature
         lab = ctx.labeled_ids

@@ -7,11 +7,11 @@ code's default), ``emoc`` and the expected variance reduction of Cohn et al. 199
 each true label in by a rank-one update, the paper's sequential setting) and ``hybrid``
 (sub-batches); batch rules ``topk``, ``gumbel`` (Kool et al. 2019) and ``kmeanspp`` (BADGE's
 seeding, Ash et al. 2020); modifiers ``reference``, ``variance_power``, ``eval_weight``
-(Roy & McCallum 2001). Formulas and sources: :mod:`entk_al.acquisition`,
-:mod:`entk_al.batch_diversity`, :mod:`entk_al.sequential`.
+(Roy & McCallum 2001). Formulas and sources: :mod:`entk_al.lookahead.acquisition`,
+:mod:`entk_al.lookahead.batch`, :mod:`entk_al.lookahead.posterior`.
 With ``prefilter=random`` the loop's random candidate subset is both the candidates and the
 evaluation set U, as in the paper; ``prefilter=knn`` shortlists a large pool with faiss
-(:mod:`entk_al.prefilter`).
+(:mod:`entk_al.lookahead.prefilter`).
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ import warnings
 
 import numpy as np
 
-from entk_al.acquisition import ACQUISITIONS
-from entk_al.batch_diversity import SELECTIONS
-from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
-from entk_al.executor.knn_tiles import embeddings, knn_on_shards, train_quantizer
-from entk_al.executor.scan import top_scores
+from entk_al.lookahead.acquisition import ACQUISITIONS
+from entk_al.lookahead.batch import SELECTIONS
+from entk_al.lookahead.posterior import EVAL_WEIGHTS, MODES, REFERENCES, select_lookahead
+from entk_al.lookahead.prefilter import EXACT_MAX, diverse_subset, eval_set, faiss_build
 from entk_al.ntk import FeatureKernel
 from entk_al.ntk.common import parse_params
-from entk_al.prefilter import EXACT_MAX, diverse_subset, eval_set, faiss_build
+from entk_al.round.context import RoundContext
+from entk_al.scans.knn import embeddings, knn_on_shards, train_quantizer
+from entk_al.scans.outputs import top_scores
 from entk_al.seeding import child_rng, tie_keys
-from entk_al.sequential import EVAL_WEIGHTS, MODES, REFERENCES, select_lookahead
 
 
 class LookaheadSampling:
@@ -46,7 +46,7 @@ class LookaheadSampling:
         reference: ``network`` (default: change measured from f(U), Eq. 13) | ``base`` (from
             the linearized prediction base = f(U) + A(K+λI)⁻¹R).
         variance_power: p; scores × √(M_jj+λ)^p, the candidate's own posterior std (0 = off;
-            1 cancels MLMOC's 1/√M_jj, see :mod:`entk_al.acquisition`).
+            1 cancels MLMOC's 1/√M_jj, see :mod:`entk_al.lookahead.acquisition`).
         eval_weight: ``none`` (default) | ``uncertainty``: weight U_i by 1 − margin of the
             simplex-projected outputs (expected error reduction, Roy & McCallum 2001).
         selection: batch rule: ``topk`` (default, the paper) | ``gumbel`` (Gumbel top-k on
@@ -71,7 +71,7 @@ class LookaheadSampling:
         embedding_dim: dimension of the ``pntk`` projection.
         faiss_gpu: deprecated and ignored (removed in 0.3; a FutureWarning when given): the
             prefilter's searches run per tile of the executor's plan on the CPU
-            (:mod:`entk_al.executor.knn_tiles`), where an index holds at most 512 vectors;
+            (:mod:`entk_al.scans.knn`), where an index holds at most 512 vectors;
             ``strategy_info["faiss"]`` names the faiss build in use.
         dense_max: above this |U| + n, k(U, U) is streamed in column blocks through the
             kernel function instead of being built whole.

@@ -1,9 +1,9 @@
 """Uncertainty from the linearized network's Gaussian process under the pNTK.
 
 Each candidate j's latent outputs are f_j ~ N(base_j, σ² M_jj I_O), the GP posterior of
-:mod:`entk_al.gp` (base and M as in the look-ahead, Mohamadi, Bae & Sutherland, NeurIPS 2022,
-arXiv 2206.12569, Eq. 11–12; σ² fitted on the labeled set, :func:`entk_al.gp.output_scale`).
-Scores (formulas and sources: :mod:`entk_al.gp_scores`):
+:mod:`entk_al.lookahead.gp` (base and M as in the look-ahead, Mohamadi, Bae & Sutherland, NeurIPS 2022,
+arXiv 2206.12569, Eq. 11–12; σ² fitted on the labeled set, :func:`entk_al.lookahead.gp.output_scale`).
+Scores (formulas and sources: :mod:`entk_al.lookahead.gp_scores`):
 
 - ``ntk_variance``: total predictive variance O σ² M_jj.
 - ``ntk_bald``: I(y_j; f_j) with y_j ~ p(f_j) (Houlsby et al. 2011, Eq. 3): seeded Monte
@@ -17,7 +17,7 @@ posterior covariance does not depend on the observed value, Rasmussen & Williams
 Eq. 2.24), rescores and picks the next — exact greedy batch selection for the GP, in the
 spirit of BatchBALD (Kirsch, van Amersfoort & Gal, NeurIPS 2019) — while the mean stays
 (its expectation under the predictive). Every kernel row stays on the executor's shards
-(:meth:`entk_al.context.RoundContext.posterior`), so both executors select the same ids.
+(:meth:`entk_al.round.context.RoundContext.posterior`), so both executors select the same ids.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
-from entk_al.gp import SCALE_METHODS, GPPosterior, fit_gp
-from entk_al.gp_scores import LINKS, bald_mc, bald_probit, expected_probs, z_margin
-from entk_al.uncertainty import entropy
+from entk_al.lookahead.gp import SCALE_METHODS, GPPosterior, fit_gp
+from entk_al.lookahead.gp_scores import LINKS, bald_mc, bald_probit, expected_probs, z_margin
+from entk_al.lookahead.uncertainty import entropy
+from entk_al.round.context import RoundContext
 
 from .scoring import top_k
 
@@ -111,7 +111,7 @@ class NTKGPStrategy:
     Args:
         ridge_rel: λ relative to the kernel scale, λ = ridge_rel · trace(K)/n (as ``lookahead``).
         output_scale: σ²: ``prior`` (default) | ``loo_labels`` | ``ml_labels`` | ``loo`` |
-            ``ml`` (:func:`entk_al.gp.output_scale`), or a fixed number > 0.
+            ``ml`` (:func:`entk_al.lookahead.gp.output_scale`), or a fixed number > 0.
         batch: ``topk`` (default) | ``greedy`` (condition the GP on each pick, no label, rescore).
     """
 

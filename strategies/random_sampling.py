@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from entk_al.context import RoundContext
+from entk_al.round.context import RoundContext
 
 
 class RandomSampling:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
-from entk_al.executor.scan import top_scores
+from entk_al.round.context import RoundContext
+from entk_al.scans.outputs import top_scores
 from entk_al.seeding import rank_descending, tie_keys
 
 
@@ -52,7 +52,7 @@ def top_k(ids: np.ndarray, scores: np.ndarray | torch.Tensor, k: int,
 
 def executor_top_k(ctx: RoundContext, kind: str, k: int, **options) -> tuple[np.ndarray, dict]:
     """:func:`top_k` of the candidates under an executor score, computed tile by tile on the
-    shards (:func:`entk_al.executor.scan.top_scores`); non-finite scores are excluded as in
+    shards (:func:`entk_al.scans.outputs.top_scores`); non-finite scores are excluded as in
     :func:`top_k`.
 
     Args:
@@ -81,7 +81,7 @@ def executor_top_k(ctx: RoundContext, kind: str, k: int, **options) -> tuple[np.
 class ScoreStrategy:
     """Select the top-k candidates under ``score(ctx, ids)``; subclasses define ``score``.
 
-    A subclass that sets ``tile_score`` to a name of :data:`entk_al.uncertainty.CHEAP_SCORES`
+    A subclass that sets ``tile_score`` to a name of :data:`entk_al.lookahead.uncertainty.CHEAP_SCORES`
     is scored tile by tile on the run's executor instead (same ids, same order); ``score``
     then stays available for callers that want every candidate's value.
     """

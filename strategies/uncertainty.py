@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from entk_al.context import RoundContext
-from entk_al.uncertainty import entropy
+from entk_al.lookahead.uncertainty import entropy
+from entk_al.round.context import RoundContext
 
 from .scoring import ScoreStrategy
 

@@ -1,7 +1,7 @@
 """Brute-force references of the diversity strategies: explicit embeddings, explicit distances.
 
 They hold what entk-al's one implementation of each algorithm (k-means++:
-:func:`entk_al.batch_diversity.kmeanspp_centers`; k-center: :func:`entk_al.executor.diversity.k_center`)
+:func:`entk_al.lookahead.batch.kmeanspp_centers`; k-center: :func:`entk_al.scans.diversity.k_center`)
 must give, written the plain way, for tests only.
 """
 

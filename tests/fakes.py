@@ -1,6 +1,6 @@
 """One shared round context for strategy tests: a small MLP really trained on digits.
 
-The context is built the way ``entk_al.loop`` builds it in ``select`` (same fields, same
+The context is built the way ``entk_al.run.loop`` builds it in ``select`` (same fields, same
 (seed, round, component) streams, the pNTK kernel function, an oracle answering from the
 ground truth), so a strategy sees here what it sees in a run.
 """
@@ -14,12 +14,12 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from entk_al.context import RoundContext
 from entk_al.data import load_dataset
-from entk_al.models import build_model
+from entk_al.nets.models import build_model
+from entk_al.nets.train import TrainConfig, train_model
 from entk_al.ntk import PNTK
+from entk_al.round.context import RoundContext
 from entk_al.seeding import INITIAL, STRATEGY, TRAIN, numpy_rng, torch_generator
-from entk_al.train import TrainConfig, train_model
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 import entk_al
-from entk_al.config import RunConfig
 from entk_al.data import load_dataset
 from entk_al.errors import CheckpointError, ConfigError, DataFormatError, LabelError
-from entk_al.loop import ActiveLearningLoop
+from entk_al.run.config import RunConfig
+from entk_al.run.loop import ActiveLearningLoop
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_learner_folder_resumes_and_plots(tmp_path, digits):
     assert resumed.round == 1 and np.array_equal(resumed.labeled_ids, part.labeled_ids)
     ids_part += rounds(resumed, model, 2)
     assert ids_part == ids_whole
-    from entk_al.plot import plot_runs
+    from entk_al.report.plot import plot_runs
 
     plot_runs(tmp_path, tmp_path / "plots")
     assert (tmp_path / "plots" / "curves.png").is_file()

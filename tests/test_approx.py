@@ -12,7 +12,11 @@ from torch import nn
 from torch.func import functional_call, jacrev
 from typer.testing import CliRunner
 
-from entk_al.approx import (
+from entk_al.cli import app
+from entk_al.data import ALDataset
+from entk_al.nets.train import TrainConfig
+from entk_al.ntk import kernel
+from entk_al.report.approx import (
     ApproxSettings,
     fit_slope,
     flatten_entk,
@@ -23,10 +27,6 @@ from entk_al.approx import (
     run_approx,
     spectrum,
 )
-from entk_al.cli import app
-from entk_al.data import ALDataset
-from entk_al.ntk import kernel
-from entk_al.train import TrainConfig
 
 N_OUT = 4
 
@@ -255,7 +255,7 @@ def test_cli_user_model_end_to_end(tmp_path):
 def test_subset_record_against_brute_force_jacobians():
     """--kernel-params: the subset pNTK from the Jacobian columns of the chosen parameters, its
     distances to the full pNTK, and the linearized regression with each, all recomputed directly."""
-    from entk_al.approx import subset_record
+    from entk_al.report.approx import subset_record
 
     model = tiny_net(width=6, seed=4)
     gen = torch.Generator().manual_seed(5)
@@ -317,8 +317,8 @@ def test_cli_kernel_params_table_and_errors(tmp_path):
 
 def test_a_negative_ridge_is_named_by_its_flag():
     """The relative ridge is --ridge-rel on the command line, and the library's check says so."""
-    from entk_al.approx import check_settings
     from entk_al.errors import ConfigError
+    from entk_al.report.approx import check_settings
 
     s = ApproxSettings(widths=[4], checkpoints=[0], n_points=4, subsets=1, kr_labels=4, eval_size=4,
                        cost_sizes=[4], ridge_rel=-1.0)

@@ -36,8 +36,8 @@ class _Table(nn.Module):
 def fake_ctx(ids, *, probs=None, feats=None, labeled_ids=(), model=None, inputs=None, seed=0, tile_size=512):
     """A real RoundContext on a tiny pool (rows addressed by global id), with a local executor
     of ``tile_size``. Without ``model``, the pool holds ``feats`` and log ``probs``."""
-    from entk_al.context import RoundContext
     from entk_al.executor import LocalExecutor
+    from entk_al.round.context import RoundContext
 
     ids = np.asarray(ids, dtype=np.int64)
     if model is None:
@@ -61,7 +61,7 @@ def fake_ctx(ids, *, probs=None, feats=None, labeled_ids=(), model=None, inputs=
 
 def _bald_scores(ctx, samples, dropout):
     """Every candidate's BALD score (feature dropout), by id, from the executor's tiles."""
-    from entk_al.executor.scan import top_scores
+    from entk_al.scans.outputs import top_scores
 
     got = top_scores(ctx.executor, "bald", ctx.candidate_ids, len(ctx.candidate_ids), samples=samples,
                      dropout=dropout, model_dropout=False)
@@ -121,7 +121,7 @@ def test_badge_on_any_tiles_matches_explicit_embeddings(tile):
 def test_kmeanspp_d2_sampling_frequencies():
     # Points 4, 3, 2, 1 on a line, the first center row 0: D² to it is 1, 4, 9 for rows 1..3,
     # so the second pick is row j with probability D²_j / 14 (the seeding BADGE's tiles share).
-    from entk_al.batch_diversity import kmeanspp_seeding
+    from entk_al.lookahead.batch import kmeanspp_seeding
 
     x = np.array([[4.0], [3.0], [2.0], [1.0]])
     rng = np.random.default_rng(0)
@@ -151,7 +151,7 @@ def test_coreset_on_any_tiles_matches_explicit_distance_matrix(chunk, tile):
 
 
 def test_coreset_without_labeled_set_starts_far_from_mean():
-    from entk_al.executor.diversity import k_center
+    from entk_al.scans.diversity import k_center
 
     ctx = fake_ctx([0, 1, 2, 3], feats=[[0.0], [0.1], [-0.1], [5.0]])
     assert k_center(ctx.executor, ctx.candidate_ids, torch.empty(0, 1), 1).tolist() == [3]
@@ -249,8 +249,8 @@ def test_bald_model_dropout_keeps_weights_and_modes():
 
 @pytest.mark.parametrize("name", ["bald", "badge", "coreset"])
 def test_strategies_in_a_real_loop_are_reproducible(tmp_path, name):
-    from entk_al.config import RunConfig
-    from entk_al.loop import run_experiment
+    from entk_al.run.config import RunConfig
+    from entk_al.run.loop import run_experiment
 
     cfg = RunConfig(strategy=name, dataset="digits", width=16, initial=10, query=5, rounds=2, epochs=1,
                     min_steps=5, device="cpu")

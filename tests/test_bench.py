@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from entk_al.bench import BenchRunner, Protocol, derive_seed
 from entk_al.errors import ConfigError, DataNotFoundError, StrategyError
 from entk_al.fileio import read_jsonl
+from entk_al.report.bench import BenchRunner, Protocol, derive_seed
 
 TINY = """
 name = "tiny"
@@ -212,7 +212,7 @@ def test_variant_run_equals_entk_al_run_and_plots_by_name(tmp_path):
     from typer.testing import CliRunner
 
     from entk_al.cli import app
-    from entk_al.plot import load_runs, summary_rows
+    from entk_al.report.plot import load_runs, summary_rows
 
     text = VARIANTS.replace('"random", "badge", ', '"random", ').replace("seeds = 2", "seeds = 1")
     text = text.replace("rounds = 3", "rounds = 2\nsubset = 200")

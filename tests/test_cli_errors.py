@@ -119,7 +119,7 @@ def test_label_studio_error(tmp_path, capsys, monkeypatch):
     pytest.importorskip("label_studio_sdk")
     import socket
 
-    import entk_al.labelstudio as ls
+    import entk_al.run.labelstudio as ls
 
     monkeypatch.setattr(ls, "BACKOFF_S", (0.0, 0.0))
     monkeypatch.setenv("ENTK_AL_LS_TOKEN", "secret-token-value")

@@ -15,7 +15,7 @@ import torch
 from clitools import cli
 
 from entk_al.data import load_dataset
-from entk_al.models import predict
+from entk_al.nets.models import predict
 from entk_al.seeding import int_seed, torch_generator
 
 NET = """
@@ -119,9 +119,9 @@ def _round0_accuracy_by_hand(user_code, seed):
     the (seed, 0, "train") generator after seeding the global RNG, accuracy on the test split."""
     import importlib.util
 
-    from entk_al.config import RunConfig
-    from entk_al.models import build_model
-    from entk_al.run_setup import RunSetup
+    from entk_al.nets.models import build_model
+    from entk_al.run.config import RunConfig
+    from entk_al.run.setup import RunSetup
 
     spec = importlib.util.spec_from_file_location("user_fit", user_code / "fit.py")
     mod = importlib.util.module_from_spec(spec)

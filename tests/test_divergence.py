@@ -9,14 +9,14 @@ import pytest
 import torch
 from clitools import cli
 
-from entk_al.bench import Protocol
-from entk_al.config import DEFAULT_LR, MODEL_DEFAULTS, RunConfig, resolve_config
 from entk_al.data import load_dataset
 from entk_al.errors import TrainingDivergedError
 from entk_al.fileio import read_jsonl
-from entk_al.models import build_model
-from entk_al.run_setup import RunSetup
-from entk_al.train import TrainConfig, train_model
+from entk_al.nets.models import build_model
+from entk_al.nets.train import TrainConfig, train_model
+from entk_al.report.bench import Protocol
+from entk_al.run.config import DEFAULT_LR, MODEL_DEFAULTS, RunConfig, resolve_config
+from entk_al.run.setup import RunSetup
 
 
 def _largest_inputs_strategy(tmp_path):
@@ -68,7 +68,7 @@ def test_a_learning_rate_that_diverges_in_round_0_is_named_first(tmp_path, capsy
 
 def test_the_suggested_learning_rate_fits_the_model(tmp_path):
     """resnet18 at the MLP's 0.05 (the issue's report) is pointed to its own default."""
-    from entk_al.loop import ActiveLearningLoop
+    from entk_al.run.loop import ActiveLearningLoop
 
     small = torch.ones(3, 4)
     loop = ActiveLearningLoop(RunConfig(model="resnet18", lr=0.05, rounds=0), tmp_path)
@@ -143,7 +143,7 @@ def test_resnet18_on_digits_trains_with_its_default_learning_rate(tmp_path):
     stats = train_model(model, digits.x_train[ids], digits.y_train[ids], setup.train_cfg,
                         torch.Generator().manual_seed(0))
     assert np.isfinite(stats["final_loss"])
-    from entk_al.models import predict
+    from entk_al.nets.models import predict
 
     acc = float((predict(model, digits.x_test).argmax(1) == digits.y_test).double().mean())
     assert acc > 0.3

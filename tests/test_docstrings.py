@@ -77,7 +77,7 @@ FOUND = {qual: _undocumented(obj, doc) for qual, obj, doc in _public_objects()}
 
 
 def test_objects_were_found():
-    assert len(FOUND) > 80 and "entk_al.plugins.load_strategy" in FOUND
+    assert len(FOUND) > 80 and "entk_al.run.plugins.load_strategy" in FOUND
 
 
 @pytest.mark.parametrize("qual", sorted(FOUND))

@@ -9,9 +9,9 @@ from torch import nn
 
 from entk_al.executor import LocalExecutor, TilePlan
 from entk_al.executor.base import Executor
-from entk_al.executor.diversity import badge_kmeanspp, k_center
-from entk_al.executor.scan import outputs_on_shards, top_scores
 from entk_al.executor.shard import Shard
+from entk_al.scans.diversity import badge_kmeanspp, k_center
+from entk_al.scans.outputs import outputs_on_shards, top_scores
 
 TILE = 16
 
@@ -130,8 +130,8 @@ def test_tiled_badge_and_coreset_match_the_explicit_algorithms(pool):
 
 
 def test_scattered_tiles_give_bit_identical_kernel_rows(pool):
-    from entk_al.executor.kernel_rows import kernel_rows
     from entk_al.ntk import pntk
+    from entk_al.scans.kernel_rows import kernel_rows
 
     x, model = pool
     rows = np.random.default_rng(9).choice(len(x), 70, replace=False)
@@ -157,31 +157,29 @@ def _numerics():
             b.cudnn.allow_tf32)
 
 
+def _numerics_task(shard, tile, payload, shared):
+    return _numerics()
+
+
 def test_local_executor_pins_the_actors_numerics_only_while_its_tasks_run(pool):
     """The Ray actor's settings (tile_numerics) hold in every local task and nowhere else."""
-    from entk_al.executor.shard import task
-
-    @task("test_numerics")
-    def _in_task(shard, tile, payload, shared):
-        return _numerics()
-
     x, model = pool
     before = _numerics()
     pinned = LocalExecutor(x, tile_size=TILE, threads=1)
     pinned.begin_round(0, 0, model)
-    assert set(pinned.map("test_numerics", {0: None, 3: None}).values()) == {(1, True, False, False, False)}
+    assert set(pinned.map(_numerics_task, {0: None, 3: None}).values()) == {(1, True, False, False, False)}
     assert _numerics() == before
     default = LocalExecutor(x, tile_size=TILE)
     default.begin_round(0, 0, model)
-    assert default.map("test_numerics", {0: None}) == {0: (before[0], True, False, False, False)}
+    assert default.map(_numerics_task, {0: None}) == {0: (before[0], True, False, False, False)}
     with pytest.raises(ValueError, match="threads"):
         LocalExecutor(x, threads=0)
 
 
 def test_cpus_per_worker_is_the_local_executors_threads_only_when_given(pool):
-    from entk_al.config import RunConfig
     from entk_al.errors import ConfigError
     from entk_al.executor import make_executor
+    from entk_al.run.config import RunConfig
 
     x, _ = pool
     assert make_executor("local", x, torch.device("cpu")).shard.threads is None  # the default run: unchanged

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from entk_al.fidelity import measure_fidelity, plot_fidelity
+from entk_al.nets.train import TrainConfig
 from entk_al.ntk import pntk
-from entk_al.train import TrainConfig
+from entk_al.report.fidelity import measure_fidelity, plot_fidelity
 
 
 def test_linear_model_lookahead_matches_converged_retraining(tmp_path):
@@ -24,7 +24,7 @@ def test_linear_model_lookahead_matches_converged_retraining(tmp_path):
     y_l = torch.randint(0, o, (n,), generator=g)
     x_u = torch.randn(m, d, generator=g, dtype=torch.float64)
     cfg = TrainConfig(loss="mse", epochs=1, min_steps=400, batch_size=64, lr=0.05, weight_decay=0.0)
-    from entk_al.train import train_model
+    from entk_al.nets.train import train_model
 
     train_model(model, x_l, y_l, cfg, torch.Generator().manual_seed(1))
     cand = np.array([0, 3, 7, 11, 19])
@@ -48,7 +48,7 @@ def test_cross_entropy_retraining_against_the_squared_loss_look_ahead():
     from the CE-retrained outputs than "nothing changes" is."""
     from scipy.stats import spearmanr
 
-    from entk_al.train import train_model
+    from entk_al.nets.train import train_model
 
     g = torch.Generator().manual_seed(0)
     d, o, n, m = 40, 3, 8, 20
@@ -90,7 +90,7 @@ def test_reference_base_score_is_the_change_from_the_refit_on_l():
     direct kernel-regression refit on L alone (float64 solve)."""
     from scipy.stats import spearmanr
 
-    from entk_al.fidelity import lookahead_eval_outputs
+    from entk_al.report.fidelity import lookahead_eval_outputs
 
     g = torch.Generator().manual_seed(3)
     torch.manual_seed(3)

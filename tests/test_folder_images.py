@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from entk_al.config import RunConfig
 from entk_al.data import load_dataset
 from entk_al.errors import DataFormatError
-from entk_al.loop import ActiveLearningLoop
+from entk_al.run.config import RunConfig
+from entk_al.run.loop import ActiveLearningLoop
 
 RNG = np.random.default_rng(0)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from kernel_problems import brute_pntk, problem
 
-from entk_al.herding import (
+from entk_al.lookahead.herding import (
     calibrate_temperature,
     cosine_from_kernel,
     expected_calibration_error,
@@ -27,8 +27,8 @@ from entk_al.herding import (
     similarity_kernel,
     uncertainty_weights,
 )
-from entk_al.lookahead import cholesky_with_jitter
-from entk_al.plugins import load_strategy
+from entk_al.lookahead.system import cholesky_with_jitter
+from entk_al.run.plugins import load_strategy
 
 from fakes import digits_round
 

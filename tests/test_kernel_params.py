@@ -6,6 +6,8 @@ Reference: float64 per-sample gradients of the chosen parameters only (torch.fun
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -88,9 +90,11 @@ def test_lookahead_kernel_params_equals_freezing_the_rest():
     ctx = r.context()
     picks = LookaheadSampling(kernel_params="last:1").select(ctx, 6)
     assert ctx.info["kernel_params"] == "last:1"
-    frozen = r.context()
-    for p in list(frozen.model.parameters())[:-2]:
+    model = copy.deepcopy(r.model)
+    for p in list(model.parameters())[:-2]:
         p.requires_grad_(False)
+    # frozen before the context exists: its executor works on its own copy of the round's model
+    frozen = r.context(model=model)
     assert np.array_equal(LookaheadSampling().select(frozen, 6), picks)
     with pytest.raises(ValueError, match="must be 'trainable'|match no|N >= 1"):
         LookaheadSampling(kernel_params="last:x")

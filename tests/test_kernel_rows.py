@@ -14,11 +14,11 @@ import torch
 from test_executor import ScatteredExecutor
 from torch import nn
 
-from entk_al.context import RoundContext
 from entk_al.executor import LocalExecutor
-from entk_al.executor.kernel_rows import kernel_rows
 from entk_al.ntk import PNTK, FeatureKernel, pntk
 from entk_al.ntk.features import PreparedKernel
+from entk_al.round.context import RoundContext
+from entk_al.scans.kernel_rows import kernel_rows
 from entk_al.seeding import numpy_rng, torch_generator
 
 TILE = 16
@@ -176,7 +176,7 @@ def test_feature_kernel_works_inside_no_grad(setting):
 
 def test_nonfinite_blame_rule_on_known_blocks():
     """The one rule of the context's kernels and the look-ahead's B on the shards."""
-    from entk_al.executor.kernel_rows import nonfinite_blame
+    from entk_al.scans.kernel_rows import nonfinite_blame
 
     sym = np.zeros((3, 3), dtype=bool)
     sym[1, :] = sym[:, 1] = True  # id 1's features overflow: its row, column and diagonal

@@ -11,8 +11,8 @@ from test_executor import TILE, ScatteredExecutor
 from torch import nn
 
 from entk_al.executor import LocalExecutor
-from entk_al.executor.knn_tiles import embeddings, knn_on_shards, train_quantizer
-from entk_al.executor.scan import outputs_on_shards
+from entk_al.scans.knn import embeddings, knn_on_shards, train_quantizer
+from entk_al.scans.outputs import outputs_on_shards
 
 PEN = {"kind": "penultimate"}
 

@@ -19,11 +19,11 @@ if lss.executable() is None:
     pytest.skip("label-studio server not installed: pip install label-studio, or set ENTK_AL_LABEL_STUDIO to its "
                 "executable", allow_module_level=True)
 
-import entk_al.labelstudio as ls  # noqa: E402
-from entk_al.config import RunConfig  # noqa: E402
+import entk_al.run.labelstudio as ls  # noqa: E402
 from entk_al.data import load_dataset  # noqa: E402
 from entk_al.errors import LabelStudioError  # noqa: E402
-from entk_al.loop import ActiveLearningLoop  # noqa: E402
+from entk_al.run.config import RunConfig  # noqa: E402
+from entk_al.run.loop import ActiveLearningLoop  # noqa: E402
 
 FAST = dict(initial=10, query=5, epochs=1, min_steps=5, subset=200, strategy="margin")
 FAST_ARGS = ["--initial", "10", "--query", "5", "--epochs", "1", "--min-steps", "5", "--subset", "200",
@@ -280,7 +280,7 @@ class Flaky(httpx.BaseTransport):
 def test_python_oracle_text_tasks_and_a_server_that_goes_away(server, admin, tmp_path, monkeypatch):
     """The library interface (connect, push, pull) on a vector pool, shown as text; requests
     that fail are retried with backoff, and a pull that cannot finish changes nothing."""
-    from entk_al.oracle import LabelStudioOracle  # the lazy re-export
+    from entk_al.run.oracle import LabelStudioOracle  # the lazy re-export
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, 4)).astype(np.float32)
@@ -324,7 +324,7 @@ def test_active_learner_pushes_its_queries_and_pulls_partial_labels(server, admi
     first with the model's guesses and the strategy's scores; pull() adds what annotators
     finished, the round ends only when all are labeled, and a resumed learner pulls the rest."""
     import entk_al
-    from entk_al.labelstudio import LabelStudioOracle
+    from entk_al.run.labelstudio import LabelStudioOracle
 
     truth = digits.y_train.numpy()
     pool = digits.x_train[:400]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from entk_al.config import RunConfig, resolve_config
 from entk_al.errors import ConfigError, LabelError, LabelStudioError
-from entk_al.labelstudio_tasks import (
+from entk_al.run.config import RunConfig, resolve_config
+from entk_al.run.labelstudio_tasks import (
     IMAGE_MIN_SIDE_PX,
     LabelSetup,
     data_kind,
@@ -173,7 +173,7 @@ def test_config_options(tmp_path):
 
 def test_token_from_the_environment_only(monkeypatch):
     pytest.importorskip("label_studio_sdk")
-    from entk_al.labelstudio import LabelStudioOracle, token_from_env
+    from entk_al.run.labelstudio import LabelStudioOracle, token_from_env
 
     monkeypatch.delenv("ENTK_AL_LS_TOKEN", raising=False)
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
@@ -195,8 +195,8 @@ def test_pending_queries_keep_the_strategys_scores_in_its_order(tmp_path):
     -(p_(1) - p_(2)) under the round's model, recomputed here from the checkpoint."""
     import torch
 
-    from entk_al.loop import ActiveLearningLoop
-    from entk_al.models import predict
+    from entk_al.nets.models import predict
+    from entk_al.run.loop import ActiveLearningLoop
 
     cfg = RunConfig(initial=10, query=5, rounds=1, epochs=1, min_steps=5, subset=200, strategy="margin",
                     oracle="files")
@@ -206,7 +206,7 @@ def test_pending_queries_keep_the_strategys_scores_in_its_order(tmp_path):
     rows = (tmp_path / "r" / "queries" / "initial.csv").read_text().splitlines()[1:]
     (tmp_path / "a.csv").write_text("id,label\n" + "".join(
         f"{r.split(',')[0]},{int(loop.data.y_train[int(r.split(',')[0])])}\n" for r in rows))
-    from entk_al.oracle import record_labels
+    from entk_al.run.oracle import record_labels
 
     record_labels(tmp_path / "r", -2, ids, loop.data.classes, tmp_path / "a.csv")
     loop = ActiveLearningLoop(cfg, tmp_path / "r")
@@ -228,14 +228,14 @@ def test_lookahead_queries_carry_its_pick_scores(tmp_path):
     import torch
 
     from entk_al.data import load_dataset
-    from entk_al.loop import ActiveLearningLoop
+    from entk_al.run.loop import ActiveLearningLoop
 
     cfg = RunConfig(initial=10, query=4, rounds=1, epochs=1, min_steps=5, subset=100, strategy="lookahead",
                     oracle="files")
     data = load_dataset("digits")
     ActiveLearningLoop(cfg, tmp_path / "r", dataset=data).run()
     ids = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["pending"]["ids"]
-    from entk_al.oracle import record_labels
+    from entk_al.run.oracle import record_labels
 
     (tmp_path / "a.csv").write_text("id,label\n" + "".join(f"{i},{int(data.y_train[i])}\n" for i in ids))
     record_labels(tmp_path / "r", -2, ids, data.classes, tmp_path / "a.csv")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from entk_al.lookahead import cholesky_with_jitter, fit_lookahead, lookahead_outputs, mlmoc_scores
+from entk_al.lookahead.system import cholesky_with_jitter, fit_lookahead, lookahead_outputs, mlmoc_scores
 
 
 def problem(n=7, m=9, o=3, p=40, seed=0):
@@ -112,8 +112,8 @@ def test_duplicate_of_labeled_point_predicts_no_change_without_ridge():
 def test_one_name_per_ridge_and_the_old_names_warn():
     """ridge_rel (relative) -> ridge (absolute λ) -> ridge_eff (λ + jitter): a singular K needs
     jitter, and every denominator uses λ + jitter; the old names still work, with a warning."""
-    from entk_al.lookahead import relative_ridge
-    from entk_al.sequential import Posterior
+    from entk_al.lookahead.posterior import Posterior
+    from entk_al.lookahead.system import relative_ridge
 
     _, _, k_uu, f_l, y_l, f_u = problem(n=7, p=40)
     phi_u = torch.linalg.cholesky(k_uu + torch.eye(9, dtype=torch.float64))  # any features of U

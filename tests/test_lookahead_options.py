@@ -10,10 +10,10 @@ import pytest
 import torch
 from kernel_problems import problem
 
-from entk_al.acquisition import lookahead_scores, project_simplex, pseudo_labels
-from entk_al.batch_diversity import change_gram, gumbel_top_k, kmeanspp_seeding
-from entk_al.lookahead import fit_lookahead, lookahead_outputs
-from entk_al.sequential import Posterior, select_lookahead, uncertainty_weights
+from entk_al.lookahead.acquisition import lookahead_scores, project_simplex, pseudo_labels
+from entk_al.lookahead.batch import change_gram, gumbel_top_k, kmeanspp_seeding
+from entk_al.lookahead.posterior import Posterior, select_lookahead, uncertainty_weights
+from entk_al.lookahead.system import fit_lookahead, lookahead_outputs
 
 RIDGE = 0.05
 
@@ -195,8 +195,8 @@ def test_select_kmeanspp_starts_at_the_top_score_and_stays_in_the_pool():
 
 def test_strategy_options_reach_the_selection(tmp_path):
     """End to end on digits: new options change the queries, are reproducible, and bad values fail."""
-    from entk_al.config import RunConfig
-    from entk_al.loop import ActiveLearningLoop
+    from entk_al.run.config import RunConfig
+    from entk_al.run.loop import ActiveLearningLoop
     from strategies.lookahead import LookaheadSampling
 
     def run(opts, out):

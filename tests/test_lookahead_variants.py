@@ -5,9 +5,15 @@ import pytest
 import torch
 from kernel_problems import problem
 
-from entk_al.acquisition import block_shape, label_probabilities, lookahead_scores, project_simplex, pseudo_labels
-from entk_al.lookahead import fit_lookahead, lookahead_outputs
-from entk_al.sequential import Posterior
+from entk_al.lookahead.acquisition import (
+    block_shape,
+    label_probabilities,
+    lookahead_scores,
+    project_simplex,
+    pseudo_labels,
+)
+from entk_al.lookahead.posterior import Posterior
+from entk_al.lookahead.system import fit_lookahead, lookahead_outputs
 
 
 def brute(pr, acquisition, exclude_self, ridge):

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from entk_al.config import RunConfig
 from entk_al.errors import ConfigError, StrategyError
-from entk_al.loop import ActiveLearningLoop
-from entk_al.pool import PoolState, validate_selection
+from entk_al.run.config import RunConfig
+from entk_al.run.labeled import PoolState, validate_selection
+from entk_al.run.loop import ActiveLearningLoop
 
 
 def tiny(**kw):
@@ -22,7 +22,7 @@ def read(out):
 
 
 def test_invariants_and_outputs(tmp_path):
-    from entk_al.results import plot_curve
+    from entk_al.report.curve import plot_curve
 
     loop = ActiveLearningLoop(tiny(), tmp_path, curve_writer=plot_curve)
     records = loop.run()

@@ -10,7 +10,7 @@ from clitools import cli
 
 from entk_al.data import load_dataset
 from entk_al.fileio import read_jsonl
-from entk_al.metrics import aubc
+from entk_al.run.metrics import aubc
 
 FAST = ["--initial", "10", "--query", "5", "--rounds", "2", "--epochs", "1", "--min-steps", "5", "--subset", "200",
         "--strategy", "margin", "-q"]

@@ -358,7 +358,7 @@ def test_resnet18_cifar_exact(form, monkeypatch):
     against per-sample autograd gradients: default cost-model forms (layer4 factored, the rest
     materialized) and everything materialized; cross kernel, symmetric kernel, tiles of 2."""
     pytest.importorskip("torchvision")
-    from entk_al.models import resnet18_32
+    from entk_al.nets.models import resnet18_32
 
     monkeypatch.setattr(layers, "FORCE_FORM", form)
     torch.manual_seed(8)
@@ -653,11 +653,11 @@ def test_reduced_precision_gram():
 @pytest.mark.slow
 @pytest.mark.parametrize("form", [None, "materialized"])
 def test_wide_resnet_exact(form, monkeypatch):
-    """The look-ahead paper's WideResNet (entk_al.models "wide_resnet": width 640, one block per
+    """The look-ahead paper's WideResNet (entk_al.nets.models "wide_resnet": width 640, one block per
     group, 7.4M parameters), float64, non-trivial BatchNorm statistics and weights, against
     per-sample autograd gradients: default forms (with the CPU's grouped / shifted conv forms
     and BatchNorm folds) and everything materialized; cross, symmetric, tiles of 2."""
-    from entk_al.models import build_model
+    from entk_al.nets.models import build_model
 
     monkeypatch.setattr(layers, "FORCE_FORM", form)
     m = build_model("wide_resnet", (3, 32, 32), 10, seed=15).double()

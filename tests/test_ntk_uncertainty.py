@@ -1,4 +1,4 @@
-"""The GP posterior (entk_al.gp), its scores (entk_al.gp_scores) and the GP strategies.
+"""The GP posterior (entk_al.lookahead.gp), its scores (entk_al.lookahead.gp_scores) and the GP strategies.
 
 Independent references: the pNTK from per-sample ``torch.func`` Jacobians in float64 and an
 explicit kernel solve (posterior mean, covariance, conditioning = a refit with the points
@@ -21,10 +21,9 @@ from test_executor import ScatteredExecutor
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
-from entk_al.context import RoundContext
 from entk_al.errors import StrategyError
-from entk_al.gp import GPPosterior, fit_gp, loo_predictive, output_scale
-from entk_al.gp_scores import (
+from entk_al.lookahead.gp import GPPosterior, fit_gp, loo_predictive, output_scale
+from entk_al.lookahead.gp_scores import (
     bald_mc,
     bald_probit,
     epig_gaussian,
@@ -34,10 +33,11 @@ from entk_al.gp_scores import (
     sample_probs,
     z_margin,
 )
-from entk_al.lookahead import fit_lookahead
+from entk_al.lookahead.posterior import Posterior
+from entk_al.lookahead.system import fit_lookahead
 from entk_al.ntk import PNTK
+from entk_al.round.context import RoundContext
 from entk_al.seeding import numpy_rng, torch_generator
-from entk_al.sequential import Posterior
 from strategies import NTKBALD, NTKEPIG, NTKVariance, NTKZMargin
 from strategies.epig import read_target_ids
 

@@ -10,11 +10,11 @@ import torch
 from clitools import cli
 
 from entk_al.cli import main
-from entk_al.config import RunConfig
 from entk_al.data import load_dataset
 from entk_al.errors import ConfigError, LabelError
-from entk_al.loop import ActiveLearningLoop
-from entk_al.oracle import label_path, parse_answers, query_path
+from entk_al.run.config import RunConfig
+from entk_al.run.loop import ActiveLearningLoop
+from entk_al.run.oracle import label_path, parse_answers, query_path
 
 FAST = dict(initial=10, query=5, rounds=2, epochs=1, min_steps=5, subset=200, strategy="margin")
 FAST_ARGS = ["--initial", "10", "--query", "5", "--rounds", "2", "--epochs", "1", "--min-steps", "5",

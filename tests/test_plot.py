@@ -12,7 +12,7 @@ import pytest
 
 from entk_al.errors import ConfigError
 from entk_al.fileio import write_json, write_jsonl
-from entk_al.plot import load_runs, mean_ci, penalty_matrix, plot_runs
+from entk_al.report.plot import load_runs, mean_ci, penalty_matrix, plot_runs
 
 # Student-t 97.5% quantiles from printed tables (df = 1, 2, 4).
 T975 = {1: 12.706, 2: 4.303, 4: 2.776}
@@ -117,7 +117,7 @@ def test_mixed_settings_refused_before_writing(tmp_path):
     """Runs of different protocols in one folder: a clear error and no output files."""
 
     from entk_al.errors import ConfigError
-    from entk_al.plot import plot_runs
+    from entk_al.report.plot import plot_runs
 
     for name, initial in (("a", 10), ("b", 20)):
         d = tmp_path / name
@@ -240,7 +240,7 @@ def test_curve_views_difference_against_hand_computed_pairs(tmp_path, capsys):
     panel per strategy, `--view difference` the paired accuracy difference to the reference."""
     from scipy import stats
 
-    from entk_al.plot import curve_differences
+    from entk_al.report.plot import curve_differences
 
     rng = np.random.default_rng(3)
     acc = {name: 0.5 + 0.3 * rng.random((4, 3)) for name in ("random", "a", "b")}
@@ -279,7 +279,7 @@ def test_difference_view_needs_a_reference(tmp_path, capsys):
 def test_paired_png_says_what_the_numbers_beside_the_rows_are(tmp_path, monkeypatch):
     """`right: wins/ties/losses` read as "the right panel"; the counts get a column heading and
     the caption says they are seeds won / tied / lost against the reference."""
-    import entk_al.plot as plot
+    import entk_al.report.plot as plot
 
     spy = FigureSpy()
     monkeypatch.setattr(plot, "_pyplot", lambda: spy)
@@ -295,7 +295,7 @@ def test_paired_png_says_what_the_numbers_beside_the_rows_are(tmp_path, monkeypa
 def test_fidelity_png_explains_f_l_and_the_control(tmp_path, monkeypatch):
     import matplotlib.pyplot
 
-    from entk_al.fidelity import plot_fidelity
+    from entk_al.report.fidelity import plot_fidelity
 
     figures = []
     monkeypatch.setattr(matplotlib.pyplot, "close", lambda fig=None: figures.append(fig))

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from clitools import cli
 
-from entk_al.config import RunConfig
 from entk_al.errors import StrategyError
-from entk_al.loop import ActiveLearningLoop
-from entk_al.plugins import available_strategies, load_strategy, resolve_strategy_class
-from entk_al.pool import PoolState, validate_selection
+from entk_al.run.config import RunConfig
+from entk_al.run.labeled import PoolState, validate_selection
+from entk_al.run.loop import ActiveLearningLoop
+from entk_al.run.plugins import available_strategies, load_strategy, resolve_strategy_class
 
 PLUGIN_SRC = textwrap.dedent('''
     import numpy as np

@@ -101,8 +101,8 @@ def test_cli_names_a_bad_pool_option_in_one_line(capsys, tmp_path):
 
 
 def test_a_run_on_a_redundant_pool_queries_pool_ids_of_it(tmp_path):
-    from entk_al.config import RunConfig
-    from entk_al.loop import run_experiment
+    from entk_al.run.config import RunConfig
+    from entk_al.run.loop import run_experiment
 
     cfg = RunConfig(strategy="margin", dataset="digits+subsample=60+repeat=5", width=8, initial=10, query=5, rounds=2,
                     subset=300, epochs=1, min_steps=5, device="cpu")

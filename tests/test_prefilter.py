@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
+from entk_al.lookahead.prefilter import diverse_subset, pntk_random_features
 from entk_al.ntk import pntk
-from entk_al.prefilter import diverse_subset, pntk_random_features
 
 
 def test_knn_prefilter_keeps_unlabeled_ids_and_their_neighbourhoods():
     """The look-ahead's knn prefilter (the path a run takes): candidates and U are unlabeled ids,
     U starts with the candidates and holds only their nearest unlabeled neighbours; reproducible."""
-    from entk_al.executor.knn_tiles import embeddings, knn_on_shards
-    from entk_al.plugins import load_strategy
+    from entk_al.run.plugins import load_strategy
+    from entk_al.scans.knn import embeddings, knn_on_shards
 
     from fakes import digits_round
 
@@ -59,7 +59,7 @@ def test_faiss_build_names_the_faiss_in_use_and_warns_about_two(monkeypatch):
     import warnings
     from importlib import metadata
 
-    import entk_al.prefilter as prefilter
+    import entk_al.lookahead.prefilter as prefilter
 
     build = prefilter.faiss_build()
     assert build.startswith(f"faiss {faiss.__version__}, ") and "faiss-cpu" in build
@@ -87,7 +87,7 @@ def test_the_gpu_extra_no_longer_installs_a_second_faiss():
 
 
 def test_knn_prefilter_reports_its_faiss():
-    from entk_al.plugins import load_strategy
+    from entk_al.run.plugins import load_strategy
 
     from fakes import digits_round
 

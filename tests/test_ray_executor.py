@@ -13,8 +13,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from entk_al.config import RunConfig  # noqa: E402
-from entk_al.loop import ActiveLearningLoop, run_experiment  # noqa: E402
+from entk_al.run.config import RunConfig  # noqa: E402
+from entk_al.run.loop import ActiveLearningLoop, run_experiment  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_stop_rules_measure_the_same_on_ray(cluster, tmp_path):
     local.cfg.stop, local.cfg.stop_set = "kappa:0.999,change:0.0001:9", 300
     remote = ActiveLearningLoop(_cfg("margin", "ray"), tmp_path / "ray")
     remote.cfg.stop, remote.cfg.stop_set = local.cfg.stop, 300
-    from entk_al.stopping import StopMonitor
+    from entk_al.run.stopping import StopMonitor
 
     for loop in (local, remote):
         loop.stopper = StopMonitor.from_config(loop.cfg, loop.data.pool_size, loop.setup.initial_ids(), 10)

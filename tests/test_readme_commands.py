@@ -9,8 +9,8 @@ import pytest
 from clitools import cli
 
 from entk_al.cli.run import default_out_dir
-from entk_al.config import RunConfig, parse_options
 from entk_al.data import load_dataset
+from entk_al.run.config import RunConfig, parse_options
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -9,7 +9,7 @@ import torch
 from clitools import cli
 
 from entk_al.cli import main
-from entk_al.loop import ActiveLearningLoop
+from entk_al.run.loop import ActiveLearningLoop
 
 ARGS = ["--initial", "10", "--query", "5", "--rounds", "3", "--epochs", "1", "--min-steps", "5",
         "--subset", "150", "-q"]
@@ -189,9 +189,9 @@ BOUNDARY_ARGS = ["--strategy", "random", "--initial", "10", "--query", "5", "--r
 def _count_writes(monkeypatch, kill_at=None):
     """Wrap every atomic file write (checkpoint, log, curve, config, summary); with ``kill_at``
     raise Killed instead of the kill_at-th write (0-based). Returns the list of written names."""
-    import entk_al.checkpoint
     import entk_al.fileio
-    import entk_al.results
+    import entk_al.report.curve
+    import entk_al.run.checkpoint
 
     orig = entk_al.fileio.atomic_write
     written = []
@@ -202,7 +202,7 @@ def _count_writes(monkeypatch, kill_at=None):
         written.append(Path(path).name)
         return orig(path, write)
 
-    for mod in (entk_al.fileio, entk_al.checkpoint, entk_al.results):
+    for mod in (entk_al.fileio, entk_al.run.checkpoint, entk_al.report.curve):
         monkeypatch.setattr(mod, "atomic_write", wrapped)
     return written
 

@@ -134,8 +134,8 @@ def test_the_lock_is_reentrant_in_one_process_and_leaves_nothing(tmp_path):
 
 
 def test_a_library_loop_on_a_held_folder_raises(tmp_path):
-    from entk_al.config import RunConfig
-    from entk_al.loop import ActiveLearningLoop
+    from entk_al.run.config import RunConfig
+    from entk_al.run.loop import ActiveLearningLoop
 
     holder = hold_lock(tmp_path / "run")
     try:

@@ -14,13 +14,13 @@ import torch
 from clitools import cli
 from torch import nn
 
-from entk_al.config import RunConfig
-from entk_al.context import RoundContext
 from entk_al.errors import ConfigError, DataFormatError, StrategyError
-from entk_al.loop import ActiveLearningLoop, run_experiment
-from entk_al.models import predict_with_features
+from entk_al.nets.models import predict_with_features
 from entk_al.ntk import pntk
 from entk_al.progress import LineProgress, NullProgress, make_progress
+from entk_al.round.context import RoundContext
+from entk_al.run.config import RunConfig
+from entk_al.run.loop import ActiveLearningLoop, run_experiment
 
 SMALL = ["--initial", "10", "--query", "5", "--rounds", "1", "--epochs", "1", "--min-steps", "3",
          "--subset", "100", "-q"]
@@ -55,9 +55,9 @@ def test_checkpoint_with_pickled_callable_is_refused_by_resume_and_label(tmp_pat
 
 
 def test_checkpoint_refuses_to_store_objects(tmp_path):
-    from entk_al.checkpoint import LoopState, plain, write_checkpoint
     from entk_al.errors import CheckpointError
-    from entk_al.pool import PoolState
+    from entk_al.run.checkpoint import LoopState, plain, write_checkpoint
+    from entk_al.run.labeled import PoolState
 
     assert plain({"a": np.float32(1.5), "b": np.arange(3), "c": (np.int64(2), "x")}) == \
         {"a": 1.5, "b": [0, 1, 2], "c": [2, "x"]}
@@ -245,7 +245,7 @@ def test_model_returning_tuple_or_dict_gets_one_clear_error(as_dict):
     for fn in (pntk, entk, lambda m, x: kernel(m, x, method="jacobian")):
         with pytest.raises(ValueError, match=r"model must return an \(N, O\) tensor"):
             fn(model, torch.randn(5, 4))
-    from entk_al.run_setup import RunSetup
+    from entk_al.run.setup import RunSetup
 
     setup = RunSetup.from_config(RunConfig(strategy="random", device="cpu"))
     with pytest.raises(ConfigError, match=r"model must return an \(N, O\) tensor"):
@@ -258,12 +258,12 @@ def test_model_returning_tuple_or_dict_gets_one_clear_error(as_dict):
     (["-o", "prefilter=knn", "-o", "shortlist=20", "-o", "num_candidates=50"], "shortlist=20"),
 ])
 def test_strategy_sizes_are_checked_before_training(tmp_path, capsys, monkeypatch, opts, words):
-    import entk_al.run_setup
+    import entk_al.run.setup
 
     def no_training(*a, **kw):
         raise AssertionError("trained before the size check")
 
-    monkeypatch.setattr(entk_al.run_setup, "train_model", no_training)
+    monkeypatch.setattr(entk_al.run.setup, "train_model", no_training)
     out = tmp_path / "r"
     code, _, err = cli(capsys, "run", "--query", "10", *opts, "--out", out, "-q")
     assert code == 2 and words in err and "lookahead" in err and err.count("\n") == 1, err

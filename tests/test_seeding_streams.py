@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 import entk_al.seeding as seeding
-from entk_al.checkpoint import CHECKPOINT, read_checkpoint
-from entk_al.config import RunConfig
-from entk_al.loop import ActiveLearningLoop
-from entk_al.run_setup import RunSetup
+from entk_al.run.checkpoint import CHECKPOINT, read_checkpoint
+from entk_al.run.config import RunConfig
+from entk_al.run.loop import ActiveLearningLoop
+from entk_al.run.setup import RunSetup
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAM_FUNCTIONS = {"numpy_rng", "int_seed", "torch_generator", "tie_keys", "tile_component"}

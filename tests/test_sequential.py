@@ -5,9 +5,9 @@ import pytest
 import torch
 from test_lookahead_variants import problem
 
-from entk_al.acquisition import lookahead_scores
-from entk_al.lookahead import fit_lookahead
-from entk_al.sequential import Posterior, select_lookahead
+from entk_al.lookahead.acquisition import lookahead_scores
+from entk_al.lookahead.posterior import Posterior, select_lookahead
+from entk_al.lookahead.system import fit_lookahead
 
 
 def augmented(pr, picks, labels):
@@ -84,9 +84,9 @@ def test_modes_need_oracle():
 
 def test_loop_sequential_knn_asks_oracle_mid_selection(tmp_path):
     """Through the real loop: sequential mode asks for k−1 labels one by one, ids all unlabeled."""
-    from entk_al.config import RunConfig
     from entk_al.data import load_dataset
-    from entk_al.loop import ActiveLearningLoop, SimulatedOracle
+    from entk_al.run.config import RunConfig
+    from entk_al.run.loop import ActiveLearningLoop, SimulatedOracle
 
     data = load_dataset("digits")
     calls = []
@@ -115,8 +115,8 @@ def test_loop_sequential_knn_asks_oracle_mid_selection(tmp_path):
 @pytest.mark.parametrize("opts", [dict(), dict(mode="hybrid", hybrid_size=2, acquisition="emoc")])
 def test_streamed_kernel_path_selects_like_dense(tmp_path, opts):
     """k(U, U) streamed in column blocks through the kernel function gives the dense selection."""
-    from entk_al.config import RunConfig
-    from entk_al.loop import ActiveLearningLoop
+    from entk_al.run.config import RunConfig
+    from entk_al.run.loop import ActiveLearningLoop
 
     def run(extra, out):
         cfg = RunConfig(strategy="lookahead", initial=10, query=4, rounds=1, subset=120, min_steps=20, epochs=1,

@@ -10,10 +10,10 @@ from test_executor import TILE, ScatteredExecutor
 from torch import nn
 
 from entk_al.executor import LocalExecutor
-from entk_al.executor.sharded_posterior import fit_on_shards
-from entk_al.lookahead import cholesky_with_jitter, fit_lookahead
+from entk_al.lookahead.posterior import Posterior, select_lookahead, uncertainty_weights
+from entk_al.lookahead.system import cholesky_with_jitter, fit_lookahead
 from entk_al.ntk import PNTK, pntk
-from entk_al.sequential import Posterior, select_lookahead, uncertainty_weights
+from entk_al.scans.sharded_posterior import fit_on_shards
 
 RIDGE = 0.05
 N_OUT = 4
@@ -45,7 +45,7 @@ def pr(request, pr_base):
 
 
 #: kernel paths: per tile (any kernel function: the columns' inputs go to every tile) and the
-#: feature kernel (each input's features once per shard, entk_al.executor.feature_store)
+#: feature kernel (each input's features once per shard, entk_al.scans.feature_store)
 KERNELS = ["per_tile", "features"]
 
 

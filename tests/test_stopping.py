@@ -15,10 +15,10 @@ from clitools import cli
 from kernel_problems import brute_pntk
 from sklearn.metrics import cohen_kappa_score
 
-from entk_al.config import RunConfig
 from entk_al.errors import ConfigError
-from entk_al.loop import ActiveLearningLoop, run_experiment
-from entk_al.stopping import (
+from entk_al.run.config import RunConfig
+from entk_al.run.loop import ActiveLearningLoop, run_experiment
+from entk_al.run.stopping import (
     PredictedChange,
     StabilizingPredictions,
     cohen_kappa,
@@ -217,8 +217,8 @@ def test_resume_with_other_stop_options_is_refused(separable, tmp_path):
 
 
 def test_grids_only_log_stop_rules_and_plot_refuses_a_stopped_run(separable, tmp_path):
-    from entk_al.bench import Protocol
-    from entk_al.plot import load_runs
+    from entk_al.report.bench import Protocol
+    from entk_al.report.plot import load_runs
 
     proto = tmp_path / "p.toml"
     proto.write_text('strategies = ["random"]\nseeds = 1\n[run]\ndataset = "digits"\nstop = "kappa"\n')

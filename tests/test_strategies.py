@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from entk_al.context import RoundContext
 from entk_al.ntk import pntk
+from entk_al.round.context import RoundContext
 from strategies import REGISTRY, top_k
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from entk_al.errors import StrategyError
-from entk_al.plugins import _allowed_types, available_strategies, check_options, load_strategy
+from entk_al.run.plugins import _allowed_types, available_strategies, check_options, load_strategy
 
 from fakes import digits_round
 
@@ -102,7 +102,7 @@ def test_train_eval_flags_untouched_from_a_mixed_state(name):
 def test_constructor_options_are_type_checkable(name):
     """Every option is annotated with checkable scalar types; its default passes the check and a
     value of no accepted type is refused by name."""
-    from entk_al.plugins import resolve_strategy_class
+    from entk_al.run.plugins import resolve_strategy_class
 
     cls = resolve_strategy_class(name)
     params = [p for p in inspect.signature(cls).parameters.values()

@@ -39,7 +39,7 @@ def test_pyproject_entry_points_are_the_registry():
 
 def test_builtins_found_without_installed_metadata(monkeypatch):
     """A source checkout with no entry points installed still finds every built-in."""
-    import entk_al.plugins as plugins
+    import entk_al.run.plugins as plugins
     from strategies import REGISTRY
 
     monkeypatch.setattr(plugins, "entry_points", lambda group: [])
@@ -72,7 +72,8 @@ def shadow_dir(tmp_path):
 
 
 def test_a_users_strategies_py_does_not_break_import(shadow_dir):
-    res = subprocess.run([sys.executable, "-c", "import entk_al.loop, entk_al.bench, entk_al.cli; print('ok')"],
+    code = "import entk_al.run.loop, entk_al.report.bench, entk_al.cli; print('ok')"
+    res = subprocess.run([sys.executable, "-c", code],
                          capture_output=True, text=True, timeout=300, cwd=shadow_dir)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
     assert not (shadow_dir / "EXECUTED").exists()
@@ -93,7 +94,7 @@ def test_shadowing_strategies_is_one_line_exit_2(shadow_dir, args):
 
 
 def test_shadowing_detected_in_process(shadow_dir, monkeypatch):
-    import entk_al.plugins as plugins
+    import entk_al.run.plugins as plugins
 
     monkeypatch.syspath_prepend(str(shadow_dir))
     monkeypatch.delitem(sys.modules, "strategies", raising=False)

@@ -12,13 +12,13 @@ import torch
 from test_executor import TILE, ScatteredExecutor
 from torch import nn
 
-from entk_al.batch_diversity import kmeanspp_seeding, top_k_positions
-from entk_al.context import RoundContext
 from entk_al.executor import LocalExecutor
-from entk_al.executor.diversity import badge_kmeanspp, k_center
-from entk_al.executor.scan import top_scores
+from entk_al.lookahead.batch import kmeanspp_seeding, top_k_positions
 from entk_al.ntk import pntk
-from entk_al.plugins import load_strategy
+from entk_al.round.context import RoundContext
+from entk_al.run.plugins import load_strategy
+from entk_al.scans.diversity import badge_kmeanspp, k_center
+from entk_al.scans.outputs import top_scores
 from entk_al.seeding import numpy_rng, rank_descending, tie_keys, torch_generator
 
 SEED, ROUND, K = 3, 2, 6

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from entk_al.train import TrainConfig, auto_threads, loss_fn, train_model
+from entk_al.nets.train import TrainConfig, auto_threads, loss_fn, train_model
 
 
 def test_mse_loss_known_value():

@@ -1,4 +1,4 @@
-"""``entk-al approx``: how close pNTK ⊗ I is to the eNTK for a model (see :mod:`entk_al.approx`).
+"""``entk-al approx``: how close pNTK ⊗ I is to the eNTK for a model (see :mod:`entk_al.report.approx`).
 
 A plain command function; the CLI hub registers it (this module never imports the hub).
 """
@@ -11,9 +11,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import RunConfig, check_finite, check_seed
 from ..errors import ConfigError, EntkAlError
 from ..progress import rich_bar
+from ..run.config import RunConfig, check_finite, check_seed
 from ..text import printable
 from .options import PlainDataDir, PlainDevice, Quiet, check_out_dir
 from .output import echo_error
@@ -136,12 +136,12 @@ def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, e
     import torch
     from rich.console import Console
 
-    from ..approx import ApproxSettings, check_settings, make_model_factory
-    from ..approx_report import slope_line, tables, write_figures
     from ..data import load_dataset
     from ..fileio import write_json
-    from ..run_setup import resolve_device
-    from ..train import TrainConfig
+    from ..nets.train import TrainConfig
+    from ..report.approx import ApproxSettings, check_settings, make_model_factory
+    from ..report.approx_report import slope_line, tables, write_figures
+    from ..run.setup import resolve_device
 
     dev = resolve_device(cfg.device)
     data = load_dataset(dataset, data_dir)
@@ -177,8 +177,8 @@ def _approx(dataset, model, widths, checkpoints, n_points, subsets, kr_labels, e
 
 
 def _measure(factory, data, settings, train_cfg, kwargs, model, dataset, total, quiet, out):
-    from ..approx import run_approx
     from ..fileio import write_json
+    from ..report.approx import run_approx
 
     def save_partial(partial: dict) -> None:  # a killed study keeps the widths it finished
         partial["settings"]["model"] = model

@@ -23,7 +23,7 @@ def bench(
     quiet: Quiet = False,
 ) -> None:
     """Run strategies × seeds × query sizes; finished runs are skipped, partial ones resumed."""
-    from ..bench import BenchRunner, Protocol
+    from ..report.bench import BenchRunner, Protocol
 
     proto = Protocol.from_file(protocol)
     out_dir = out or Path("runs") / proto.name
@@ -36,7 +36,7 @@ def bench(
                f"({n_done} finished, {sum(s == 'partial' for s in states.values())} to resume)")
     _run_with_progress(runner, quiet)
     if plot:
-        from ..plot import plot_runs
+        from ..report.plot import plot_runs
 
         written = plot_runs(out_dir)
         echo("wrote " + ", ".join(str(p) for p in written))
@@ -46,7 +46,7 @@ def _run_with_progress(runner, quiet: bool) -> None:
     """Run the grid with one outer task over all rounds; rich bars on a terminal, a status line
     every 30 s otherwise, nothing with ``quiet``."""
     from ..progress import make_progress
-    from ..results import accuracy_text
+    from ..report.curve import accuracy_text
 
     progress = make_progress(quiet)
     rounds_total = sum(s.config.rounds + 1 for s in runner.specs)
@@ -91,7 +91,7 @@ def plot(
 ) -> None:
     """Write learning curves (mean ± 95% CI), summary.csv (AUBC), penalty.png (pairwise wins) and
     paired.csv / paired.png (paired AUBC differences against the references)."""
-    from ..plot import plot_runs
+    from ..report.plot import plot_runs
 
     check_out_dir(out)
     written = plot_runs(runs_dir, out, references=reference or None, views=view)

@@ -1,4 +1,4 @@
-"""``entk-al fidelity``: how well the look-ahead predicts real retraining (see entk_al.fidelity)."""
+"""``entk-al fidelity``: how well the look-ahead predicts real retraining (see entk_al.report.fidelity)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from ..config import RunConfig, check_finite, lr_default_text
 from ..errors import ConfigError
 from ..progress import rich_bar
+from ..run.config import RunConfig, check_finite, lr_default_text
 from .options import PlainDataDir, PlainDevice, Quiet, check_out_dir
 from .output import echo
 
@@ -62,11 +62,11 @@ def fidelity(
 def _fidelity(dataset, model, width, initial, candidates, eval_size, seed, ridge_rel, top_k, epochs, min_steps,
               batch_size, lr, loss, device, data_dir, out, quiet) -> None:
 
-    from ..fidelity import measure_fidelity, plot_fidelity
     from ..fileio import write_json
-    from ..oracle import SimulatedOracle
-    from ..pool import PoolState
-    from ..run_setup import RunSetup
+    from ..report.fidelity import measure_fidelity, plot_fidelity
+    from ..run.labeled import PoolState
+    from ..run.oracle import SimulatedOracle
+    from ..run.setup import RunSetup
     from ..seeding import FIDELITY_CANDIDATES, FIDELITY_EVAL, numpy_rng
 
     check_finite(ridge_rel, "--ridge-rel")

@@ -18,7 +18,7 @@ def pending_queries(run_dir: Path) -> tuple[int, list[int], list[str]]:
         CheckpointError: no readable checkpoint in ``run_dir``.
         LabelError: the run is not waiting for labels.
     """
-    from ..checkpoint import CHECKPOINT, read_checkpoint
+    from ..run.checkpoint import CHECKPOINT, read_checkpoint
 
     path = run_dir / CHECKPOINT
     if not path.is_file():
@@ -55,7 +55,7 @@ def label(
     Every row is checked first (ids must be exactly the pending queries, labels known class
     names or indices); nothing is recorded unless all are valid.
     """
-    from ..oracle import label_path, record_labels
+    from ..run.oracle import label_path, record_labels
     from ..runlock import run_folder_lock
 
     if not run_dir.is_dir():

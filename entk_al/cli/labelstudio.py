@@ -30,9 +30,9 @@ LsProject = Annotated[Optional[str], typer.Option(
 
 
 def _oracle(run_dir: Path, ls_url: Optional[str], ls_project: Optional[str]):
-    """The run's :class:`~entk_al.labelstudio.LabelStudioOracle`: options, else where its tasks
+    """The run's :class:`~entk_al.run.labelstudio.LabelStudioOracle`: options, else where its tasks
     went (``labelstudio.json``), else its configuration."""
-    from ..labelstudio import STATE_FILE, LabelStudioOracle
+    from ..run.labelstudio import STATE_FILE, LabelStudioOracle
 
     saved_url = saved_project = None
     for name, url_key, project_key in ((STATE_FILE, "url", "project"), ("config.json", "ls_url", "ls_project")):
@@ -55,8 +55,8 @@ def push(run_dir: RunDir, ls_url: LsUrl = None, ls_project: LsProject = None) ->
     Tasks already in the project are kept (running push twice makes no duplicates). A new
     project, or one without a labeling setup, gets a config made from the class names.
     """
-    from ..config import resolve_config
-    from ..loop import ActiveLearningLoop
+    from ..run.config import resolve_config
+    from ..run.loop import ActiveLearningLoop
     from .label import pending_queries
 
     rnd, ids, _ = pending_queries(run_dir)
@@ -78,7 +78,7 @@ def pull(run_dir: RunDir, ls_url: LsUrl = None, ls_project: LsProject = None) ->
     """
     import numpy as np
 
-    from ..oracle import write_labels
+    from ..run.oracle import write_labels
     from .label import class_counts, pending_queries
 
     rnd, ids, classes = pending_queries(run_dir)

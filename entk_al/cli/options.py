@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import default
 from ..errors import ConfigError
+from ..run.config import default
 
 
 def check_out_dir(path, flag: str = "--out") -> None:

@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import RAY_DEFAULTS, RunConfig, default, lr_default_text
 from ..errors import ConfigError
+from ..run.config import RAY_DEFAULTS, RunConfig, default, lr_default_text
 from .options import DataDir, Device, Download, Quiet, check_out_dir
 from .output import echo
 
@@ -151,7 +151,7 @@ def run(
     quiet: Quiet = False,
 ) -> None:
     """Run pool-based active learning; writes config.json, rounds.jsonl, curve.png, checkpoint.pt, summary.json."""
-    from ..config import parse_options, resolve_config
+    from ..run.config import parse_options, resolve_config
 
     flags = dict(strategy=strategy, dataset=dataset, model=model, width=width, initial=initial, query=query,
                  rounds=rounds, subset=subset, seed=seed, retrain=retrain, loss=loss, train=train, epochs=epochs,
@@ -182,8 +182,8 @@ def run(
 
 
 def _run_locked(cfg, out_dir: Path, resume: bool, overwrite: bool, quiet: bool) -> None:
-    from ..checkpoint import CHECKPOINT
-    from ..loop import ActiveLearningLoop
+    from ..run.checkpoint import CHECKPOINT
+    from ..run.loop import ActiveLearningLoop
 
     if not resume and (out_dir / CHECKPOINT).exists():
         if not overwrite:
@@ -194,7 +194,7 @@ def _run_locked(cfg, out_dir: Path, resume: bool, overwrite: bool, quiet: bool) 
         for sub in ("queries", "labels"):  # human-in-the-loop files of the old run
             shutil.rmtree(out_dir / sub, ignore_errors=True)
     from ..progress import make_progress
-    from ..results import accuracy_text, plot_curve
+    from ..report.curve import accuracy_text, plot_curve
 
     progress = make_progress(quiet)  # rich bars on a terminal, a line every 30 s otherwise, nothing with -q
     loop = ActiveLearningLoop(cfg, out_dir, curve_writer=plot_curve, progress=progress)

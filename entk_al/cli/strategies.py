@@ -14,7 +14,7 @@ def strategies(
         help="Show this strategy's options (a name, module:Class or file.py:Class).")] = None,
 ) -> None:
     """List the registered query strategies with a one-line description each, or one strategy's options."""
-    from ..plugins import available_strategies
+    from ..run.plugins import available_strategies
 
     if name is not None:
         _show(name)
@@ -26,10 +26,10 @@ def strategies(
 
 
 def _show(spec: str) -> None:
-    from ..plugins import _describe, describe_options, resolve_strategy_class
+    from ..run.plugins import describe_options, describe_strategy, resolve_strategy_class
 
     cls = resolve_strategy_class(spec)
-    desc = _describe(cls)
+    desc = describe_strategy(cls)
     echo(f"{spec}: {desc}" if desc else spec)
     options = describe_options(cls)
     if not options:

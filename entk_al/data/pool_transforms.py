@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..seeding import numpy_rng
+from ..seeding import POOL_IMBALANCE, POOL_MINORITY, POOL_SUBSAMPLE, numpy_rng
 from .base import ALDataset
 
 #: option -> (type, meaning) of the pool options, in the order they are applied.
@@ -100,13 +100,13 @@ def pool_ids(y: np.ndarray, num_classes: int, opts: dict[str, int | float]) -> t
     seed = int(opts.get("seed", 0))
     ids = np.arange(len(y))
     if "subsample" in opts:
-        ids = np.sort(numpy_rng(seed, -1, "pool-subsample").choice(ids, int(opts["subsample"]), replace=False))
+        ids = np.sort(numpy_rng(seed, -1, POOL_SUBSAMPLE).choice(ids, int(opts["subsample"]), replace=False))
     minority = np.zeros(0, dtype=np.int64)
     if "imbalance" in opts:
         m = int(opts.get("minority", num_classes // 2))
-        minority = np.sort(numpy_rng(seed, -1, "pool-minority").permutation(num_classes)[:m])
+        minority = np.sort(numpy_rng(seed, -1, POOL_MINORITY).permutation(num_classes)[:m])
         keep = np.ones(len(ids), dtype=bool)
-        rng = numpy_rng(seed, -1, "pool-imbalance")
+        rng = numpy_rng(seed, -1, POOL_IMBALANCE)
         for c in minority.tolist():
             members = np.flatnonzero(y[ids] == c)
             if len(members) == 0:

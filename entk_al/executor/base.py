@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -11,8 +11,11 @@ from .plan import TilePlan
 
 
 class Executor(ABC):
-    """Runs named per-tile tasks (:data:`entk_al.executor.shard.TASKS`) on the shards of a
-    :class:`~entk_al.executor.plan.TilePlan`.
+    """Runs per-tile task functions on the shards of a :class:`~entk_al.executor.plan.TilePlan`.
+
+    The executor knows no task: the algorithms (:mod:`entk_al.scans`) hand it their module-level
+    task functions, ``fn(shard, tile, payload, shared)`` or a
+    :func:`~entk_al.executor.shard.per_shard` one.
 
     The driver calls :meth:`begin_round` once per round with the trained model, then any number
     of :meth:`map` calls; it reduces their results itself, in tile order. Results must not
@@ -32,8 +35,8 @@ class Executor(ABC):
         tile state; the driver's ``model`` is neither moved nor changed."""
 
     @abstractmethod
-    def map(self, task: str, jobs: dict[int, Any], shared: Any = None) -> dict[int, Any]:
-        """Run ``task`` on each tile of ``jobs`` ({tile: payload}) with ``shared`` (sent once).
+    def map(self, task: Callable, jobs: dict[int, Any], shared: Any = None) -> dict[int, Any]:
+        """Run the task function ``task`` on each tile of ``jobs`` ({tile: payload}) with ``shared`` (sent once).
 
         Returns:
             {tile: result} for every tile of ``jobs``.

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import torch
 
-from ..config import RAY_DEFAULTS
 from ..data.pool import Pool
 from ..errors import ConfigError
 from .base import Executor
@@ -15,13 +15,16 @@ from .shard import worker_threads
 
 #: Executor names of ``--executor``.
 EXECUTORS = ("local", "ray")
+#: Defaults of the Ray executor's options (:class:`entk_al.run.config.RunConfig` holds None
+#: under ``--executor local``).
+RAY_DEFAULTS: dict[str, Any] = {"workers": 2, "gpus_per_worker": 0.0, "cpus_per_worker": 1.0}
 RAY_MISSING = "--executor ray needs Ray, which is not installed: pip install entk-al[ray]"
 
 
 def make_executor(name: str, pool: Pool | torch.Tensor, device: torch.device, *, address: str | None = None,
                   workers: int = 2, gpus_per_worker: float = 0.0, cpus_per_worker: float | None = None) -> Executor:
     """The executor for ``--executor name`` over ``pool``: the one place executors are made (the
-    loop, :func:`entk_al.query` and :class:`~entk_al.context.RoundContext`'s default).
+    loop, :func:`entk_al.query` and :class:`~entk_al.round.context.RoundContext`'s default).
 
     Args:
         name: ``local`` (in process, on ``device``) or ``ray`` (shard actors).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -50,7 +50,11 @@ class LocalExecutor(Executor):
     def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
         # A copy, as a Ray actor gets one: moving it to the shard's device or changing its
         # modes never touches the driver's model.
-        self.shard.begin_round(round_idx, seed, copy.deepcopy(model))
+        # Copied outside inference mode: a copy made inside it (a caller's query() under
+        # torch.inference_mode()) would hold inference tensors that no kernel can differentiate.
+        with torch.inference_mode(False):
+            copied = copy.deepcopy(model)
+        self.shard.begin_round(round_idx, seed, copied)
 
-    def map(self, task: str, jobs: dict[int, Any], shared: Any = None) -> dict[int, Any]:
+    def map(self, task: Callable, jobs: dict[int, Any], shared: Any = None) -> dict[int, Any]:
         return dict(self.shard.run(task, sorted(jobs.items()), shared))

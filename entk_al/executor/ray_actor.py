@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from . import diversity, kernel_rows, knn_tiles, lookahead_tiles, scan  # noqa: F401  (registers the tile tasks in this worker)
 from .shard import Shard
 
 
@@ -40,7 +39,7 @@ class ShardHost:
     def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
         self.shard.begin_round(round_idx, seed, model)
 
-    def run(self, task: str, jobs: list[tuple[int, Any]], shared: Any = None) -> list[tuple[int, Any]]:
+    def run(self, task: Callable, jobs: list[tuple[int, Any]], shared: Any = None) -> list[tuple[int, Any]]:
         return self.shard.run(task, jobs, shared)
 
     def ping(self) -> int:

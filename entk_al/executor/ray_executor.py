@@ -148,13 +148,14 @@ class RayExecutor(Executor):
 
     def begin_round(self, round_idx: int, seed: int, model: nn.Module) -> None:
         if any(p.device.type != "cpu" for p in model.parameters()):
-            model = copy.deepcopy(model).cpu()
+            with torch.inference_mode(False):  # inference tensors could not be differentiated
+                model = copy.deepcopy(model).cpu()
         ref = self._ray.put(model)
         self._journal = {s: [("begin_round", (round_idx, seed, ref))] for s in self.actors}
         self._maps = 0
         self._gather({s: ("begin_round", (round_idx, seed, ref)) for s in self.actors}, journal=False)
 
-    def map(self, task: str, jobs: dict[int, Any], shared: Any = None) -> dict[int, Any]:
+    def map(self, task: Callable, jobs: dict[int, Any], shared: Any = None) -> dict[int, Any]:
         if self.before_map is not None:
             self.before_map(self._maps)
         self._maps += 1

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..data.pool import Pool, TensorPool
-from ..models import eval_mode, last_linear
+from ..nets.models import eval_mode, last_linear
 
 #: Give the C heap's free pages back to the OS after each tile task (:func:`trim_heap`).
 TRIM_HEAP = True
@@ -46,10 +46,6 @@ def trim_heap() -> None:
             pass
     if _malloc_trim is not None:
         _malloc_trim(0)
-
-
-#: task name -> fn(shard, tile, payload, shared) -> result; filled by the task modules.
-TASKS: dict[str, Callable[["Shard", int, Any, Any], Any]] = {}
 
 
 def worker_threads(cpus_per_worker: float) -> int:
@@ -84,20 +80,18 @@ def tile_numerics(threads: int | None) -> Iterator[None]:
         cudnn.deterministic, cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32 = before[1:]
 
 
-def task(name: str, *, per_shard: bool = False) -> Callable:
-    """Register a task function under ``name`` (decorator).
+def per_shard(fn: Callable) -> Callable:
+    """Mark a task function as called once per shard (decorator).
 
-    A per-tile task is called once per tile: ``fn(shard, tile, payload, shared) -> result``. A
+    A task is a module-level function (Ray sends it to the actors by reference). A per-tile
+    task is called once per tile: ``fn(shard, tile, payload, shared) -> result``. A
     ``per_shard`` task is called once per shard with all of the shard's tiles of the call,
     ``fn(shard, [(tile, payload), ...], shared) -> [(tile, result), ...]``, for work that
     shares something across the tiles (kernel features of the columns); its per-tile results
     must still not depend on which other tiles the shard holds.
     """
-    def register(fn: Callable) -> Callable:
-        fn.per_shard = per_shard
-        TASKS[name] = fn
-        return fn
-    return register
+    fn.per_shard = True
+    return fn
 
 
 class Shard:
@@ -178,13 +172,9 @@ class Shard:
         idx = torch.from_numpy(rows).to(st["logits"].device)
         return st["logits"][idx], st["feats"][idx]
 
-    def run(self, name: str, jobs: list[tuple[int, Any]], shared: Any = None) -> list[tuple[int, Any]]:
-        """Run task ``name`` on each (tile, payload) of ``jobs``; [(tile, result)] in the same order.
-
-        Raises:
-            KeyError: unknown task name.
-        """
-        fn = TASKS[name]
+    def run(self, fn: Callable, jobs: list[tuple[int, Any]], shared: Any = None) -> list[tuple[int, Any]]:
+        """Run the task function ``fn`` (see :func:`per_shard`) on each (tile, payload) of
+        ``jobs``; [(tile, result)] in the same order."""
         with tile_numerics(self.threads):
             if getattr(fn, "per_shard", False):
                 out = fn(self, jobs, shared)

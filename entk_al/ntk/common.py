@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..models import eval_mode  # noqa: F401  (re-exported: the kernel runs in eval mode)
+from ..nets.models import eval_mode  # noqa: F401  (re-exported: the kernel runs in eval mode)
 
 KINDS = ("pntk", "entk", "first_logit", "trace", "block_diag")
 METHODS = ("auto", "gram", "jacobian")

@@ -5,7 +5,7 @@
 # Usage: OMP_NUM_THREADS=1 bash docs/results/ntk-uncertainty/measure_time.sh OUT_DIR [DATA_DIR]
 set -euo pipefail
 out=${1:?output folder}; data=${2:-/usr/share/datasets/fashion-mnist}
-seed=341849089   # entk_al.bench.derive_seed(18, 0): not a study seed (the study uses base_seed 180)
+seed=341849089   # entk_al.report.bench.derive_seed(18, 0): not a study seed (the study uses base_seed 180)
 common=(--dataset fashion-mnist --data-dir "$data" --initial 100 --query 20 --subset 4000 --retrain warm
         --loss mse --epochs 10 --batch-size 64 --lr 0.05 --threads 1 --seed "$seed" --device cpu -q)
 for s in random margin badge lookahead max_herding uncertainty_herding; do

@@ -1,0 +1,1 @@
+"""Models and training: the built-in networks, the penultimate-feature hook, the training recipe."""

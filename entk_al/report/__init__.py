@@ -1,0 +1,1 @@
+"""Reports: learning curves, bench grids and plots, the fidelity and pNTK-approximation studies."""
