@@ -34,7 +34,8 @@ from ..specs import load_object
 ENTRY_POINT_GROUP = "entk_al.strategies"
 #: The top-level package holding the built-in strategies (a sibling of ``entk_al``).
 BUILTIN_PACKAGE = "strategies"
-_BUILTIN_DIR = Path(__file__).resolve().parent.parent / BUILTIN_PACKAGE
+# entk_al/run/plugins.py -> the folder holding entk_al/ and strategies/ (repo or site-packages)
+_BUILTIN_DIR = Path(__file__).resolve().parents[2] / BUILTIN_PACKAGE
 
 
 def builtin_package() -> ModuleType:
