@@ -187,7 +187,7 @@ def worker(model_name: str, scale: float, precision: str, device: str, threads: 
     # as entk_al.run.query_step.select_queries builds a round (round 0, U = the candidates)
     executor = LocalExecutor(x_pool, device)
     executor.begin_round(0, seed, model)
-    ctx = RoundContext(round=0, seed=seed, model=model, device=torch.device(device), x_pool=x_pool,
+    ctx = RoundContext(round=0, seed=seed, model=model, device=torch.device(device), pool=x_pool,
                        num_classes=10, labeled_ids=lab, labeled_targets=labels[lab], unlabeled_ids=unl,
                        candidate_ids=unl, rng=numpy_rng(seed, 0, "strategy"),
                        torch_generator=torch_generator(seed, 0, "strategy"),
