@@ -16,6 +16,12 @@ import sys
 NEW = ["ntk_variance", "ntk_bald", "ntk_margin", "ntk_zmargin", "ntk_entropy", "ntk_epig",
        "max_herding", "uncertainty_herding"]
 REFERENCES = ["margin", "random", "lookahead"]
+#: paired.csv holds AUBC differences as fractions of 1; the pre-registration speaks in points.
+POINTS = 100.0
+
+
+def pts(row: dict, key: str) -> float:
+    return POINTS * float(row[key])
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -36,7 +42,7 @@ def read(path: str) -> list[dict]:
 def table(rows: list[dict], protocol: str) -> dict:
     out = {}
     print(f"\n### {protocol}\n")
-    print("| strategy | reference | seeds | mean AUBC diff | 95% CI | Wilcoxon p | Holm p | W/T/L |")
+    print("| strategy | reference | seeds | mean AUBC diff (points) | 95% CI | Wilcoxon p | Holm p | W/T/L |")
     print("|---|---|---|---|---|---|---|---|")
     for ref in REFERENCES:
         fam = [r for r in rows if r["reference"] == ref and r["strategy"] in NEW]
@@ -45,15 +51,15 @@ def table(rows: list[dict], protocol: str) -> dict:
         adj = holm([float(r["wilcoxon_p"]) for r in fam])
         for r, p in zip(fam, adj):
             out[(r["strategy"], ref)] = r
-            print(f"| {r['strategy']} | {ref} | {r['n_seeds']} | {float(r['mean_diff']):+.2f} | "
-                  f"[{float(r['ci95_low']):+.2f}, {float(r['ci95_high']):+.2f}] | {float(r['wilcoxon_p']):.3f} | "
+            print(f"| {r['strategy']} | {ref} | {r['n_seeds']} | {pts(r, 'mean_diff'):+.2f} | "
+                  f"[{pts(r, 'ci95_low'):+.2f}, {pts(r, 'ci95_high'):+.2f}] | {float(r['wilcoxon_p']):.3f} | "
                   f"{p:.3f} | {r['wins']}/{r['ties']}/{r['losses']} |")
     others = [r for r in rows if r["strategy"] not in NEW and r["reference"] in REFERENCES]
     if others:
         print("\nReferences against each other:\n")
         for r in others:
-            print(f"- {r['strategy']} − {r['reference']}: {float(r['mean_diff']):+.2f} "
-                  f"[{float(r['ci95_low']):+.2f}, {float(r['ci95_high']):+.2f}], {r['n_seeds']} seeds, "
+            print(f"- {r['strategy']} − {r['reference']}: {pts(r, 'mean_diff'):+.2f} "
+                  f"[{pts(r, 'ci95_low'):+.2f}, {pts(r, 'ci95_high'):+.2f}], {r['n_seeds']} seeds, "
                   f"W/T/L {r['wins']}/{r['ties']}/{r['losses']}")
     return out
 
@@ -61,23 +67,24 @@ def table(rows: list[dict], protocol: str) -> dict:
 def main() -> None:
     mlp = table(read(sys.argv[1]), "MLP")
     cnn = table(read(sys.argv[2]), "CNN") if len(sys.argv) > 2 else {}
-    vs_margin = sorted(((float(r["mean_diff"]), s) for (s, ref), r in mlp.items() if ref == "margin"), reverse=True)
+    vs_margin = sorted(((pts(r, "mean_diff"), s) for (s, ref), r in mlp.items() if ref == "margin"), reverse=True)
     if vs_margin:
         best, second = vs_margin[0], vs_margin[1] if len(vs_margin) > 1 else None
         rule = "highest mean paired AUBC difference against margin on the MLP"
         if second is not None and best[0] - second[0] < 0.05:
             tied = [s for d, s in vs_margin if best[0] - d < 0.05]
-            on_cnn = sorted(((float(cnn[(s, "margin")]["mean_diff"]), s) for s in tied if (s, "margin") in cnn),
+            on_cnn = sorted(((pts(cnn[(s, "margin")], "mean_diff"), s) for s in tied if (s, "margin") in cnn),
                             reverse=True)
             if on_cnn:
                 best = (best[0], on_cnn[0][1])
                 rule += f"; tie within 0.05 among {tied}, broken on the CNN"
-        print(f"\nBest new strategy ({rule}): **{best[1]}**")
+        print(f"\nBest new strategy ({rule}): **{best[1]}** "
+              f"(MLP vs margin: {', '.join(f'{s} {d:+.3f}' for d, s in vs_margin)})")
     if ("ntk_zmargin", "margin") in cnn:
         r = cnn[("ntk_zmargin", "margin")]
         confirmed = float(r["ci95_low"]) > 0
         print(f"\nConfirmatory test ntk_zmargin − margin on the CNN ({r['n_seeds']} seeds): "
-              f"{float(r['mean_diff']):+.2f} [{float(r['ci95_low']):+.2f}, {float(r['ci95_high']):+.2f}]: "
+              f"{pts(r, 'mean_diff'):+.2f} [{pts(r, 'ci95_low'):+.2f}, {pts(r, 'ci95_high'):+.2f}]: "
               f"{'confirmed' if confirmed else 'not confirmed'}")
 
 
