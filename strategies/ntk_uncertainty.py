@@ -75,7 +75,8 @@ def select_with_gp(ctx: RoundContext, gp: GPPosterior, cand: np.ndarray, k: int,
         label: name shown on the progress bar.
 
     Returns:
-        (the k ids in pick order, their scores when picked).
+        (the k ids in pick order, their scores when picked). Every candidate's score before any
+        conditioning is reported with ``ctx.record_scores`` (:attr:`entk_al.Query.scores`).
 
     Raises:
         StrategyError: fewer than k candidates with a finite score.
@@ -85,6 +86,7 @@ def select_with_gp(ctx: RoundContext, gp: GPPosterior, cand: np.ndarray, k: int,
         with ctx.progress.task(f"{label} scoring", total=1) as advance:
             s = score(gp, pos)
             advance(1)
+        ctx.record_scores(cand, s)
         picked = top_k(cand, s, k, ctx)
         at = {int(i): p for p, i in enumerate(cand.tolist())}
         return picked, [float(s[at[int(i)]]) for i in picked]
@@ -93,6 +95,8 @@ def select_with_gp(ctx: RoundContext, gp: GPPosterior, cand: np.ndarray, k: int,
         for step in range(k):
             rest_pos = gp.positions(remaining)
             s = score(gp, rest_pos)
+            if step == 0:
+                ctx.record_scores(remaining, s)
             i = int(np.flatnonzero(remaining == top_k(remaining, s, 1, ctx)[0])[0])
             chosen.append(int(remaining[i]))
             values.append(float(s[i]))

@@ -146,6 +146,27 @@ def test_learner_folder_resumes_and_plots(tmp_path, digits):
     assert (tmp_path / "plots" / "curves.png").is_file()
 
 
+def test_cli_points_a_learner_folder_back_to_python(tmp_path, digits, capsys):
+    """entk-al run cannot continue an ActiveLearner's folder: --resume and --out say how to,
+    in one line (instead of 'unknown option(s) learner' or 'pass --resume'); a round logged
+    without metrics is named by plot."""
+    from clitools import cli
+
+    x, y_all = digits.x_train[:200], digits.y_train.numpy()[:200]
+    learner = entk_al.ActiveLearner(x, "margin", out=tmp_path / "mine", labeled_ids=np.arange(10), labels=y_all[:10])
+    model = _net(3)
+    _train_ce(model, x[learner.labeled_ids], learner.labels, seed=0)
+    q = learner.query(model, 5, metrics={"test_accuracy": 0.5})
+    learner.add_labels(q.ids, y_all[q.ids])
+    q = learner.query(model, 5)  # no metrics this round
+    learner.add_labels(q.ids, y_all[q.ids])
+    for args in (["--resume", tmp_path / "mine"], ["--out", tmp_path / "mine", "--rounds", "1"]):
+        code, _, err = cli(capsys, "run", *args, "-q")
+        assert code == 2 and err.count("\n") == 1 and "ActiveLearner.resume(" in err, err
+    code, _, err = cli(capsys, "plot", tmp_path / "mine")
+    assert code == 2 and "round(s) 1 have no test_accuracy" in err, err
+
+
 def test_pending_queries_survive_a_restart(tmp_path, digits):
     x, y_all = digits.x_train[:200], digits.y_train.numpy()[:200]
     learner = entk_al.ActiveLearner(x, "entropy", out=tmp_path / "r", labeled_ids=np.arange(10), labels=y_all[:10])

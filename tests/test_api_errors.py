@@ -107,3 +107,72 @@ def test_learner_query_with_a_model_returning_a_tuple():
         learner.query(_Tuple(), 2)
     _one_sentence(info.value, "got a tuple", "forward returns the logits only")
     assert learner.pending is None and learner.round == 0
+
+
+@pytest.mark.parametrize("kwargs,error,needles", [
+    (dict(labels=Y + 0.5), LabelError, ("labels must be integers, got 0.5",)),
+    (dict(labeled_ids=LAB + 0.5), LabelError, ("labeled ids must be integers, got 0.5",)),
+    (dict(candidates=[10.5, 11]), LabelError, ("candidates must be integers",)),
+    (dict(labels=[[0], [1], [2]]), LabelError, ("1-d",)),
+    (dict(seed=1.5), ConfigError, ("seed must be an integer >= 0, got 1.5",)),
+    (dict(seed=-1), ConfigError, ("seed must be an integer >= 0",)),
+    (dict(seed=True), ConfigError, ("seed must be an integer",)),
+    (dict(subset=3), ConfigError, ("subset (3) must be >= k (5)",)),
+    (dict(device="bogus"), ConfigError, ("device 'bogus' is not a torch device",)),
+])
+def test_query_refuses_what_it_would_otherwise_truncate_or_misname(kwargs, error, needles):
+    """Floats are not silently truncated to ids or labels; seeds, subsets and devices are checked
+    in one line before anything runs (the fresh-user trial found each of these)."""
+    x = torch.randn(60, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    args = dict(labeled_ids=LAB, labels=Y, strategy="margin")
+    args.update(kwargs)
+    with pytest.raises(error) as info:
+        entk_al.query(_net(), x, k=5, **args)
+    _one_sentence(info.value, *needles)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_query_on_cuda_without_cuda_says_so():
+    with pytest.raises(ConfigError) as info:
+        entk_al.query(_net(), torch.randn(60, 1, 4, 4), LAB, Y, k=5, strategy="margin", device="cuda")
+    _one_sentence(info.value, "CUDA is not available")
+
+
+def test_learner_label_messages_before_any_query():
+    """Before a query the learner knows no class count: a negative label is named as such, an
+    out-of-range one against the classes given, a float refused (no int64-max in the text)."""
+    learner = entk_al.ActiveLearner(torch.randn(60, 1, 4, 4), "margin")
+    with pytest.raises(LabelError, match=r"^label -3 is negative$"):
+        learner.add_labels([50], [-3])
+    with pytest.raises(LabelError, match="labels must be integers, got 1.7"):
+        learner.add_labels([50, 51], [1.7, 2.0])
+    assert learner.labeled_ids.size == 0
+    named = entk_al.ActiveLearner(torch.randn(60, 1, 4, 4), "margin", classes=["a", "b"])
+    with pytest.raises(LabelError, match=r"^label 3 is outside \[0, 2\) \(2 classes given\)$"):
+        named.add_labels([1], [3])
+    with pytest.raises(ConfigError, match="seed must be an integer"):
+        entk_al.ActiveLearner(torch.randn(60, 1, 4, 4), "margin", seed=0.5)
+
+
+def test_lookahead_with_no_labeled_point_selects_from_the_prior():
+    """With L empty the look-ahead's posterior is the prior (base = f(U), M = B): it selects,
+    and equals the look-ahead run with an explicitly empty kernel system (no crash)."""
+    x = torch.randn(60, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    q = entk_al.query(_net(), x, [], [], k=5, strategy="lookahead")
+    assert len(set(q.ids.tolist())) == 5 and q.ids.min() >= 0 and q.ids.max() < 60
+    again = entk_al.query(_net(), x, [], [], k=5, strategy="lookahead")
+    assert np.array_equal(q.ids, again.ids)
+    with pytest.raises(EntkAlError, match="at least one labeled point"):
+        entk_al.query(_net(), x, [], [], k=5, strategy="ntk_zmargin")
+
+
+def test_gp_strategies_report_scores_without_warnings(recwarn):
+    """ntk_* strategies fill Query.scores (every candidate, before conditioning) and raise no
+    deprecation warning of the library's own making."""
+    x = torch.randn(60, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    lab, y = np.arange(9), np.arange(9) % 3
+    for batch in ("topk", "greedy"):
+        q = entk_al.query(_net(), x, lab, y, k=4, strategy="ntk_zmargin", options={"batch": batch})
+        assert q.scores is not None and len(q.scores) == 60 - 9
+    assert not [w for w in recwarn if issubclass(w.category, (FutureWarning, DeprecationWarning))
+                and "entk_al" in str(w.filename)]

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import ConfigError
-from ..run.config import RAY_DEFAULTS, RunConfig, default, lr_default_text
+from ..run.config import RAY_DEFAULTS, RunConfig, default, learner_folder_message, lr_default_text
 from .options import DataDir, Device, Download, Quiet, check_out_dir
 from .output import echo
 
@@ -181,11 +181,20 @@ def run(
         _run_locked(cfg, out_dir, resume is not None, overwrite, quiet)
 
 
+def _written_by_learner(out_dir: Path) -> bool:
+    try:
+        return "learner" in json.loads((out_dir / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def _run_locked(cfg, out_dir: Path, resume: bool, overwrite: bool, quiet: bool) -> None:
     from ..run.checkpoint import CHECKPOINT
     from ..run.loop import ActiveLearningLoop
 
     if not resume and (out_dir / CHECKPOINT).exists():
+        if not overwrite and _written_by_learner(out_dir):
+            raise ConfigError(learner_folder_message(out_dir))
         if not overwrite:
             raise ConfigError(f"{out_dir} already holds a run; pass --resume {out_dir} to continue it or "
                               f"--overwrite to start over")

@@ -164,7 +164,7 @@ class GPPosterior:
         if len(self.ids) != posterior.base.shape[0]:
             raise ValueError(f"{len(self.ids)} ids for a posterior on {posterior.base.shape[0]} points")
         self.scale, self.scale_method = float(scale), scale_method
-        self.ridge = float(posterior.ridge)
+        self.ridge = float(posterior.ridge_eff)
         self._pos_of = {int(i): p for p, i in enumerate(self.ids.tolist())}
 
     @property

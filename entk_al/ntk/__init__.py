@@ -126,8 +126,12 @@ def _kernel(model, x1, x2, kind, method, batch_size, tile_size, params, precisio
 def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
     """O, from one forward pass; a model returning anything but a tensor is refused here, at
     the first call, rather than deep inside the kernel code."""
-    with torch.no_grad():
-        out = model(x[:1])
+    try:
+        with torch.no_grad():
+            out = model(x[:1])
+    except RuntimeError as exc:  # shape mismatch inside the model: the caller's inputs are wrong
+        raise ValueError(f"the model cannot take inputs of shape {tuple(x.shape[1:])} "
+                         f"({' '.join(str(exc).split())[:200]})") from None
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"model must return an (N, O) tensor, got a {type(out).__name__}")
     return out.reshape(1, -1).shape[1]

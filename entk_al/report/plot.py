@@ -108,9 +108,14 @@ def load_runs(runs_dir: str | Path) -> tuple[list[RunResult], int]:
         setting = tuple((k, json.dumps(cfg.get(k), sort_keys=True)) for k in SETTING_KEYS)
         settings.setdefault(setting, d)
         recs = read_jsonl(d / "rounds.jsonl")
-        if any(r.get("test_accuracy") is None for r in recs):
+        missing = [int(r.get("round", i)) for i, r in enumerate(recs) if r.get("test_accuracy") is None]
+        if missing and len(missing) == len(recs):
             raise ConfigError(f"{d}: no test split (test_accuracy is null), so no learning curve to compare; "
                               f"plot runs on a dataset with a test split")
+        if missing:
+            raise ConfigError(f"{d}: round(s) {', '.join(map(str, missing[:10]))} have no test_accuracy (an "
+                              f"ActiveLearner round queried without metrics={{'test_accuracy': ...}}?); a "
+                              f"learning curve needs one every round")
         if len(recs) != int(cfg.get("rounds", len(recs) - 1)) + 1:
             # Paired curves, AUBC and penalties assume every run spent the same budget.
             raise ConfigError(f"{d} ended after {len(recs)} of {int(cfg['rounds']) + 1} rounds (a stop rule, see its "

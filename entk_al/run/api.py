@@ -94,9 +94,24 @@ def _num_outputs(model: nn.Module, pool: Pool, device: torch.device) -> int:
     return int(out.shape[1])
 
 
-def _check_labeled(ids: Any, labels: Any, size: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.asarray(ids if ids is not None else [], dtype=np.int64).reshape(-1)
-    labels = np.asarray(labels if labels is not None else [], dtype=np.int64).reshape(-1)
+def _integers(values: Any, what: str, error: type[Exception] = LabelError) -> np.ndarray:
+    """``values`` as a 1-d int64 array; floats with a fractional part, booleans and non-numbers
+    are refused instead of being truncated."""
+    arr = np.asarray(values if values is not None else [])
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.number) or arr.size == 0):
+        raise error(f"{what} must be integers, got {arr.dtype} values")
+    if arr.ndim > 1:
+        raise error(f"{what} must be a 1-d sequence, got shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
+        bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))][0]
+        raise error(f"{what} must be integers, got {float(bad):g}")
+    return arr.astype(np.int64).reshape(-1)
+
+
+def _check_labeled(ids: Any, labels: Any, size: int, num_classes: int | None,
+                   classes_given: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    ids = _integers(ids, "labeled ids")
+    labels = _integers(labels, "labels")
     if len(ids) != len(labels):
         raise LabelError(f"{len(ids)} labeled ids but {len(labels)} labels; give one label per labeled id")
     if ids.size and (ids.min() < 0 or ids.max() >= size):
@@ -105,10 +120,33 @@ def _check_labeled(ids: Any, labels: Any, size: int, num_classes: int) -> tuple[
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise LabelError(f"id {int(uniq[counts > 1][0])} is labeled twice")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        bad = labels[(labels < 0) | (labels >= num_classes)][0]
-        raise LabelError(f"label {int(bad)} is outside [0, {num_classes}) (the model has {num_classes} outputs)")
+    if labels.size and labels.min() < 0:
+        raise LabelError(f"label {int(labels.min())} is negative")
+    if num_classes is not None and labels.size and labels.max() >= num_classes:
+        whose = f"{num_classes} classes given" if classes_given else f"the model has {num_classes} outputs"
+        raise LabelError(f"label {int(labels.max())} is outside [0, {num_classes}) ({whose})")
     return ids, labels
+
+
+def _check_counts(**values: Any) -> None:
+    """Seeds and rounds are integers >= 0, subsets >= 1 (booleans and floats refused)."""
+    for name, value in values.items():
+        low = 1 if name == "subset" else 0
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _device(device: Any, model: nn.Module) -> torch.device:
+    """The device to run on: ``device`` (checked), else the model's."""
+    if device is None:
+        return next(model.parameters()).device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+    return dev
 
 
 def _strategy(strategy: Any, options: dict | None) -> Any:
@@ -185,11 +223,14 @@ def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, st
     pool = as_pool(pool)
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    _check_counts(seed=seed, round=round, subset=subset)
+    dev = _device(device, model)
     num_classes = _num_outputs(model, pool, dev)
     lab, y = _check_labeled(labeled_ids, labels, len(pool), num_classes)
+    if candidates is None and subset < k:
+        raise ConfigError(f"subset ({subset}) must be >= k ({k}): the candidates are a random subset of that size")
     if candidates is not None:
-        candidates = np.asarray(candidates, dtype=np.int64).reshape(-1)
+        candidates = _integers(candidates, "candidates")
         if candidates.size and (candidates.min() < 0 or candidates.max() >= len(pool)):
             raise LabelError(f"candidate ids must lie in [0, {len(pool)})")
         if np.isin(candidates, lab).any():
@@ -258,6 +299,7 @@ class ActiveLearner:
                  device: torch.device | str | None = None, executor: Any = "local", name: str = "custom",
                  oracle: Any = None):
         self.pool = as_pool(pool)
+        _check_counts(seed=seed, subset=subset)
         self.oracle = _check_oracle(oracle)
         self._connected = False
         self.strategy_spec = (strategy if isinstance(strategy, str)
@@ -304,10 +346,8 @@ class ActiveLearner:
             LabelError: lengths differ, an id is out of range, repeated or already labeled, or a
                 label is negative or out of range.
         """
-        num_classes = len(self.classes) if self.classes is not None else np.iinfo(np.int64).max
-        ids, labels = _check_labeled(ids, labels, len(self.pool), num_classes)
-        if labels.size and labels.min() < 0:
-            raise LabelError(f"label {int(labels.min())} is negative")
+        num_classes = len(self.classes) if self.classes is not None else None
+        ids, labels = _check_labeled(ids, labels, len(self.pool), num_classes, classes_given=True)
         if self._state.labeled_mask[ids].any():
             raise LabelError(f"id {int(ids[self._state.labeled_mask[ids]][0])} is already labeled")
         round_of = self.round if self.pending is not None and np.isin(ids, self.pending).all() else PoolState.INITIAL

@@ -388,6 +388,13 @@ def default(name: str) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
+def learner_folder_message(folder: Path) -> str:
+    """What to say when a command-line run is pointed at a folder an ``ActiveLearner`` wrote."""
+    return (f"{folder} holds a run of entk_al.ActiveLearner (your own training loop), which "
+            f"entk-al run cannot continue; continue it from Python with "
+            f"ActiveLearner.resume({str(folder)!r}, pool), or give entk-al run another --out")
+
+
 def resolve_config(config_file: Path | None, flags: dict[str, Any],
                    resume_dir: Path | None = None) -> tuple[RunConfig, dict[str, Any]]:
     """Layer the run configuration: defaults < saved config of a resumed run < TOML < CLI flags.
@@ -418,9 +425,12 @@ def resolve_config(config_file: Path | None, flags: dict[str, Any],
         if not saved.is_file():
             raise ConfigError(f"--resume {resume_dir}: no config.json there; is it a run directory?")
         try:
-            data.update(json.loads(saved.read_text()))
+            loaded = json.loads(saved.read_text())
         except json.JSONDecodeError:
             raise ConfigError(f"{saved} is corrupted (not JSON)") from None
+        if isinstance(loaded, dict) and "learner" in loaded:
+            raise ConfigError(learner_folder_message(resume_dir))
+        data.update(loaded)
     command_only: dict[str, Any] = {}
     if config_file is not None:
         toml = load_toml(config_file)

@@ -67,6 +67,10 @@ def kernel_rows(executor: Any, kernel_fn: Callable[..., torch.Tensor], row_ids: 
         result is exactly symmetric.
     """
     row_ids = np.asarray(row_ids, dtype=np.int64)
+    n_cols = len(row_ids) if col_ids is None else len(x_cols)
+    if len(row_ids) == 0 or n_cols == 0:  # e.g. the kernel of an empty labeled set
+        dtype = x_cols.dtype if x_cols.is_floating_point() else torch.get_default_dtype()
+        return torch.zeros(len(row_ids), n_cols, dtype=dtype)
     if not is_feature_kernel(kernel_fn) or probe is None:
         groups = executor.plan.split(row_ids)
         got = executor.map(_kernel_rows, {t: row_ids[pos] for t, pos in groups.items()},
