@@ -185,8 +185,7 @@ def worker(model_name: str, scale: float, precision: str, device: str, threads: 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0, c0 = time.perf_counter(), time.thread_time()
     # as entk_al.run.query_step.select_queries builds a round (round 0, U = the candidates)
-    executor = LocalExecutor(x_pool, device)
-    executor.begin_round(0, seed, model)
+    executor = LocalExecutor(x_pool, device)  # the context begins its round
     ctx = RoundContext(round=0, seed=seed, model=model, device=torch.device(device), pool=x_pool,
                        num_classes=10, labeled_ids=lab, labeled_targets=labels[lab], unlabeled_ids=unl,
                        candidate_ids=unl, rng=numpy_rng(seed, 0, "strategy"),

@@ -41,7 +41,7 @@ from .config import RunConfig
 from .labeled import PoolState
 from .metrics import aubc
 from .query_step import select_round
-from .setup import check_kernel_params
+from .setup import check_kernel_params, resolve_device
 
 #: Candidates drawn per round when ``candidates`` is not given (``entk-al run --subset``'s default).
 DEFAULT_SUBSET = RunConfig.subset
@@ -128,25 +128,17 @@ def _check_labeled(ids: Any, labels: Any, size: int, num_classes: int | None,
     return ids, labels
 
 
-def _check_counts(**values: Any) -> None:
-    """Seeds and rounds are integers >= 0, subsets >= 1 (booleans and floats refused)."""
-    for name, value in values.items():
-        low = 1 if name == "subset" else 0
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+def _check_int(name: str, value: Any, low: int) -> None:
+    """``value`` is an integer >= ``low`` (booleans and floats refused)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _device(device: Any, model: nn.Module) -> torch.device:
     """The device to run on: ``device`` (checked), else the model's."""
     if device is None:
         return next(model.parameters()).device
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device {device!r} is not a torch device ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
-    return dev
+    return resolve_device(device, what="device")
 
 
 def _strategy(strategy: Any, options: dict | None) -> Any:
@@ -223,7 +215,8 @@ def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, st
     pool = as_pool(pool)
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
-    _check_counts(seed=seed, round=round, subset=subset)
+    for name, value, low in (("seed", seed, 0), ("round", round, 0), ("subset", subset, 1)):
+        _check_int(name, value, low)
     dev = _device(device, model)
     num_classes = _num_outputs(model, pool, dev)
     lab, y = _check_labeled(labeled_ids, labels, len(pool), num_classes)
@@ -299,7 +292,8 @@ class ActiveLearner:
                  device: torch.device | str | None = None, executor: Any = "local", name: str = "custom",
                  oracle: Any = None):
         self.pool = as_pool(pool)
-        _check_counts(seed=seed, subset=subset)
+        _check_int("seed", seed, 0)
+        _check_int("subset", subset, 1)
         self.oracle = _check_oracle(oracle)
         self._connected = False
         self.strategy_spec = (strategy if isinstance(strategy, str)

@@ -25,17 +25,27 @@ from .config import RunConfig
 from .plugins import load_strategy
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU. Raises ConfigError for missing CUDA.
+def resolve_device(name: str | torch.device, what: str = "--device") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; any other name (or a ``torch.device``) checked.
 
     Args:
-        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:<index>``.
+        name: ``auto``, ``cpu``, ``cuda``, ``cuda:<index>``, ... or a ``torch.device``.
+        what: how the messages name the setting (``--device`` on the command line,
+            ``device`` for :func:`entk_al.query`).
+
+    Raises:
+        ConfigError: not a torch device, or a CUDA device on a machine without CUDA.
     """
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"{what} {name!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{what} {name}: CUDA is not available on this machine")
+    return dev
 
 
 #: Keyword arguments a ``--train`` function may declare (each is passed only when declared).
