@@ -292,7 +292,7 @@ def predicted_change(ctx: Any, stop_ids: np.ndarray, batch_ids: np.ndarray, ridg
     base = post.base
     if len(cand):
         m_uq = torch.stack([post.column(int(p)) for p in q_pos.tolist()], dim=1)  # (m, q)
-        chol, _ = cholesky_with_jitter(m_uq[q_pos], post.ridge)
+        chol, _ = cholesky_with_jitter(m_uq[q_pos], post.ridge_eff)
         f_q = ctx.logits(cand).to(torch.float64).cpu()
         y_q = torch.nn.functional.one_hot(f_q.argmax(dim=1), base.shape[1]).to(torch.float64)
         delta = m_uq @ torch.cholesky_solve(y_q - base[q_pos], chol)
