@@ -31,7 +31,7 @@ def load_object(spec: str, what: str = "model", error: type[Exception] = ConfigE
         path = Path(where)
         if not path.is_file():
             raise error(f"{what} {spec!r}: file {path} does not exist")
-        mod_name = f"entk_al_user_{what}_{abs(hash(str(path.resolve())))}"
+        mod_name = f"entk_al_user_{what.replace(' ', '_')}_{abs(hash(str(path.resolve())))}"
         module_spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[mod_name] = module

@@ -176,3 +176,38 @@ def test_gp_strategies_report_scores_without_warnings(recwarn):
         assert q.scores is not None and len(q.scores) == 60 - 9
     assert not [w for w in recwarn if issubclass(w.category, (FutureWarning, DeprecationWarning))
                 and "entk_al" in str(w.filename)]
+
+
+def test_query_gives_every_submodule_its_mode_back():
+    """Selection runs the model in eval mode; afterwards each submodule is in the mode the user
+    left it in (a head in train mode beside a frozen backbone in eval), also after an error."""
+    x = torch.randn(60, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    net = _net()
+    net.train()
+    net[1].eval()
+    before = [m.training for m in net.modules()]
+    entk_al.query(net, x, LAB, Y, k=5, strategy="lookahead")
+    assert [m.training for m in net.modules()] == before
+    with pytest.raises(LabelError):
+        entk_al.query(net, x, LAB, Y, k=5, strategy="margin", candidates=[0, 10, 11, 12, 13])
+    assert [m.training for m in net.modules()] == before
+
+
+def test_duplicate_candidates_are_refused():
+    with pytest.raises(LabelError) as info:
+        entk_al.query(_net(), torch.randn(60, 1, 4, 4), LAB, Y, k=2, strategy="margin", candidates=[10, 11, 11, 12])
+    _one_sentence(info.value, "candidate id 11 is given twice")
+
+
+def test_learner_summary_pairs_the_final_accuracy_with_its_labeled_count(tmp_path):
+    """summary.json's final_n_labeled is the labeled count the final accuracy was measured at;
+    labels added after it are in n_labeled."""
+    import json
+
+    x = torch.randn(60, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    learner = entk_al.ActiveLearner(x, "margin", out=tmp_path / "run", labeled_ids=LAB, labels=Y)
+    q = learner.query(_net(), 4, metrics={"test_accuracy": 0.7})
+    learner.add_labels(q.ids, np.zeros(4, dtype=np.int64))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final_test_accuracy"] == 0.7
+    assert summary["final_n_labeled"] == 3 and summary["n_labeled"] == 7

@@ -171,6 +171,7 @@ def test_users_model_and_cross_entropy_training_run_and_resume(user_code, tmp_pa
     (["--train", "fit.py:other"], "returned another model whose parameters do not fit"),
     (["--train", "fit.py:nan"], "weights or BatchNorm statistics became NaN or infinite in --train"),
     (["--train", "fit.py:missing"], "has no attribute 'missing'"),
+    (["--train", "net.py:Net"], "--train 'net.py:Net' is a class; --train takes a function"),
     (["--train", "nofile.py:fit"], "does not exist"),
     (["--train", "fit"], "expected module:Name or path/file.py:Name"),
     (["--model", "net.py:TupleNet"], "model must return an (N, O) tensor of logits, got a tuple"),

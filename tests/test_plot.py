@@ -180,6 +180,25 @@ def test_paired_csv_against_numpy_and_scipy(tmp_path):
     # Rows are ordered best first within a reference.
     order = [r["strategy"] for r in rows if r["reference"] == "random"]
     assert order == ["good", "margin", "tie"]
+    # Holm within each reference's family of 3, by hand: sorted p times 3, 2, 1, kept monotone.
+    for ref in ("random", "margin"):
+        fam = sorted((float(r["wilcoxon_p"]), float(r["holm_p"])) for r in rows if r["reference"] == ref)
+        by_hand, running = [], 0.0
+        for rank, (p, _) in enumerate(fam):
+            running = max(running, min(1.0, (3 - rank) * p))
+            by_hand.append(running)
+        assert [h for _, h in fam] == pytest.approx(by_hand, abs=2e-6)
+
+
+def test_holm_adjust_on_a_known_family():
+    """Holm (1979) on p = (0.01, 0.04, 0.03, 0.005): 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06,
+    0.04·1 = 0.04 → raised to 0.06 (step-down monotone); NaN is left out of m."""
+    from entk_al.report.plot import holm_adjust
+
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    out = holm_adjust([0.2, float("nan"), 0.5])
+    assert out[0] == pytest.approx(0.4) and np.isnan(out[1]) and out[2] == pytest.approx(0.5)
+    assert holm_adjust([0.6, 0.7]) == pytest.approx([1.0, 1.0])
 
 
 def test_paired_reference_option_and_errors(tmp_path, capsys):

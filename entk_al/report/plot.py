@@ -22,7 +22,10 @@ Statistics:
   seeds both finished: d_s = AUBC(S, s) − AUBC(R, s); the mean of d, its 95% Student-t
   interval mean ± t_{0.975, n−1} · sd(d) / √n (NaN for n < 2), the two-sided Wilcoxon
   signed-rank p-value (scipy.stats.wilcoxon, zero differences dropped as in Wilcoxon's
-  original test; 1.0 when every difference is 0, NaN when n = 0), and wins/ties/losses
+  original test; 1.0 when every difference is 0, NaN when n = 0), the same p Holm-adjusted
+  within the family of every strategy compared with that reference at that query size
+  (``holm_p``; Holm, Scand. J. Statist. 1979: the i-th smallest of m p-values times m − i + 1,
+  made monotone, capped at 1; NaN p-values are not counted in m), and wins/ties/losses
   (d > 0 / d = 0 / d < 0). Differences are AUBC fractions (× 100 = percentage points).
 """
 
@@ -452,7 +455,26 @@ DEFAULT_REFERENCES = ("random", "margin")
 PAIRED_CAPTION = "paired over seeds; W/T/L beside each row: seeds on which it won / tied / lost against the reference"
 
 PAIRED_FIELDS = ["strategy", "reference", "query", "n_seeds", "mean_diff", "ci95_low", "ci95_high",
-                 "wilcoxon_p", "wins", "ties", "losses"]
+                 "wilcoxon_p", "holm_p", "wins", "ties", "losses"]
+
+
+def holm_adjust(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order.
+
+    Args:
+        pvalues: m p-values of one family; NaN entries stay NaN and are not counted in m.
+
+    Returns:
+        The adjusted p-values: the i-th smallest times (m − i + 1), made non-decreasing in
+        that order, capped at 1.
+    """
+    finite = [i for i, p in enumerate(pvalues) if not np.isnan(p)]
+    adjusted = [float("nan")] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(finite, key=lambda i: pvalues[i])):
+        running = max(running, min(1.0, (len(finite) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def paired_rows(runs: list[RunResult], references: list[str] | tuple[str, ...] | None = None) -> list[dict]:
@@ -503,6 +525,8 @@ def paired_rows(runs: list[RunResult], references: list[str] | tuple[str, ...] |
                 block.append(dict(strategy=strat, reference=ref, query=q, n_seeds=int(d.size), mean_diff=mean,
                                   ci95_low=mean - half, ci95_high=mean + half, wilcoxon_p=p,
                                   wins=int((d > 0).sum()), ties=int((d == 0).sum()), losses=int((d < 0).sum())))
+            for row, holm in zip(block, holm_adjust([row["wilcoxon_p"] for row in block])):
+                row["holm_p"] = holm
             rows += sorted(block, key=lambda row: -row["mean_diff"] if row["n_seeds"] else np.inf)
     return rows
 

@@ -24,9 +24,10 @@ Example::
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -73,19 +74,28 @@ class Query:
     kernel_seconds: float = 0.0
 
 
+@contextmanager
+def _modes_kept(model: nn.Module) -> Iterator[None]:
+    """Give every submodule its train/eval mode back afterwards: selection runs the model in eval
+    mode, and a user's loop (a frozen BatchNorm backbone in eval, a head in train) expects its own."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def _num_outputs(model: nn.Module, pool: Pool, device: torch.device) -> int:
     x = pool.get(np.zeros(1, dtype=np.int64))
     dtype = next(model.parameters()).dtype
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with _modes_kept(model), torch.no_grad():
+            model.eval()
             out = model(x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype))
     except RuntimeError as exc:
         raise ConfigError(f"the model cannot take the pool's inputs of shape {tuple(pool.input_shape)} "
                           f"({' '.join(str(exc).split())[:200]})") from None
-    finally:
-        model.train(was)
     if not isinstance(out, torch.Tensor):
         raise ConfigError(f"the model must return an (N, num_classes) tensor of logits, got a {type(out).__name__}; "
                           f"wrap it so that forward returns the logits only")
@@ -226,6 +236,9 @@ def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, st
         candidates = _integers(candidates, "candidates")
         if candidates.size and (candidates.min() < 0 or candidates.max() >= len(pool)):
             raise LabelError(f"candidate ids must lie in [0, {len(pool)})")
+        uniq, counts = np.unique(candidates, return_counts=True)
+        if (counts > 1).any():
+            raise LabelError(f"candidate id {int(uniq[counts > 1][0])} is given twice; give each candidate once")
         if np.isin(candidates, lab).any():
             raise LabelError("candidates must be unlabeled ids; some are labeled")
         if len(candidates) < k:
@@ -238,7 +251,7 @@ def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, st
     devices = [dev] if dev.type == "cuda" else []
     t0 = time.perf_counter()
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), _modes_kept(model):
             ids, answered, ctx = select_round(strat, model=model, pool=pool, labeled_ids=lab, labeled_targets=y,
                                               num_classes=num_classes, k=int(k), seed=int(seed), round_idx=int(round),
                                               subset=int(subset), candidates=candidates, oracle=oracle, device=dev,
@@ -478,10 +491,14 @@ class ActiveLearner:
         write_json(self.out / "config.json", self.config())
         write_checkpoint(self.out / CHECKPOINT, state, model, self.config(), self.classes or [])
         write_jsonl(self.out / "rounds.jsonl", self.records)
-        accs = [r["test_accuracy"] for r in self.records if r.get("test_accuracy") is not None]
+        measured = [r for r in self.records if r.get("test_accuracy") is not None]
+        accs = [r["test_accuracy"] for r in measured]
+        # final_n_labeled is where the final accuracy was measured (as in `entk-al run`'s summary);
+        # labels added since then are counted in n_labeled, not paired with an older accuracy.
         write_json(self.out / "summary.json", {
             "strategy": self.strategy_spec, "dataset": self.name, "seed": self.seed, "rounds": len(self.records),
-            "final_n_labeled": int(len(self.labeled_ids)),
+            "n_labeled": int(len(self.labeled_ids)),
+            "final_n_labeled": int(measured[-1]["n_labeled"]) if measured else None,
             "final_test_accuracy": accs[-1] if accs else None, "aubc": aubc(accs) if accs else None})
 
     @classmethod

@@ -268,6 +268,13 @@ class RunConfig:
         for f in fields(cls):
             if f.name in data:
                 data = {**data, f.name: _check_type(f.name, data[f.name], f.type, source)}
+        ray_only = [name for name in RAY_ONLY if data.get(name) is not None]
+        if ray_only and data.get("executor", "local") != "ray":
+            # The local executor has no actors or cluster: these would be dropped without a word.
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in ray_only)
+            verb = "applies" if len(ray_only) == 1 else "apply"
+            raise ConfigError(f"{source}: {flags} only {verb} to --executor ray (executor is "
+                              f"{data.get('executor', 'local')!r}); add --executor ray or leave them out")
         return cls(**data)
 
 
@@ -287,6 +294,9 @@ def _check_type(name: str, value: Any, annotation: str, source: str) -> Any:
         return float(value) if base == "float" else value
     raise ConfigError(f"{source}: option {name!r} must be {base}, got {type(value).__name__} {value!r}")
 
+
+#: options that only the Ray executor reads (``cpus_per_worker`` also sets the local scans' threads).
+RAY_ONLY = ("address", "workers", "gpus_per_worker")
 
 #: the oracles ``--oracle`` accepts: who answers the queries (:mod:`entk_al.run.oracle`).
 ORACLES = ("simulated", "files", "label-studio")
@@ -437,6 +447,8 @@ def resolve_config(config_file: Path | None, flags: dict[str, Any],
         command_only = {k: v for k, v in toml.items() if k in TOML_CLI_ONLY}
         data.update({k: v for k, v in toml.items() if k not in TOML_CLI_ONLY})
     given = {k: v for k, v in flags.items() if v is not None}
+    if given.get("executor", "ray") != "ray":  # a Ray run resumed on the local executor drops its Ray options
+        data = {k: v for k, v in data.items() if k not in RAY_ONLY}
     # -o key=value overrides single strategy options; it does not replace the whole table.
     if isinstance(data.get("strategy_options"), dict) and "strategy_options" in given:
         given["strategy_options"] = {**data["strategy_options"], **given["strategy_options"]}

@@ -56,9 +56,13 @@ def load_train_fn(spec: str) -> Callable[..., Any]:
     """The user's training function named by ``module:function`` / ``path/file.py:function``.
 
     Raises:
-        ConfigError: the spec, module, file or attribute cannot be loaded, or is not callable.
+        ConfigError: the spec, module, file or attribute cannot be loaded, is a class, or is
+            not callable.
     """
     fn = load_object(spec, "training function")
+    if isinstance(fn, type):  # callable too, but calling it would build an object, not train the model
+        raise ConfigError(f"--train {spec!r} is a class; --train takes a function "
+                          f"fn(model, x, y, *, round, generator, config, device) (a model class goes to --model)")
     if not callable(fn):
         raise ConfigError(f"--train {spec!r} is a {type(fn).__name__}, not a function")
     return fn
