@@ -99,9 +99,9 @@ class NTKEPIG:
         """
         if self.target_file is not None:
             pool = self.target_file
-            bad = pool[(pool < 0) | (pool >= len(ctx.x_pool))]
+            bad = pool[(pool < 0) | (pool >= len(ctx.pool))]
             if bad.size:
-                raise StrategyError(f"targets file holds ids outside the pool [0, {len(ctx.x_pool)}): "
+                raise StrategyError(f"targets file holds ids outside the pool [0, {len(ctx.pool)}): "
                                     f"{bad[:5].tolist()}")
         else:
             pool = ctx.candidate_ids if self.targets == "candidates" else ctx.unlabeled_ids

@@ -82,7 +82,7 @@ def make_ctx(pr, executor=None, cand=None):
     unl = np.setdiff1d(np.arange(len(pr["x"])), lab)
     if executor is not None:
         executor.begin_round(1, 7, pr["model"])
-    return RoundContext(round=1, seed=7, model=pr["model"], device=torch.device("cpu"), x_pool=pr["x"],
+    return RoundContext(round=1, seed=7, model=pr["model"], device=torch.device("cpu"), pool=pr["x"],
                         num_classes=N_OUT, labeled_ids=lab, labeled_targets=pr["y"][lab], unlabeled_ids=unl,
                         candidate_ids=pr["u"] if cand is None else cand, rng=numpy_rng(7, 1, "strategy"),
                         torch_generator=torch_generator(7, 1, "strategy"), oracle=lambda ids: pr["y"][ids],
