@@ -35,10 +35,13 @@ class SmallCNN(nn.Module):
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator, config,
         device: torch.device) -> nn.Module:
-    """One round of training: ``config.epochs`` passes of AdamW on cross-entropy with random shifts."""
+    """One round of training: AdamW on cross-entropy with random shifts, ``config.epochs`` passes
+    or ``config.min_steps`` steps, whichever is more (20 labels make one batch per epoch, so the
+    step floor is what trains a small labeled set, as in the built-in recipe)."""
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     model.train()
-    for _ in range(max(1, config.epochs)):
+    steps, epoch = 0, 0
+    while epoch < max(1, config.epochs) or steps < config.min_steps:
         for idx in torch.randperm(len(x), generator=generator).split(config.batch_size):
             dx, dy = torch.randint(-1, 2, (2,), generator=generator).tolist()
             xb = torch.roll(x[idx], shifts=(dx, dy), dims=(2, 3)).to(device)
@@ -46,4 +49,6 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator: torch.
             opt.zero_grad()
             loss.backward()
             opt.step()
+            steps += 1
+        epoch += 1
     return model

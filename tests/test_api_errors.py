@@ -211,3 +211,57 @@ def test_learner_summary_pairs_the_final_accuracy_with_its_labeled_count(tmp_pat
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["final_test_accuracy"] == 0.7
     assert summary["final_n_labeled"] == 3 and summary["n_labeled"] == 7
+
+
+class _Flat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.f(x.flatten(1))[:, 0]
+
+
+@pytest.mark.parametrize("model,pool,error,needles", [
+    (lambda x: x, None, ConfigError, ("model must be a torch.nn.Module, got a function",)),
+    (nn.Flatten(), None, ConfigError, ("the model (Flatten) has no parameters",)),
+    (_Flat(), None, ConfigError, ("got shape (1,) for a batch of N=1 input(s) of shape (1, 4, 4)",)),
+    (None, "/tmp/pool.npy", DataFormatError, ("'memmap:/tmp/pool.npy'",)),
+    (None, "/no/such/place", DataFormatError, ("'memmap:PATH.npy' (one .npy array) or 'folder:PATH'",)),
+])
+def test_models_and_pools_that_cannot_work_are_named(model, pool, error, needles):
+    """A function or a parameterless module as the model, (N,) outputs, and a bare path as the
+    pool (a str is a sequence of characters) each get one EntkAlError sentence."""
+    x = torch.randn(60, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(error) as info:
+        entk_al.query(model if model is not None else _net(), pool if pool is not None else x, LAB, Y, k=2,
+                      strategy="margin")
+    _one_sentence(info.value, *needles)
+
+
+@pytest.mark.parametrize("strategy", ["coreset", "lookahead", "ntk_zmargin", "margin"])
+def test_a_labeled_point_with_nan_input_is_named(strategy):
+    """NaN in an unlabeled point leaves it out of the round; in a labeled one every strategy
+    stops with the id (coreset used to raise an IndexError, the look-ahead a message naming none)."""
+    x = torch.randn(60, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    x[1, 0, 2, 2] = float("nan")
+    with pytest.raises(DataFormatError) as info:
+        entk_al.query(_net(), x, LAB, Y, k=2, strategy=strategy)
+    _one_sentence(info.value, "labeled id(s) 1 have non-finite inputs")
+
+
+def test_a_wrong_label_is_corrected_and_the_learner_goes_on(tmp_path):
+    """Without classes= a label 99 passes add_labels, the first query refuses it; correct_labels
+    repairs the saved learner, which then queries what a learner given the right label queries."""
+    x = torch.randn(60, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    learner = entk_al.ActiveLearner(x, "margin", out=tmp_path / "a", labeled_ids=LAB, labels=Y)
+    learner.add_labels([50], [99])
+    with pytest.raises(LabelError, match="label 99 is outside"):
+        learner.query(_net(), 4)
+    with pytest.raises(LabelError, match="id 51 is not labeled yet"):
+        learner.correct_labels([51], [1])
+    learner.correct_labels([50], [2])
+    resumed = entk_al.ActiveLearner.resume(tmp_path / "a", x)
+    assert resumed.labels[list(resumed.labeled_ids).index(50)] == 2
+    right = entk_al.ActiveLearner(x, "margin", labeled_ids=[*LAB, 50], labels=[*Y, 2])
+    assert np.array_equal(resumed.query(_net(), 4).ids, right.query(_net(), 4).ids)

@@ -51,6 +51,10 @@ def test_numpy_float_features_used_as_given(tmp_path):
     (dict(y_test=np.array([0, 1, 9]), classes=np.array(["a", "b"])), DataFormatError, "out of range"),
     (dict(y_train=np.arange(9)), DataFormatError, "labels"),
     (dict(x_train=np.full((10, 7), np.nan)), DataFormatError, "NaN"),
+    # one stray label would otherwise make a 1001-class model (the fresh-user trial's case)
+    (dict(y_train=np.where(np.arange(10) == 5, 1000, np.arange(10) % 2)), DataFormatError,
+     "labels go up to 1000 but class(es) 2, 3, 4, 5, 6, … never occur (998 of 1001)"),
+    (dict(y_test=np.array([0, 1, 3])), DataFormatError, "class(es) 2 never occur"),
 ])
 def test_numpy_malformed(tmp_path, change, err, needle):
     arrays = dict(x_train=np.zeros((10, 7)), y_train=np.arange(10) % 2, x_test=np.zeros((3, 7)),
@@ -61,6 +65,13 @@ def test_numpy_malformed(tmp_path, change, err, needle):
     np.savez(tmp_path / "m.npz", **arrays)
     with pytest.raises(err, match=needle.replace("(", r"\(").replace(")", r"\)")):
         load_dataset(f"numpy:{tmp_path / 'm.npz'}")
+
+
+def test_numpy_classes_array_declares_classes_the_data_lacks(tmp_path):
+    """With a 'classes' array a class with no item is fine (the model gets all its outputs)."""
+    np.savez(tmp_path / "c.npz", x_train=np.zeros((10, 7)), y_train=np.arange(10) % 2, x_test=np.zeros((3, 7)),
+             y_test=np.array([0, 1, 1]), classes=np.array(["a", "b", "c"]))
+    assert load_dataset(f"numpy:{tmp_path / 'c.npz'}").num_classes == 3
 
 
 def test_numpy_missing_or_not_npz(tmp_path):

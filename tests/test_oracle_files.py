@@ -222,6 +222,16 @@ def test_simulated_oracle_refuses_unknown_labels(tmp_path, digits):
         ActiveLearningLoop(RunConfig(**FAST), tmp_path / "r", dataset=hidden).run()
 
 
+def test_one_unknown_label_is_refused_before_any_training(tmp_path, digits):
+    """A single -1 among known labels stops the simulated run at once, naming the id, whether
+    or not a query would ever reach it (it used to fail rounds later, or never)."""
+    y = digits.y_train.clone()
+    y[37] = -1
+    with pytest.raises(ConfigError, match=r"1 pool item\(s\) without a label \(label -1, e.g. id 37\)"):
+        ActiveLearningLoop(RunConfig(**FAST), tmp_path / "r", dataset=replace(digits, y_train=y))
+    assert not (tmp_path / "r" / "rounds.jsonl").exists()
+
+
 def test_recorded_labels_tampered_with_are_rejected(waiting_run, tmp_path, capsys):
     run_dir, ids, y = waiting_run
     assert cli(capsys, "label", run_dir, "--from", write_answers(tmp_path / "a.csv", ids, y))[0] == 0

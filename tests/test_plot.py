@@ -94,6 +94,17 @@ def test_penalty_matrix_hand_case(tmp_path):
     assert np.all(np.diag(pen) == 0)
 
 
+def test_penalty_with_one_seed_is_untested_not_zero(tmp_path):
+    """One seed per strategy allows no paired t-test: the matrix says so (NaN, drawn as –)
+    instead of 0, which read as "never beaten" although x beat y in every round."""
+    make_run(tmp_path, "x", 0, [0.4, 0.6, 0.7])
+    make_run(tmp_path, "y", 0, [0.4, 0.5, 0.5])
+    names, pen = penalty_matrix(load_runs(tmp_path)[0])
+    assert np.isnan(pen[0, 1]) and np.isnan(pen[1, 0]) and np.all(np.diag(pen) == 0)
+    plot_runs(tmp_path)
+    assert (tmp_path / "penalty.png").stat().st_size > 0
+
+
 def test_penalty_counts_fraction_of_rounds(tmp_path):
     # 'x' beats 'y' significantly in round 2 only, of rounds 1..2 -> 0.5.
     for seed in range(3):

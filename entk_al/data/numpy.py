@@ -80,6 +80,16 @@ def load_numpy_dataset(path: str | Path) -> ALDataset:
     if len(y_train) == 0:
         raise DataFormatError(f"{path}: x_train is empty")
     num_classes = len(classes) if classes else int(max(y_train.max(), y_test.max(initial=0))) + 1
+    if not classes:
+        # Without a 'classes' array the class count is inferred as max label + 1, so one stray
+        # label (1000 among 0..9) would silently build a 1001-output model.
+        seen = np.union1d(y_train[y_train >= 0], y_test)
+        absent = np.setdiff1d(np.arange(num_classes), seen)
+        if absent.size:
+            shown = ", ".join(str(int(c)) for c in absent[:5]) + (", …" if absent.size > 5 else "")
+            raise DataFormatError(f"{path}: labels go up to {num_classes - 1} but class(es) {shown} never occur "
+                                  f"({absent.size} of {num_classes}); labels must be 0..C-1, or give a 'classes' "
+                                  f"array naming all C classes")
     if num_classes < 2:
         raise DataFormatError(f"{path}: need at least 2 classes (give a 'classes' array when y_train is unknown)")
     sources = None

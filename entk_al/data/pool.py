@@ -344,6 +344,7 @@ def as_pool(obj: Any, labels: Any = None) -> Pool:
         labels: (N,) ground-truth labels, for sources that do not carry them.
 
     Raises:
+        DataFormatError: a path string or ``Path`` without ``memmap:``/``folder:``.
         TypeError: anything else.
     """
     if isinstance(obj, Pool):
@@ -354,6 +355,11 @@ def as_pool(obj: Any, labels: Any = None) -> Pool:
         return MemmapPool(obj[len("memmap:"):], labels)
     if isinstance(obj, str) and obj.startswith("folder:"):
         return FolderPool(obj[len("folder:"):])
+    if isinstance(obj, (str, os.PathLike)):  # a str is also a sequence: its characters must not become items
+        where = os.fspath(obj)
+        hint = (f"'memmap:{where}'" if where.endswith(".npy") else f"'folder:{where}'" if Path(where).is_dir()
+                else "'memmap:PATH.npy' (one .npy array) or 'folder:PATH' (image files)")
+        raise DataFormatError(f"a pool given as a path must say how to read it: {hint}; got {where!r}")
     if isinstance(obj, torch.utils.data.Dataset) or (hasattr(obj, "__getitem__") and hasattr(obj, "__len__")):
         return DatasetPool(obj, labels)
     raise TypeError(f"a pool must be a Pool, a tensor, an array, a torch Dataset, 'memmap:PATH.npy' or 'folder:PATH', "

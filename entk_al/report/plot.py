@@ -14,7 +14,8 @@ Statistics:
   (query size) and every round r ≥ 1 (round 0 precedes any query and is shared), a two-sided
   paired t-test over the seeds both strategies share; when p < 0.05 and strategy i has the
   higher mean accuracy, P[i, j] += 1 / (number of rounds compared in that setting). Row i
-  beats column j; a column's mean is how often that strategy is beaten.
+  beats column j; a column's mean is how often that strategy is beaten. A pair that never
+  shares 2 seeds is NaN (drawn as –): untested, not "never beaten".
 * Paired AUBC differences (``paired.csv``, ``paired.png``): seeds are paired across
   strategies (a grid gives every strategy the same run seed at a seed index: the same initial
   set, model initialization and candidate draws before the first query). For each strategy S,
@@ -212,13 +213,15 @@ def penalty_matrix(runs: list[RunResult], alpha: float = 0.05) -> tuple[list[str
 
     Returns:
         (strategies sorted by name, P (S, S) float64); P[i, j] ∈ [0, number of settings] is the
-        summed fraction of rounds in which strategy i significantly beat strategy j.
+        summed fraction of rounds in which strategy i significantly beat strategy j; NaN where
+        i ≠ j never shared 2 seeds and 2 rounds in any setting (no test was possible: not a 0).
     """
     from scipy import stats
 
     strategies = sorted({r.strategy for r in runs})
     pos = {s: i for i, s in enumerate(strategies)}
     pen = np.zeros((len(strategies), len(strategies)))
+    compared = np.eye(len(strategies), dtype=bool)
     by_query: dict[int, dict[str, dict[int, np.ndarray]]] = defaultdict(lambda: defaultdict(dict))
     for r in runs:
         by_query[r.query][r.strategy][r.seed] = r.accuracy
@@ -236,6 +239,7 @@ def penalty_matrix(runs: list[RunResult], alpha: float = 0.05) -> tuple[list[str
                 n_rounds = min(xa.shape[1], xb.shape[1])
                 if n_rounds < 2:
                     continue
+                compared[pos[a], pos[b]] = True
                 for t in range(1, n_rounds):
                     diff = xa[:, t] - xb[:, t]
                     if np.all(diff == diff[0]):
@@ -245,6 +249,7 @@ def penalty_matrix(runs: list[RunResult], alpha: float = 0.05) -> tuple[list[str
                         significant = stats.ttest_rel(xa[:, t], xb[:, t]).pvalue < alpha
                     if significant and diff.mean() > 0:
                         pen[pos[a], pos[b]] += 1.0 / (n_rounds - 1)
+    pen[~compared] = np.nan
     return strategies, pen
 
 
@@ -432,17 +437,22 @@ def plot_penalty(strategies: list[str], pen: np.ndarray, path: str | Path, title
     """
     plt = _pyplot()
     s = len(strategies)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * s, 1.4 + 0.75 * s), dpi=120)
-    ax.imshow(pen, cmap="viridis", vmin=0.0, vmax=max(1.0, float(pen.max())))
+    top = max(1.0, float(np.nanmax(pen))) if np.isfinite(pen).any() else 1.0
+    fig, ax = plt.subplots(figsize=(1.6 + 0.75 * s, 1.6 + 0.75 * s), dpi=120)
+    ax.imshow(pen, cmap="viridis", vmin=0.0, vmax=top)
     for i in range(s):
         for j in range(s):
-            ax.text(j, i, f"{pen[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if pen[i, j] < 0.5 * max(1.0, pen.max()) else "black")
+            untested = np.isnan(pen[i, j])
+            ax.text(j, i, "–" if untested else f"{pen[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if untested or pen[i, j] >= 0.5 * top else "white")
     names = [printable(n) for n in strategies]
     ax.set_xticks(range(s), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(s), names, fontsize=8)
-    ax.set_xlabel("column mean (beaten): " + "  ".join(f"{v:.2f}" for v in pen.mean(axis=0)), fontsize=6)
-    ax.set_title(printable(title) or "P[row, col]: fraction of rounds row beats col (paired t, p<0.05)", fontsize=8)
+    means = [("n/a" if np.isnan(col[np.arange(s) != j]).all() else f"{np.nanmean(col):.2f}")
+             for j, col in enumerate(pen.T)]
+    ax.set_xlabel("column mean (beaten): " + "  ".join(means), fontsize=6)
+    ax.set_title(printable(title) or "P[row, col]: fraction of rounds row beats col\n(paired t over seeds, p<0.05; "
+                 "–: fewer than 2 shared seeds)", fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)

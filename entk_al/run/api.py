@@ -100,7 +100,8 @@ def _num_outputs(model: nn.Module, pool: Pool, device: torch.device) -> int:
         raise ConfigError(f"the model must return an (N, num_classes) tensor of logits, got a {type(out).__name__}; "
                           f"wrap it so that forward returns the logits only")
     if out.dim() != 2:
-        raise ConfigError(f"the model must return (N, num_classes) logits, got shape {tuple(out.shape)}")
+        raise ConfigError(f"the model must return (N, num_classes) logits, got shape {tuple(out.shape)} for a "
+                          f"batch of N={len(x)} input(s) of shape {tuple(x.shape[1:])}")
     return int(out.shape[1])
 
 
@@ -142,6 +143,15 @@ def _check_int(name: str, value: Any, low: int) -> None:
     """``value`` is an integer >= ``low`` (booleans and floats refused)."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
         raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_model(model: Any) -> None:
+    """A module with parameters: every kernel is a gradient with respect to them."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got a {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise ConfigError(f"the model ({type(model).__name__}) has no parameters; entk-al's kernels are gradients "
+                          f"with respect to them")
 
 
 def _device(device: Any, model: nn.Module) -> torch.device:
@@ -222,6 +232,7 @@ def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, st
         DataFormatError: pool items that are not tensors/arrays or differ in shape.
         StrategyError: the strategy fails or returns invalid ids.
     """
+    _check_model(model)
     pool = as_pool(pool)
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
@@ -362,6 +373,26 @@ class ActiveLearner:
         if self.pending is not None and self._state.labeled_mask[self.pending].all():
             self.pending = None
             self.round += 1
+        self.save()
+
+    def correct_labels(self, ids: Any, labels: Any) -> None:
+        """Replace the labels of already-labeled ``ids`` (an annotator's mistake, a label out of
+        range that the first :meth:`query` refused); the round and pending queries are unchanged.
+
+        Args:
+            ids: (m,) global pool ids, each labeled already.
+            labels: (m,) their new class indices.
+
+        Raises:
+            LabelError: lengths differ, an id is out of range, repeated or not labeled yet, or a
+                label is negative or out of range.
+        """
+        num_classes = len(self.classes) if self.classes is not None else None
+        ids, labels = _check_labeled(ids, labels, len(self.pool), num_classes, classes_given=True)
+        unlabeled = ids[~self._state.labeled_mask[ids]]
+        if unlabeled.size:
+            raise LabelError(f"id {int(unlabeled[0])} is not labeled yet; add it with add_labels")
+        self._state.labels[ids] = labels
         self.save()
 
     def query(self, model: nn.Module, k: int, *, metrics: dict | None = None, candidates: Any = None,

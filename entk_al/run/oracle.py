@@ -62,8 +62,9 @@ class SimulatedOracle:
     Args:
         y_train: (N,) int64 tensor of pool labels; -1 marks an unknown label.
 
-    Raises (on call):
-        ConfigError: a queried item has no known label (use ``--oracle files``).
+    Raises:
+        ConfigError: some pool item has no known label (use ``--oracle files``); checked when
+            the oracle is made, so a run does not fail rounds later on the first such query.
     """
 
     deferred = False
@@ -71,13 +72,14 @@ class SimulatedOracle:
 
     def __init__(self, y_train):
         self._y = np.asarray(y_train.cpu().numpy() if hasattr(y_train, "cpu") else y_train, dtype=np.int64)
+        unknown = np.flatnonzero(self._y < 0)
+        if unknown.size:
+            raise ConfigError(f"the dataset has {unknown.size} pool item(s) without a label (label -1, e.g. id "
+                              f"{int(unknown[0])}); the simulated oracle cannot answer for them: use --oracle "
+                              f"files or --oracle label-studio to label them yourself")
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        out = self._y[np.asarray(ids, dtype=np.int64)]
-        if (out < 0).any():
-            raise ConfigError("the dataset has no labels for some pool items (label -1); the simulated oracle "
-                              "cannot answer; use --oracle files to label them yourself")
-        return out
+        return self._y[np.asarray(ids, dtype=np.int64)]
 
 
 class FileOracle:

@@ -11,7 +11,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import EntkAlError, StrategyError
+from ..data.pool import Pool
+from ..errors import DataFormatError, EntkAlError, StrategyError
 from ..executor import Executor
 from ..progress import NullProgress
 from ..round.context import RoundContext
@@ -79,6 +80,7 @@ def select_round(strategy: Any, *, model: torch.nn.Module, pool: Any, labeled_id
 
     Raises:
         StrategyError: the strategy fails, returns invalid ids, or too few finite candidates remain.
+        DataFormatError: a labeled point's input is not finite.
     """
     labeled_ids = np.asarray(labeled_ids, dtype=np.int64)
     mask = np.zeros(len(pool), dtype=bool)
@@ -100,6 +102,7 @@ def select_round(strategy: Any, *, model: torch.nn.Module, pool: Any, labeled_id
         answers.update(zip(ids.tolist(), np.asarray(got).tolist()))
         return got
 
+    check_labeled_inputs(pool, labeled_ids)
     # Re-seeded here too, so that a selection resumed on its own (more --rounds) draws
     # the same global numbers as one that followed training in the same process.
     torch.manual_seed(int_seed(seed, round_idx, TORCH_SELECT))
@@ -178,3 +181,26 @@ def select_queries(setup: RunSetup, round_idx: int, model: torch.nn.Module, pool
         score_of = dict(zip(ctx.scores[0].tolist(), ctx.scores[1].tolist()))
         scores_out.update((i, score_of[i]) for i in queried.tolist() if i in score_of)
     return queried, labels, ctx.info, ctx.kernel_seconds
+
+
+def check_labeled_inputs(pool: Pool, labeled_ids: np.ndarray) -> None:
+    """Refuse labeled points whose inputs hold NaN or inf.
+
+    An unlabeled point with a non-finite value is left out of the round (:mod:`entk_al.round.nonfinite`),
+    but a labeled one enters every strategy's outputs and the kernel system K itself, so it
+    would fail deep inside a strategy with a message that names no id.
+
+    Raises:
+        DataFormatError: the first few such ids.
+    """
+    if not len(labeled_ids):
+        return
+    x = pool.get(labeled_ids)
+    if not x.is_floating_point():
+        return
+    bad = ~torch.isfinite(x.reshape(len(labeled_ids), -1)).all(dim=1)
+    if bool(bad.any()):
+        ids = labeled_ids[bad.cpu().numpy()]
+        shown = ", ".join(str(int(i)) for i in ids[:5]) + (", …" if len(ids) > 5 else "")
+        raise DataFormatError(f"labeled id(s) {shown} have non-finite inputs (NaN or inf); labeled points enter "
+                              f"every strategy's outputs and kernels: fix those inputs or leave the ids out")
