@@ -190,6 +190,10 @@ def check_labeled_inputs(pool: Pool, labeled_ids: np.ndarray) -> None:
     but a labeled one enters every strategy's outputs and the kernel system K itself, so it
     would fail deep inside a strategy with a message that names no id.
 
+    Args:
+        pool: the pool (its inputs for the labeled ids are read once).
+        labeled_ids: (n,) int64 labeled pool ids.
+
     Raises:
         DataFormatError: the first few such ids.
     """
