@@ -228,11 +228,21 @@ class _Flat(nn.Module):
     (_Flat(), None, ConfigError, ("got shape (1,) for a batch of N=1 input(s) of shape (1, 4, 4)",)),
     (None, "/tmp/pool.npy", DataFormatError, ("'memmap:/tmp/pool.npy'",)),
     (None, "/no/such/place", DataFormatError, ("'memmap:PATH.npy' (one .npy array) or 'folder:PATH'",)),
+    (None, {"x_train": np.zeros((4, 16))}, DataFormatError, ("got a dict keyed by name",)),
+    (None, "npz", DataFormatError, ("got a NpzFile keyed by name", "np.load(PATH)['x_train']")),
+    (None, 3.5, DataFormatError, ("a pool must be a Pool", "got a float")),
 ])
 def test_models_and_pools_that_cannot_work_are_named(model, pool, error, needles):
     """A function or a parameterless module as the model, (N,) outputs, and a bare path as the
     pool (a str is a sequence of characters) each get one EntkAlError sentence."""
     x = torch.randn(60, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    if pool == "npz":  # what np.load returns for an .npz file
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, x_train=x.numpy())
+        buf.seek(0)
+        pool = np.load(buf)
     with pytest.raises(error) as info:
         entk_al.query(model if model is not None else _net(), pool if pool is not None else x, LAB, Y, k=2,
                       strategy="margin")
@@ -265,3 +275,17 @@ def test_a_wrong_label_is_corrected_and_the_learner_goes_on(tmp_path):
     assert resumed.labels[list(resumed.labeled_ids).index(50)] == 2
     right = entk_al.ActiveLearner(x, "margin", labeled_ids=[*LAB, 50], labels=[*Y, 2])
     assert np.array_equal(resumed.query(_net(), 4).ids, right.query(_net(), 4).ids)
+
+
+def test_learner_classes_must_match_the_model_outputs():
+    x = torch.randn(60, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    learner = entk_al.ActiveLearner(x, "margin", labeled_ids=LAB, labels=Y, classes=range(5))
+    with pytest.raises(ConfigError) as info:
+        learner.query(_net(), 2)
+    _one_sentence(info.value, "the model has 3 outputs but the learner has 5 classes")
+
+
+def test_k_beyond_the_unlabeled_ids_is_named_before_the_subset():
+    x = torch.randn(60, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ConfigError, match="k=10000 is more than the 57 unlabeled ids"):
+        entk_al.query(_net(), x, LAB, Y, k=10000, strategy="margin")

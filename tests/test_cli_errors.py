@@ -61,7 +61,7 @@ CASES = {
     "ConfigError/ls-url": lambda t: (["run", "--oracle", "label-studio"], "needs --ls-url"),
     "ConfigError/executor": lambda t: (["run", "--executor", "spark"], "--executor"),
     "ConfigError/workers": lambda t: (["run", "--executor", "ray", "--workers", "0"], "--workers"),
-    "ConfigError/ray-only": lambda t: (["run", "--workers", "4"], "--workers only applies to --executor ray"),
+    "ConfigError/ray-only": lambda t: (["run", "--workers", "4"], "error: --workers only applies to --executor ray"),
     "ConfigError/address": lambda t: (["run", "--executor", "ray", "--address", "nohost"], "HOST:PORT"),
     "ConfigError/cpus": lambda t: (["run", "--executor", "ray", "--cpus-per-worker", "0"], "--cpus-per-worker"),
     "ConfigError/budget": lambda t: (["run", "--initial", "2000"], "exceeds the pool"),

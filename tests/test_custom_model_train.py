@@ -179,6 +179,7 @@ def test_users_model_and_cross_entropy_training_run_and_resume(user_code, tmp_pa
     (["--model", "net.py:Broken"], "Broken((1, 8, 8), 10) failed: ValueError: no such layer"),
     (["--model", "net.py:Nope"], "has no attribute 'Nope'"),
     (["--model", "net.py:not_a_module"], "built a list, not a torch.nn.Module"),
+    (["--model", "fit.py:fit"], "fit is a function, and --model takes a class"),
     (["--model", "net.py:Net", "-o", "kernel_params=nope."], "kernel_params='nope.': params ('nope.',) match "
                                                             "no parameter"),
 ])

@@ -53,7 +53,7 @@ def test_numpy_float_features_used_as_given(tmp_path):
     (dict(x_train=np.full((10, 7), np.nan)), DataFormatError, "NaN"),
     # one stray label would otherwise make a 1001-class model (the fresh-user trial's case)
     (dict(y_train=np.where(np.arange(10) == 5, 1000, np.arange(10) % 2)), DataFormatError,
-     "labels go up to 1000 but class(es) 2, 3, 4, 5, 6, … never occur (998 of 1001)"),
+     "labels (y_train, y_test) go up to 1000 but class(es) 2, 3, 4, 5, 6, … never occur (998 of 1001)"),
     (dict(y_test=np.array([0, 1, 3])), DataFormatError, "class(es) 2 never occur"),
 ])
 def test_numpy_malformed(tmp_path, change, err, needle):

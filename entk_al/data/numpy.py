@@ -87,9 +87,9 @@ def load_numpy_dataset(path: str | Path) -> ALDataset:
         absent = np.setdiff1d(np.arange(num_classes), seen)
         if absent.size:
             shown = ", ".join(str(int(c)) for c in absent[:5]) + (", …" if absent.size > 5 else "")
-            raise DataFormatError(f"{path}: labels go up to {num_classes - 1} but class(es) {shown} never occur "
-                                  f"({absent.size} of {num_classes}); labels must be 0..C-1, or give a 'classes' "
-                                  f"array naming all C classes")
+            raise DataFormatError(f"{path}: labels (y_train, y_test) go up to {num_classes - 1} but class(es) "
+                                  f"{shown} never occur ({absent.size} of {num_classes}); labels must be 0..C-1, "
+                                  f"or give a 'classes' array naming all C classes")
     if num_classes < 2:
         raise DataFormatError(f"{path}: need at least 2 classes (give a 'classes' array when y_train is unknown)")
     sources = None

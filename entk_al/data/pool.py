@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -344,8 +345,8 @@ def as_pool(obj: Any, labels: Any = None) -> Pool:
         labels: (N,) ground-truth labels, for sources that do not carry them.
 
     Raises:
-        DataFormatError: a path string or ``Path`` without ``memmap:``/``folder:``.
-        TypeError: anything else.
+        DataFormatError: a path string or ``Path`` without ``memmap:``/``folder:``, a mapping
+            (a dict, an ``NpzFile``), or anything else.
     """
     if isinstance(obj, Pool):
         return obj
@@ -360,7 +361,10 @@ def as_pool(obj: Any, labels: Any = None) -> Pool:
         hint = (f"'memmap:{where}'" if where.endswith(".npy") else f"'folder:{where}'" if Path(where).is_dir()
                 else "'memmap:PATH.npy' (one .npy array) or 'folder:PATH' (image files)")
         raise DataFormatError(f"a pool given as a path must say how to read it: {hint}; got {where!r}")
+    if isinstance(obj, Mapping):  # a dict or np.load's NpzFile: keyed by name, not by id
+        raise DataFormatError(f"a pool is indexed by id, got a {type(obj).__name__} keyed by name; pass one array "
+                              f"of it (e.g. np.load(PATH)['x_train'])")
     if isinstance(obj, torch.utils.data.Dataset) or (hasattr(obj, "__getitem__") and hasattr(obj, "__len__")):
         return DatasetPool(obj, labels)
-    raise TypeError(f"a pool must be a Pool, a tensor, an array, a torch Dataset, 'memmap:PATH.npy' or 'folder:PATH', "
-                    f"got a {type(obj).__name__}")
+    raise DataFormatError(f"a pool must be a Pool, a tensor, an array, a torch Dataset, 'memmap:PATH.npy' or "
+                          f"'folder:PATH', got a {type(obj).__name__}")

@@ -174,6 +174,9 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, width
             raise
         except Exception as exc:  # the user's constructor: one line, naming the spec
             hint = " (does it take a width= argument? leave --width unset otherwise)" if kwargs else ""
+            if isinstance(exc, TypeError) and not isinstance(build, type):
+                hint += (f"; {build.__name__} is a function, and --model takes a class (or factory) called as "
+                         f"Class(input_shape, num_classes) (a training step goes to --train)")
             raise ConfigError(f"model {name!r}: {build.__name__}{(tuple(input_shape), num_classes)} failed: "
                               f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}{hint}") from None
     if not isinstance(net, nn.Module):

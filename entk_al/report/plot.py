@@ -451,8 +451,8 @@ def plot_penalty(strategies: list[str], pen: np.ndarray, path: str | Path, title
     means = [("n/a" if np.isnan(col[np.arange(s) != j]).all() else f"{np.nanmean(col):.2f}")
              for j, col in enumerate(pen.T)]
     ax.set_xlabel("column mean (beaten): " + "  ".join(means), fontsize=6)
-    ax.set_title(printable(title) or "P[row, col]: fraction of rounds row beats col\n(paired t over seeds, p<0.05; "
-                 "–: fewer than 2 shared seeds)", fontsize=7)
+    ax.set_title(printable(title) or "P[row, col]: fraction of rounds\nrow beats col (paired t, p<0.05)\n"
+                 "–: fewer than 2 shared seeds", fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)

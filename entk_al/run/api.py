@@ -241,6 +241,8 @@ def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, st
     dev = _device(device, model)
     num_classes = _num_outputs(model, pool, dev)
     lab, y = _check_labeled(labeled_ids, labels, len(pool), num_classes)
+    if candidates is None and len(pool) - len(lab) < k:
+        raise ConfigError(f"k={k} is more than the {len(pool) - len(lab)} unlabeled ids")
     if candidates is None and subset < k:
         raise ConfigError(f"subset ({subset}) must be >= k ({k}): the candidates are a random subset of that size")
     if candidates is not None:
@@ -254,8 +256,6 @@ def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, st
             raise LabelError("candidates must be unlabeled ids; some are labeled")
         if len(candidates) < k:
             raise ConfigError(f"k={k} is more than the {len(candidates)} candidates")
-    elif len(pool) - len(lab) < k:
-        raise ConfigError(f"k={k} is more than the {len(pool) - len(lab)} unlabeled ids")
     strat = _strategy(strategy, options)
     check_kernel_params(strat, model)
     ex, own = _executor(executor, pool, dev)
@@ -415,6 +415,12 @@ class ActiveLearner:
         Raises:
             as :func:`query`; LabelStudioError: the learner's oracle cannot be reached or refuses.
         """
+        if self.classes is not None:
+            _check_model(model)
+            outputs = _num_outputs(model, self.pool, next(model.parameters()).device)
+            if outputs != len(self.classes):
+                raise ConfigError(f"the model has {outputs} outputs but the learner has {len(self.classes)} classes; "
+                                  f"one output per class")
         q = query(model, self.pool, self.labeled_ids, self.labels, k, self.strategy, seed=self.seed,
                   round=self.round, candidates=candidates, subset=self.subset, device=self.device,
                   oracle=oracle, executor=self.executor)

@@ -272,9 +272,10 @@ class RunConfig:
         if ray_only and data.get("executor", "local") != "ray":
             # The local executor has no actors or cluster: these would be dropped without a word.
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in ray_only)
-            verb = "applies" if len(ray_only) == 1 else "apply"
-            raise ConfigError(f"{source}: {flags} only {verb} to --executor ray (executor is "
-                              f"{data.get('executor', 'local')!r}); add --executor ray or leave them out")
+            verb, them = ("applies", "it") if len(ray_only) == 1 else ("apply", "them")
+            where = "" if source == "options" else f"{source}: "
+            raise ConfigError(f"{where}{flags} only {verb} to --executor ray (executor is "
+                              f"{data.get('executor', 'local')!r}); add --executor ray or leave {them} out")
         return cls(**data)
 
 
