@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import entk_al
-from entk_al.errors import ConfigError, DataFormatError, EntkAlError, LabelError
+from entk_al.errors import ConfigError, DataFormatError, DataNotFoundError, EntkAlError, LabelError
 
 
 def _net() -> nn.Module:
@@ -148,7 +148,7 @@ def test_learner_label_messages_before_any_query():
         learner.add_labels([50, 51], [1.7, 2.0])
     assert learner.labeled_ids.size == 0
     named = entk_al.ActiveLearner(torch.randn(60, 1, 4, 4), "margin", classes=["a", "b"])
-    with pytest.raises(LabelError, match=r"^label 3 is outside \[0, 2\) \(2 classes given\)$"):
+    with pytest.raises(LabelError, match=r"^label 3 is outside \[0, 2\) \(the learner has 2 classes\)$"):
         named.add_labels([1], [3])
     with pytest.raises(ConfigError, match="seed must be an integer"):
         entk_al.ActiveLearner(torch.randn(60, 1, 4, 4), "margin", seed=0.5)
@@ -229,6 +229,7 @@ class _Flat(nn.Module):
     (None, "/tmp/pool.npy", DataFormatError, ("'memmap:/tmp/pool.npy'",)),
     (None, "/no/such/place", DataFormatError, ("'memmap:PATH.npy' (one .npy array) or 'folder:PATH'",)),
     (None, {"x_train": np.zeros((4, 16))}, DataFormatError, ("got a dict keyed by name",)),
+    (None, f"folder:{__file__}", DataNotFoundError, ("is a file; folder: takes a folder",)),
     (None, "npz", DataFormatError, ("got a NpzFile keyed by name", "np.load(PATH)['x_train']")),
     (None, 3.5, DataFormatError, ("a pool must be a Pool", "got a float")),
 ])

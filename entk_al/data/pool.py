@@ -292,6 +292,9 @@ class FolderPool(Pool):
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
         self.root, self.transform = Path(path), transform
+        if self.root.is_file():
+            raise DataNotFoundError(f"image folder {self.root} is a file; folder: takes a folder of class "
+                                    f"subfolders (a .npy array goes to memmap:)")
         if not self.root.is_dir():
             raise DataNotFoundError(f"image folder {self.root} does not exist")
         self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())

@@ -120,7 +120,7 @@ def _integers(values: Any, what: str, error: type[Exception] = LabelError) -> np
 
 
 def _check_labeled(ids: Any, labels: Any, size: int, num_classes: int | None,
-                   classes_given: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   whose_classes: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     ids = _integers(ids, "labeled ids")
     labels = _integers(labels, "labels")
     if len(ids) != len(labels):
@@ -134,7 +134,7 @@ def _check_labeled(ids: Any, labels: Any, size: int, num_classes: int | None,
     if labels.size and labels.min() < 0:
         raise LabelError(f"label {int(labels.min())} is negative")
     if num_classes is not None and labels.size and labels.max() >= num_classes:
-        whose = f"{num_classes} classes given" if classes_given else f"the model has {num_classes} outputs"
+        whose = whose_classes or f"the model has {num_classes} outputs"
         raise LabelError(f"label {int(labels.max())} is outside [0, {num_classes}) ({whose})")
     return ids, labels
 
@@ -365,7 +365,8 @@ class ActiveLearner:
                 label is negative or out of range.
         """
         num_classes = len(self.classes) if self.classes is not None else None
-        ids, labels = _check_labeled(ids, labels, len(self.pool), num_classes, classes_given=True)
+        ids, labels = _check_labeled(ids, labels, len(self.pool), num_classes,
+                                     whose_classes=f"the learner has {num_classes} classes")
         if self._state.labeled_mask[ids].any():
             raise LabelError(f"id {int(ids[self._state.labeled_mask[ids]][0])} is already labeled")
         round_of = self.round if self.pending is not None and np.isin(ids, self.pending).all() else PoolState.INITIAL
@@ -388,7 +389,8 @@ class ActiveLearner:
                 label is negative or out of range.
         """
         num_classes = len(self.classes) if self.classes is not None else None
-        ids, labels = _check_labeled(ids, labels, len(self.pool), num_classes, classes_given=True)
+        ids, labels = _check_labeled(ids, labels, len(self.pool), num_classes,
+                                     whose_classes=f"the learner has {num_classes} classes")
         unlabeled = ids[~self._state.labeled_mask[ids]]
         if unlabeled.size:
             raise LabelError(f"id {int(unlabeled[0])} is not labeled yet; add it with add_labels")
