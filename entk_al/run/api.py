@@ -62,6 +62,7 @@ class Query:
         labels: (k,) int64 the oracle's answers when one was given, else None.
         select_seconds: wall time of the selection.
         kernel_seconds: the part spent computing kernels.
+        num_classes: O, the model's output count (0 when unknown).
     """
 
     ids: np.ndarray
@@ -72,6 +73,7 @@ class Query:
     labels: np.ndarray | None = None
     select_seconds: float = 0.0
     kernel_seconds: float = 0.0
+    num_classes: int = 0
 
 
 @contextmanager
@@ -272,7 +274,8 @@ def query(model: nn.Module, pool: Any, labeled_ids: Any, labels: Any, k: int, st
             ex.close()
     score_ids, scores = ctx.scores if ctx.scores is not None else (None, None)
     return Query(ids=ids, candidate_ids=ctx.candidate_ids, scores=scores, score_ids=score_ids, info=ctx.info,
-                 labels=answered, select_seconds=time.perf_counter() - t0, kernel_seconds=ctx.kernel_seconds)
+                 labels=answered, select_seconds=time.perf_counter() - t0, kernel_seconds=ctx.kernel_seconds,
+                 num_classes=num_classes)
 
 
 class ActiveLearner:
@@ -364,9 +367,7 @@ class ActiveLearner:
             LabelError: lengths differ, an id is out of range, repeated or already labeled, or a
                 label is negative or out of range.
         """
-        num_classes = len(self.classes) if self.classes is not None else None
-        ids, labels = _check_labeled(ids, labels, len(self.pool), num_classes,
-                                     whose_classes=f"the learner has {num_classes} classes")
+        ids, labels = self._checked(ids, labels)
         if self._state.labeled_mask[ids].any():
             raise LabelError(f"id {int(ids[self._state.labeled_mask[ids]][0])} is already labeled")
         round_of = self.round if self.pending is not None and np.isin(ids, self.pending).all() else PoolState.INITIAL
@@ -375,6 +376,12 @@ class ActiveLearner:
             self.pending = None
             self.round += 1
         self.save()
+
+    def _checked(self, ids: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``ids`` and ``labels`` checked against the pool and the learner's classes (once known)."""
+        num_classes = len(self.classes) if self.classes is not None else None
+        return _check_labeled(ids, labels, len(self.pool), num_classes,
+                              whose_classes=f"the learner has {num_classes} classes")
 
     def correct_labels(self, ids: Any, labels: Any) -> None:
         """Replace the labels of already-labeled ``ids`` (an annotator's mistake, a label out of
@@ -388,9 +395,7 @@ class ActiveLearner:
             LabelError: lengths differ, an id is out of range, repeated or not labeled yet, or a
                 label is negative or out of range.
         """
-        num_classes = len(self.classes) if self.classes is not None else None
-        ids, labels = _check_labeled(ids, labels, len(self.pool), num_classes,
-                                     whose_classes=f"the learner has {num_classes} classes")
+        ids, labels = self._checked(ids, labels)
         unlabeled = ids[~self._state.labeled_mask[ids]]
         if unlabeled.size:
             raise LabelError(f"id {int(unlabeled[0])} is not labeled yet; add it with add_labels")
@@ -417,17 +422,14 @@ class ActiveLearner:
         Raises:
             as :func:`query`; LabelStudioError: the learner's oracle cannot be reached or refuses.
         """
-        if self.classes is not None:
-            _check_model(model)
-            outputs = _num_outputs(model, self.pool, next(model.parameters()).device)
-            if outputs != len(self.classes):
-                raise ConfigError(f"the model has {outputs} outputs but the learner has {len(self.classes)} classes; "
-                                  f"one output per class")
         q = query(model, self.pool, self.labeled_ids, self.labels, k, self.strategy, seed=self.seed,
                   round=self.round, candidates=candidates, subset=self.subset, device=self.device,
                   oracle=oracle, executor=self.executor)
         if self.classes is None:
-            self.classes = [str(c) for c in range(_num_outputs(model, self.pool, next(model.parameters()).device))]
+            self.classes = [str(c) for c in range(q.num_classes)]
+        elif q.num_classes != len(self.classes):  # checked before anything of the round is recorded
+            raise ConfigError(f"the model has {q.num_classes} outputs but the learner has {len(self.classes)} "
+                              f"classes; one output per class")
         record = {"round": self.round, "n_labeled": int(len(self.labeled_ids)),
                   "test_accuracy": None if metrics is None else metrics.get("test_accuracy"),
                   "queried": q.ids.tolist(), "select_seconds": q.select_seconds,

@@ -448,7 +448,8 @@ def resolve_config(config_file: Path | None, flags: dict[str, Any],
         command_only = {k: v for k, v in toml.items() if k in TOML_CLI_ONLY}
         data.update({k: v for k, v in toml.items() if k not in TOML_CLI_ONLY})
     given = {k: v for k, v in flags.items() if v is not None}
-    if given.get("executor", "ray") != "ray":  # a Ray run resumed on the local executor drops its Ray options
+    if given.get("executor", "ray") != "ray":
+        # --executor local overrides: Ray options of a resumed Ray run or of the TOML file no longer apply.
         data = {k: v for k, v in data.items() if k not in RAY_ONLY}
     # -o key=value overrides single strategy options; it does not replace the whole table.
     if isinstance(data.get("strategy_options"), dict) and "strategy_options" in given:
